@@ -1,0 +1,1 @@
+//! Stub: owned by the headers work package (issue 6).
