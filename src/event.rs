@@ -14,6 +14,7 @@
 //! This module must not do I/O.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -187,10 +188,85 @@ impl From<crate::capture::CaptureEvent> for EventKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event")]
 pub enum SessionEvent {
-    /// Placeholder until the proxy lands.
+    /// A client connected to the proxy.
     #[serde(rename = "session.open")]
     Open {
         /// The client's address.
-        client: std::net::SocketAddr,
+        client: SocketAddr,
+        /// The proxy address it connected to.
+        listener: SocketAddr,
+        /// The configured upstream (`host:port`).
+        upstream: String,
+        /// TLS from the first byte (no STARTTLS).
+        implicit_tls: bool,
     },
+    /// The upstream TCP connection is established; relaying starts.
+    #[serde(rename = "upstream.connected")]
+    UpstreamConnected {
+        /// The upstream address actually connected to.
+        addr: SocketAddr,
+        /// The proxy's local address on that connection.
+        local: SocketAddr,
+        /// Name resolution plus TCP connect, in milliseconds.
+        connect_ms: f64,
+    },
+    /// The upstream could not be reached.
+    #[serde(rename = "upstream.failed")]
+    UpstreamFailed {
+        /// The configured upstream.
+        upstream: String,
+        /// Why (`Connection refused (os error 111)`, `timed out after 10s`…).
+        error: String,
+        /// Every address tried with its own error.
+        tried: Vec<String>,
+        /// `reply` (a 4xx reply was sent to the client) or `close`.
+        action: String,
+        /// The reply line sent, if any.
+        reply: Option<String>,
+        /// Whether the reply reached the client's socket.
+        reply_delivered: bool,
+    },
+    /// From here on the stream is TLS (after a STARTTLS 220, or implicit TLS).
+    #[serde(rename = "tls.started")]
+    TlsStarted {
+        /// `starttls` or `implicit`.
+        after: String,
+    },
+    /// One side closed its sending direction (FIN); the proxy passed it on.
+    #[serde(rename = "session.half_close")]
+    HalfClose {
+        /// The side that sent FIN.
+        side: Side,
+    },
+    /// The analysis fell behind; bytes were relayed but not analysed.
+    #[serde(rename = "observer.lagged")]
+    ObserverLagged {
+        /// The side whose bytes were first missed.
+        side: Side,
+        /// How many relayed bytes were not analysed.
+        bytes_not_analysed: u64,
+        /// What it means.
+        note: String,
+    },
+    /// The session ended.
+    #[serde(rename = "session.close")]
+    Close {
+        /// `completed`, `idle_timeout`, `error`, `shutdown`, `upstream_failed`.
+        reason: String,
+        /// How the client→server direction ended (`fin`, `error`, `idle`, `aborted`, `peer_failed`).
+        client_end: String,
+        /// How the server→client direction ended.
+        server_end: String,
+        /// The socket error, if any.
+        error: Option<String>,
+        /// Seconds since the client connected.
+        duration_s: f64,
+        /// Bytes sent by the client (and relayed).
+        client_bytes: u64,
+        /// Bytes sent by the server (and relayed).
+        server_bytes: u64,
+    },
+    /// The last event of a session: totals, outcome and findings.
+    #[serde(rename = "session.summary")]
+    Summary(Box<crate::summary::SessionSummary>),
 }

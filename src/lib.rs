@@ -36,7 +36,14 @@
 
 pub mod capture;
 pub mod cert;
+pub mod cli;
+pub mod config;
+pub mod diagnose;
 pub mod event;
 pub mod headers;
+pub mod proxy;
+pub mod session;
+pub mod sink;
 pub mod smtp;
+pub mod summary;
 pub mod tls;

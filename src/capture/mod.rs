@@ -10,3 +10,19 @@ pub enum CaptureEvent {
     #[serde(rename = "capture.placeholder")]
     Placeholder {},
 }
+
+/// `[capture]` (placeholder).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSection {}
+
+/// Resolved capture config (placeholder).
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {}
+
+impl CaptureSection {
+    /// Placeholder.
+    pub fn resolve(&self, _prefix: &str) -> Result<Option<CaptureConfig>, String> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,282 @@
+//! The command line: argument parsing (clap) and the glue that starts the
+//! proxy with its sinks. `main.rs` only calls [`main`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ColorMode, ConfigError, JsonTarget, ProxyConfig, RawConfig};
+use crate::proxy::Proxy;
+use crate::session::Analysis;
+use crate::sink::{self, console::Console, Sinks};
+
+/// smtptap: a transparent, TLS-inspecting SMTP proxy for mail troubleshooting.
+///
+/// It relays an SMTP conversation verbatim between a client and a server and
+/// reports the banner, EHLO capabilities, every command and reply, STARTTLS, the
+/// TLS handshake and certificates, and a plain-language diagnosis.
+#[derive(Debug, Parser)]
+#[command(name = "smtptap", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy: listen, relay every connection to the upstream verbatim, report what happened.
+    Proxy(ProxyArgs),
+}
+
+/// `smtptap proxy` flags. Flags override the values of `--config`.
+#[derive(Debug, Args, Default)]
+pub struct ProxyArgs {
+    /// Configuration file (see the commented config.toml shipped with smtptap).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it resolved, and exit: 0 if valid, 2 if not.
+    #[arg(long)]
+    pub check: bool,
+    /// Address to listen on, IP:PORT (repeatable; IPv4 and IPv6), e.g. 0.0.0.0:25 or [::]:25.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Vec<String>,
+    /// The upstream SMTP server, HOST:PORT (the host name is resolved at each connection).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
+    /// TLS from the first byte (SMTPS, port 465) instead of STARTTLS.
+    #[arg(long)]
+    pub implicit_tls: bool,
+    /// Write every event as a JSON line to FILE (appended), or to stdout with "-".
+    #[arg(long, value_name = "FILE|-")]
+    pub log: Option<String>,
+    /// No console transcript.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Colour on the console: auto (only on a terminal), always, never.
+    #[arg(long, value_name = "WHEN")]
+    pub color: Option<String>,
+    /// When the upstream is unreachable: "reply" (send failure_reply, a 421, then close) or "close".
+    #[arg(long, value_name = "reply|close")]
+    pub on_upstream_failure: Option<String>,
+    /// Maximum concurrent sessions (default 500).
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<u64>,
+    /// Upstream connect timeout in seconds (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+    /// Close a session after this many seconds without a byte either way (default 600).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// At SIGINT/SIGTERM, give open sessions this many seconds to finish (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+    /// A name the server certificate must carry (repeatable), e.g. the partner's own MX name.
+    #[arg(long = "expect-name", value_name = "NAME")]
+    pub expect_name: Vec<String>,
+    /// Extra trust anchors, PEM (repeatable), e.g. a partner's private CA.
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_file: Vec<String>,
+}
+
+impl ProxyArgs {
+    /// Loads `--config` (if any) and applies the flags; returns the raw form and its source name.
+    pub fn raw_config(&self) -> Result<(RawConfig, String), ConfigError> {
+        let (mut raw, file) = match &self.config {
+            Some(p) => (RawConfig::from_file(p)?, p.display().to_string()),
+            None => (RawConfig::default(), "command line".to_string()),
+        };
+        if !self.listen.is_empty() {
+            raw.listen = self.listen.clone();
+        }
+        if let Some(u) = &self.upstream {
+            raw.upstream = Some(u.clone());
+        }
+        if self.implicit_tls {
+            raw.implicit_tls = Some(true);
+        }
+        if let Some(l) = &self.log {
+            raw.log.json = Some(l.clone());
+        }
+        if self.quiet {
+            raw.log.console = Some(false);
+        }
+        if let Some(c) = &self.color {
+            raw.log.color = Some(c.clone());
+        }
+        if let Some(x) = &self.on_upstream_failure {
+            raw.on_upstream_failure = Some(x.clone());
+        }
+        if let Some(x) = self.max_sessions {
+            raw.limits.max_sessions = Some(x);
+        }
+        if let Some(x) = self.connect_timeout {
+            raw.limits.connect_timeout_secs = Some(x);
+        }
+        if let Some(x) = self.idle_timeout {
+            raw.limits.idle_timeout_secs = Some(x);
+        }
+        if let Some(x) = self.drain_timeout {
+            raw.limits.drain_timeout_secs = Some(x);
+        }
+        if !self.expect_name.is_empty() {
+            raw.tls
+                .expect_names
+                .get_or_insert_with(Vec::new)
+                .extend(self.expect_name.iter().cloned());
+        }
+        if !self.ca_file.is_empty() {
+            raw.tls
+                .ca_files
+                .get_or_insert_with(Vec::new)
+                .extend(self.ca_file.iter().cloned());
+        }
+        Ok((raw, file))
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Proxy(args) => proxy_main(&args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn proxy_main(args: &ProxyArgs) -> ExitCode {
+    let resolved = args
+        .raw_config()
+        .and_then(|(raw, file)| raw.resolve(&file).map(|c| (c, file)));
+    let (cfg, file) = match resolved {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("smtptap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{file}: configuration is valid");
+        println!(
+            "  listen:   {}",
+            cfg.listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  upstream: {}{}",
+            cfg.upstream,
+            if cfg.implicit_tls {
+                " (implicit TLS)"
+            } else {
+                ""
+            }
+        );
+        println!("  limits:   {:?}", cfg.limits);
+        println!("  log:      {:?}", cfg.log);
+        println!("  tls:      {:?}", cfg.tls);
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtptap: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run_proxy(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smtptap: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Builds the sinks a configuration asks for.
+pub fn sinks_for(cfg: &ProxyConfig) -> std::io::Result<Sinks> {
+    let mut sinks = Sinks::default();
+    let json_on_stdout = cfg.log.json == Some(JsonTarget::Stdout);
+    sinks.json = match &cfg.log.json {
+        None => None,
+        Some(JsonTarget::Stdout) => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+        Some(JsonTarget::File(p)) => Some(sink::json::open(p)?),
+    };
+    if cfg.log.console {
+        let (out, tty): (Box<dyn std::io::Write + Send>, bool) = if json_on_stdout {
+            (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
+        } else {
+            (Box::new(std::io::stdout()), std::io::stdout().is_terminal())
+        };
+        let color = match cfg.log.color {
+            ColorMode::Always => true,
+            ColorMode::Never => false,
+            ColorMode::Auto => tty,
+        };
+        sinks.console = Some(Console::new(out, color));
+    }
+    Ok(sinks)
+}
+
+/// Builds what every session's analysis shares (trust store, settings).
+pub fn analysis_for(cfg: &ProxyConfig) -> Result<Analysis, String> {
+    Ok(Analysis {
+        tls: cfg.tls.clone(),
+    })
+}
+
+/// Runs the proxy until SIGINT/SIGTERM, then drains and flushes every sink.
+pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
+    let sinks = sinks_for(&cfg).map_err(|e| format!("cannot open the log: {e}"))?;
+    let analysis = analysis_for(&cfg)?;
+    let (sink, handle) = sink::start(sinks);
+    let proxy = Proxy::bind(cfg, sink, analysis)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stats = proxy.run(shutdown_signal()).await;
+    tracing::info!(sessions = stats.sessions, "stopped");
+    // Every EventSink clone is gone with the proxy: the writer thread drains and exits.
+    tokio::task::spawn_blocking(move || handle.finish())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,663 @@
+//! Configuration: `config.toml` parsed with serde (unknown keys rejected), then
+//! validated into resolved types ([`ProxyConfig`]).
+//!
+//! Two steps, like rathole: [`RawConfig`] mirrors the file exactly (every field
+//! optional or defaulted), [`RawConfig::resolve`] checks every value and turns it
+//! into types the proxy can use without further checks. Every error names the
+//! file, the key and what is wrong:
+//!
+//! ```text
+//! config.toml: listen[1]: "1.2.3.4:99999" is not a socket address (expected IP:PORT, e.g. "0.0.0.0:25" or "[::]:25")
+//! ```
+//!
+//! CLI flags are applied to the raw form before resolving, so they are checked
+//! the same way. This module does no network I/O (host names are resolved at
+//! connect time, not here).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: where (file and key) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the value came from (`"command line"` for flags).
+    pub file: String,
+    /// The dotted key (`listen[1]`, `limits.idle_timeout_secs`); empty if the file as a whole is bad.
+    pub key: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file as written (before validation). Every table and key is optional;
+/// defaults are those documented in the top-level `config.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Addresses to listen on (`IP:PORT`), IPv4 and/or IPv6.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// The upstream SMTP server, `host:port` (the host is resolved at each connect).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// TLS from the first byte (SMTPS, port 465) instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: Option<bool>,
+    /// What to do when the upstream cannot be reached: `"reply"` or `"close"`.
+    #[serde(default)]
+    pub on_upstream_failure: Option<String>,
+    /// The reply sent to the client when the upstream is unreachable and `on_upstream_failure = "reply"`.
+    #[serde(default)]
+    pub failure_reply: Option<String>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: RawLog,
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: RawTls,
+    /// `[capture]`.
+    #[serde(default)]
+    pub capture: crate::capture::CaptureSection,
+}
+
+/// `[limits]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Concurrent sessions; further connections wait in the listen backlog.
+    pub max_sessions: Option<u64>,
+    /// Seconds to wait for the upstream TCP connection.
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds without a byte in either direction before a session is closed.
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds open sessions may take to finish after SIGINT/SIGTERM.
+    pub drain_timeout_secs: Option<u64>,
+    /// Chunks queued from the relay to the observers of one session.
+    pub observer_queue: Option<u64>,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// JSON lines file, `"-"` for stdout, `""` for none.
+    pub json: Option<String>,
+    /// Print the transcript on the console (stderr).
+    pub console: Option<bool>,
+    /// `"auto"`, `"always"` or `"never"`.
+    pub color: Option<String>,
+}
+
+/// `[tls]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Names the server certificate must carry (e.g. the partner's own MX name).
+    pub expect_names: Option<Vec<String>>,
+    /// Trust the Mozilla root program (webpki-roots).
+    pub mozilla_roots: Option<bool>,
+    /// Trust the operating system's store as well.
+    pub system_roots: Option<bool>,
+    /// Extra trust anchors (PEM files).
+    pub ca_files: Option<Vec<String>>,
+    /// Fetch CRLs/OCSP (network) — off by default.
+    pub check_revocation: Option<bool>,
+    /// Warn when a certificate expires within this many days.
+    pub expiry_warning_days: Option<u32>,
+    /// Compare the certificate with the host name announced in the banner and EHLO reply.
+    pub check_announced_names: Option<bool>,
+}
+
+/// What to do for a client whose upstream cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Send this reply line (CRLF added) then close, so the client queues and retries.
+    Reply(String),
+    /// Close the connection without a word.
+    Close,
+}
+
+/// Colour on the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorMode {
+    /// Colour when stderr is a terminal.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// Where JSON lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonTarget {
+    /// Standard output.
+    Stdout,
+    /// A file (appended to).
+    File(PathBuf),
+}
+
+/// Resolved session limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent sessions.
+    pub max_sessions: usize,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle timeout (no byte either way).
+    pub idle_timeout: Duration,
+    /// Drain timeout at shutdown.
+    pub drain_timeout: Duration,
+    /// Chunks queued per session between relay and observers.
+    pub observer_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 500,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(30),
+            observer_queue: 64,
+        }
+    }
+}
+
+/// Resolved TLS analysis settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Names the server certificate is expected to carry.
+    pub expect_names: Vec<String>,
+    /// Mozilla roots.
+    pub mozilla_roots: bool,
+    /// System roots.
+    pub system_roots: bool,
+    /// Extra PEM anchors.
+    pub ca_files: Vec<PathBuf>,
+    /// Network revocation checks.
+    pub check_revocation: bool,
+    /// Expiry warning horizon in days.
+    pub expiry_warning_days: u32,
+    /// Compare the certificate with the banner/EHLO host names.
+    pub check_announced_names: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            expect_names: Vec::new(),
+            mozilla_roots: true,
+            system_roots: false,
+            ca_files: Vec::new(),
+            check_revocation: false,
+            expiry_warning_days: 30,
+            check_announced_names: true,
+        }
+    }
+}
+
+/// Resolved logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// JSON lines target, if any.
+    pub json: Option<JsonTarget>,
+    /// Console transcript on stderr.
+    pub console: bool,
+    /// Colour mode.
+    pub color: ColorMode,
+}
+
+/// The upstream host and port, as configured (resolved at each connect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The validated configuration of `smtptap proxy`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Listening addresses (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// The upstream server.
+    pub upstream: Upstream,
+    /// TLS from the first byte.
+    pub implicit_tls: bool,
+    /// Behaviour when the upstream is unreachable.
+    pub on_upstream_failure: UpstreamFailure,
+    /// Limits.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogSettings,
+    /// TLS analysis.
+    pub tls: TlsSettings,
+    /// Capture, if enabled.
+    pub capture: Option<crate::capture::CaptureConfig>,
+}
+
+/// The default reply when the upstream is unreachable: a transient failure so
+/// that the client queues the message and retries later.
+pub const DEFAULT_FAILURE_REPLY: &str =
+    "421 4.4.1 smtptap: upstream server unreachable, try again later";
+
+impl RawConfig {
+    /// Reads and parses a TOML file. Errors name the file and the key.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Parses TOML text; `file` is used in error messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let mut message = inner.message().to_string();
+            if let Some(span) = inner.span() {
+                let (line, col) = line_col(text, span.start);
+                message = format!("{message} (line {line}, column {col})");
+            }
+            ConfigError {
+                file: file.to_string(),
+                key: if key == "." { String::new() } else { key },
+                message,
+            }
+        })
+    }
+
+    /// Validates every value and produces the resolved configuration.
+    /// `file` names the source in error messages.
+    pub fn resolve(&self, file: &str) -> Result<ProxyConfig, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+
+        if self.listen.is_empty() {
+            return Err(err(
+                "listen",
+                "no listening address (set listen = [\"0.0.0.0:25\"] or pass --listen)".into(),
+            ));
+        }
+        let mut listen = Vec::with_capacity(self.listen.len());
+        for (i, a) in self.listen.iter().enumerate() {
+            let addr: SocketAddr = a.trim().parse().map_err(|_| {
+                err(
+                    &format!("listen[{i}]"),
+                    format!("{a:?} is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:25\" or \"[::]:25\")"),
+                )
+            })?;
+            if listen.contains(&addr) {
+                return Err(err(
+                    &format!("listen[{i}]"),
+                    format!("{a:?} is listed twice"),
+                ));
+            }
+            listen.push(addr);
+        }
+
+        let up = self.upstream.as_deref().ok_or_else(|| {
+            err(
+                "upstream",
+                "no upstream server (set upstream = \"mx.example.com:25\" or pass --upstream)"
+                    .into(),
+            )
+        })?;
+        let upstream = parse_upstream(up).map_err(|m| err("upstream", m))?;
+
+        let on_upstream_failure = match self.on_upstream_failure.as_deref().unwrap_or("reply") {
+            "reply" => {
+                let line = self
+                    .failure_reply
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_FAILURE_REPLY.to_string());
+                validate_reply_line(&line).map_err(|m| err("failure_reply", m))?;
+                UpstreamFailure::Reply(line)
+            }
+            "close" => UpstreamFailure::Close,
+            other => {
+                return Err(err(
+                    "on_upstream_failure",
+                    format!("{other:?} is not one of \"reply\", \"close\""),
+                ))
+            }
+        };
+
+        let d = Limits::default();
+        let l = &self.limits;
+        let positive =
+            |key: &str, v: Option<u64>, dflt: u64, max: u64| -> Result<u64, ConfigError> {
+                match v {
+                    None => Ok(dflt),
+                    Some(0) => Err(err(key, "must be at least 1".into())),
+                    Some(x) if x > max => {
+                        Err(err(key, format!("{x} is more than the maximum {max}")))
+                    }
+                    Some(x) => Ok(x),
+                }
+            };
+        let limits = Limits {
+            max_sessions: positive(
+                "limits.max_sessions",
+                l.max_sessions,
+                d.max_sessions as u64,
+                1_000_000,
+            )? as usize,
+            connect_timeout: Duration::from_secs(positive(
+                "limits.connect_timeout_secs",
+                l.connect_timeout_secs,
+                d.connect_timeout.as_secs(),
+                3600,
+            )?),
+            idle_timeout: Duration::from_secs(positive(
+                "limits.idle_timeout_secs",
+                l.idle_timeout_secs,
+                d.idle_timeout.as_secs(),
+                86_400,
+            )?),
+            drain_timeout: Duration::from_secs(positive(
+                "limits.drain_timeout_secs",
+                l.drain_timeout_secs,
+                d.drain_timeout.as_secs(),
+                86_400,
+            )?),
+            observer_queue: positive(
+                "limits.observer_queue",
+                l.observer_queue,
+                d.observer_queue as u64,
+                65_536,
+            )? as usize,
+        };
+
+        let json = match self.log.json.as_deref() {
+            None | Some("") => None,
+            Some("-") => Some(JsonTarget::Stdout),
+            Some(p) => Some(JsonTarget::File(PathBuf::from(p))),
+        };
+        let color = match self.log.color.as_deref().unwrap_or("auto") {
+            "auto" => ColorMode::Auto,
+            "always" => ColorMode::Always,
+            "never" => ColorMode::Never,
+            other => {
+                return Err(err(
+                    "log.color",
+                    format!("{other:?} is not one of \"auto\", \"always\", \"never\""),
+                ))
+            }
+        };
+        let log = LogSettings {
+            json,
+            console: self.log.console.unwrap_or(true),
+            color,
+        };
+
+        let td = TlsSettings::default();
+        let t = &self.tls;
+        let mut expect_names = Vec::new();
+        for (i, n) in t.expect_names.iter().flatten().enumerate() {
+            let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+            if n.is_empty() || n.contains(char::is_whitespace) {
+                return Err(err(
+                    &format!("tls.expect_names[{i}]"),
+                    format!("{n:?} is not a host name"),
+                ));
+            }
+            expect_names.push(n);
+        }
+        let mut ca_files = Vec::new();
+        for (i, f) in t.ca_files.iter().flatten().enumerate() {
+            let p = PathBuf::from(f);
+            if !p.is_file() {
+                return Err(err(
+                    &format!("tls.ca_files[{i}]"),
+                    format!("{f:?} is not a readable file"),
+                ));
+            }
+            ca_files.push(p);
+        }
+        let tls = TlsSettings {
+            expect_names,
+            mozilla_roots: t.mozilla_roots.unwrap_or(td.mozilla_roots),
+            system_roots: t.system_roots.unwrap_or(td.system_roots),
+            ca_files,
+            check_revocation: t.check_revocation.unwrap_or(td.check_revocation),
+            expiry_warning_days: t.expiry_warning_days.unwrap_or(td.expiry_warning_days),
+            check_announced_names: t.check_announced_names.unwrap_or(td.check_announced_names),
+        };
+        if tls.check_revocation {
+            return Err(err(
+                "tls.check_revocation",
+                "network revocation checking is not implemented yet; CRL/OCSP URLs are always reported (set it to false)".into(),
+            ));
+        }
+        if !tls.mozilla_roots && !tls.system_roots && tls.ca_files.is_empty() {
+            return Err(err(
+                "tls",
+                "no trust anchors: enable mozilla_roots or system_roots, or give ca_files".into(),
+            ));
+        }
+
+        let capture = self.capture.resolve("capture").map_err(|m| ConfigError {
+            file: file.to_string(),
+            key: String::new(),
+            message: m,
+        })?;
+
+        Ok(ProxyConfig {
+            listen,
+            upstream,
+            implicit_tls: self.implicit_tls.unwrap_or(false),
+            on_upstream_failure,
+            limits,
+            log,
+            tls,
+            capture,
+        })
+    }
+}
+
+/// Parses `host:port`, `[v6]:port` or `v4:port`.
+pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let s = s.trim();
+    let bad =
+        || format!("{s:?} is not host:port (e.g. \"mx.example.com:25\" or \"[2001:db8::1]:25\")");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+        if h.contains(':') {
+            return Err(bad());
+        }
+        (h, p)
+    };
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
+    {
+        return Err(bad());
+    }
+    let port: u16 =
+        p_parse(port).ok_or_else(|| format!("{s:?}: {port:?} is not a port (1-65535)"))?;
+    Ok(Upstream {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn p_parse(p: &str) -> Option<u16> {
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => None,
+        Ok(v) => Some(v),
+    }
+}
+
+/// A reply line must be a 4xx/5xx SMTP reply without line breaks.
+fn validate_reply_line(line: &str) -> Result<(), String> {
+    let b = line.as_bytes();
+    let ok = b.len() >= 3
+        && matches!(b.first(), Some(b'4') | Some(b'5'))
+        && b.iter().take(3).all(u8::is_ascii_digit)
+        && (b.len() == 3 || b.get(3) == Some(&b' '))
+        && !line.contains(['\r', '\n'])
+        && line.len() <= 510;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{line:?} is not a single 4xx/5xx SMTP reply line (e.g. \"{DEFAULT_FAILURE_REPLY}\")"
+        ))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<ProxyConfig, ConfigError> {
+        RawConfig::from_toml(text, "test.toml")?.resolve("test.toml")
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = resolve(
+            "listen = [\"127.0.0.1:2525\", \"[::1]:2525\"]\nupstream = \"mx.example.com:25\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.upstream.host, "mx.example.com");
+        assert_eq!(c.upstream.port, 25);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(
+            c.on_upstream_failure,
+            UpstreamFailure::Reply(DEFAULT_FAILURE_REPLY.into())
+        );
+        assert!(c.log.console);
+        assert_eq!(c.log.json, None);
+        assert!(c.tls.mozilla_roots);
+        assert_eq!(c.tls.expiry_warning_days, 30);
+    }
+
+    #[test]
+    fn bad_listen_address_names_file_key_and_value() {
+        let e = resolve("listen = [\"127.0.0.1:25\", \"1.2.3.4:99999\"]\nupstream = \"a:25\"")
+            .unwrap_err();
+        assert_eq!(e.key, "listen[1]");
+        let s = e.to_string();
+        assert!(
+            s.starts_with("test.toml: listen[1]: \"1.2.3.4:99999\" is not a socket address"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let e = RawConfig::from_toml("[limits]\nmax_sesions = 3\n", "c.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("unknown field `max_sesions`"), "{s}");
+        assert!(s.contains("line 2"), "{s}");
+        assert!(s.starts_with("c.toml: limits"), "{s}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e =
+            RawConfig::from_toml("[limits]\nidle_timeout_secs = \"ten\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.key, "limits.idle_timeout_secs");
+    }
+
+    #[test]
+    fn zero_limits_and_bad_enums_are_rejected() {
+        let base = "listen=[\"127.0.0.1:1\"]\nupstream=\"h:25\"\n";
+        let e = resolve(&format!("{base}[limits]\nmax_sessions = 0\n")).unwrap_err();
+        assert_eq!(e.key, "limits.max_sessions");
+        let e = resolve(&format!("{base}on_upstream_failure = \"bounce\"\n")).unwrap_err();
+        assert_eq!(e.key, "on_upstream_failure");
+        let e = resolve(&format!("{base}failure_reply = \"250 ok\"\n")).unwrap_err();
+        assert_eq!(e.key, "failure_reply");
+        let e = resolve(&format!("{base}[log]\ncolor = \"sometimes\"\n")).unwrap_err();
+        assert_eq!(e.key, "log.color");
+        let e = resolve(&format!(
+            "{base}[tls]\nca_files = [\"/nonexistent/ca.pem\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "tls.ca_files[0]");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        assert_eq!(
+            parse_upstream("[2001:db8::1]:25").unwrap().host,
+            "2001:db8::1"
+        );
+        assert_eq!(parse_upstream("192.0.2.1:587").unwrap().port, 587);
+        assert!(parse_upstream("mx.example.com").is_err());
+        assert!(parse_upstream("mx.example.com:0").is_err());
+        assert!(parse_upstream("2001:db8::1:25").is_err());
+        assert!(parse_upstream("mx example:25").is_err());
+        let e = resolve("listen=[\"127.0.0.1:1\"]").unwrap_err();
+        assert_eq!(e.key, "upstream");
+    }
+
+    #[test]
+    fn shipped_config_toml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let raw = RawConfig::from_file(&path).unwrap();
+        let c = raw.resolve("config.toml").unwrap();
+        assert!(!c.listen.is_empty());
+    }
+}

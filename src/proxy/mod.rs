@@ -1,0 +1,295 @@
+//! The only module that touches sockets: listeners, the upstream connection,
+//! the relay, and graceful shutdown.
+//!
+//! ```text
+//!  listener(s) ──accept──▶ session controller (one task per connection)
+//!                              │ 1. start the analysis task   (session::analyze)
+//!                              │ 2. connect upstream          (upstream::connect)
+//!                              │    └─ failure: 421 reply or close, per config
+//!                              │ 3. relay both ways           (relay::relay)
+//!                              └ 4. report the outcome, wait for the analysis to finish
+//! ```
+//!
+//! Sessions are limited by a semaphore (`limits.max_sessions`): when all
+//! permits are taken, the accept loop stops accepting and new connections wait
+//! in the kernel's listen backlog. On shutdown the listeners close, open
+//! sessions get `limits.drain_timeout` to finish, then they are aborted; every
+//! session still gets its `session.close` and `session.summary`.
+
+pub mod relay;
+pub mod upstream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::config::{ProxyConfig, UpstreamFailure};
+use crate::event::Timestamp;
+use crate::session::{self, Analysis, Control, SessionInfo};
+use crate::sink::EventSink;
+
+/// A bound proxy, ready to run.
+pub struct Proxy {
+    cfg: Arc<ProxyConfig>,
+    listeners: Vec<TcpListener>,
+    sink: EventSink,
+    analysis: Arc<Analysis>,
+}
+
+/// Counters reported when the proxy stops.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Sessions accepted.
+    pub sessions: u64,
+    /// Sessions aborted because the drain timeout passed at shutdown.
+    pub aborted_at_shutdown: bool,
+}
+
+impl Proxy {
+    /// Binds every listening address. Fails (naming the address) if one cannot be bound.
+    pub async fn bind(cfg: ProxyConfig, sink: EventSink, analysis: Analysis) -> io::Result<Proxy> {
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let l = bind_listener(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(l);
+        }
+        Ok(Proxy {
+            cfg: Arc::new(cfg),
+            listeners,
+            sink,
+            analysis: Arc::new(analysis),
+        })
+    }
+
+    /// The actual listening addresses (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accepts and relays until `shutdown` completes, then drains.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> RunStats {
+        let max = self.cfg.limits.max_sessions;
+        let permits = Arc::new(Semaphore::new(max));
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let next_id = Arc::new(AtomicU64::new(1));
+        let accepted = Arc::new(AtomicU64::new(0));
+
+        let mut accept_tasks = Vec::new();
+        for listener in self.listeners {
+            let ctx = SessionCtx {
+                cfg: self.cfg.clone(),
+                sink: self.sink.clone(),
+                analysis: self.analysis.clone(),
+                abort: abort_rx.clone(),
+            };
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                ctx,
+                permits.clone(),
+                stop_rx.clone(),
+                next_id.clone(),
+                accepted.clone(),
+            )));
+        }
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; draining open sessions");
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let drained =
+            tokio::time::timeout(self.cfg.limits.drain_timeout, permits.acquire_many(all)).await;
+        let aborted = drained.is_err();
+        if aborted {
+            tracing::warn!(
+                "drain timeout ({}s) passed: aborting open sessions",
+                self.cfg.limits.drain_timeout.as_secs()
+            );
+            let _ = abort_tx.send(true);
+            // Aborted sessions still write their close and summary events.
+            let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(all)).await;
+        }
+        RunStats {
+            sessions: accepted.load(Ordering::Relaxed),
+            aborted_at_shutdown: aborted,
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if addr.is_ipv6() {
+        // Listen on IPv6 only, so "[::]:25" and "0.0.0.0:25" can be given together.
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+#[derive(Clone)]
+struct SessionCtx {
+    cfg: Arc<ProxyConfig>,
+    sink: EventSink,
+    analysis: Arc<Analysis>,
+    abort: watch::Receiver<bool>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: SessionCtx,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    next_id: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+) {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    tracing::info!(listen = %local, upstream = %ctx.cfg.upstream, "listening");
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        if permits.available_permits() == 0 {
+            tracing::warn!(
+                max_sessions = ctx.cfg.limits.max_sessions,
+                "session limit reached: new connections wait in the backlog"
+            );
+        }
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: log, back off briefly, keep serving.
+                    tracing::warn!(listen = %local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        accepted.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let listen_addr = stream.local_addr().unwrap_or(local);
+        tokio::spawn(async move {
+            let span = tracing::info_span!("session", id, client = %peer);
+            let _ = tracing::Instrument::instrument(
+                run_session(id, stream, peer, listen_addr, ctx),
+                span,
+            )
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+async fn run_session(
+    id: u64,
+    client: TcpStream,
+    client_addr: SocketAddr,
+    listen_addr: SocketAddr,
+    ctx: SessionCtx,
+) {
+    let _ = client.set_nodelay(true);
+    let cfg = &ctx.cfg;
+    let info = SessionInfo {
+        id,
+        client: client_addr,
+        listener: listen_addr,
+        upstream: cfg.upstream.clone(),
+        opened: Timestamp::now(),
+        implicit_tls: cfg.implicit_tls,
+    };
+    let (data_tx, data_rx) = mpsc::channel(cfg.limits.observer_queue);
+    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let analysis = tokio::spawn(session::analyze(
+        info,
+        data_rx,
+        ctl_rx,
+        ctx.analysis.clone(),
+        ctx.sink.clone(),
+    ));
+
+    match upstream::connect(&cfg.upstream, cfg.limits.connect_timeout).await {
+        Ok(up) => {
+            let _ = ctl_tx
+                .send(Control::Connected {
+                    ts: Timestamp::now(),
+                    peer: up.peer,
+                    local: up.local,
+                    elapsed: up.elapsed,
+                })
+                .await;
+            let tap = relay::Tap::new(data_tx);
+            let tap_state = tap.state();
+            let outcome = relay::relay(
+                client,
+                up.stream,
+                tap,
+                cfg.limits.idle_timeout,
+                ctx.abort.clone(),
+            )
+            .await;
+            let _ = ctl_tx
+                .send(Control::Closed {
+                    ts: Timestamp::now(),
+                    outcome,
+                    loss: tap_state.loss(),
+                })
+                .await;
+        }
+        Err(failure) => {
+            drop(data_tx);
+            tracing::warn!(upstream = %cfg.upstream, error = %failure.error, "upstream unreachable");
+            let mut client = client;
+            let reply = match &cfg.on_upstream_failure {
+                UpstreamFailure::Reply(line) => {
+                    let mut bytes = line.clone().into_bytes();
+                    bytes.extend_from_slice(b"\r\n");
+                    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+                        client.write_all(&bytes).await?;
+                        client.shutdown().await
+                    })
+                    .await;
+                    Some((line.clone(), matches!(sent, Ok(Ok(())))))
+                }
+                UpstreamFailure::Close => None,
+            };
+            let _ = ctl_tx
+                .send(Control::UpstreamFailed {
+                    ts: Timestamp::now(),
+                    failure,
+                    reply,
+                })
+                .await;
+            drop(client);
+        }
+    }
+    drop(ctl_tx);
+    if let Err(e) = analysis.await {
+        tracing::error!(error = %e, "analysis task failed; the relay was not affected");
+    }
+}

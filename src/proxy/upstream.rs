@@ -1,0 +1,93 @@
+//! Connecting to the upstream server: resolve the host name at connect time,
+//! try each address in turn within one overall connect timeout, set
+//! TCP_NODELAY. Owns nothing else.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::config::Upstream;
+
+/// A successful upstream connection.
+#[derive(Debug)]
+pub struct Connected {
+    /// The socket, with TCP_NODELAY set.
+    pub stream: TcpStream,
+    /// The address connected to.
+    pub peer: SocketAddr,
+    /// Our local address on that connection.
+    pub local: SocketAddr,
+    /// How long the connect took (resolution included).
+    pub elapsed: Duration,
+}
+
+/// Why the upstream could not be reached, with every address tried.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    /// A one-line reason (`connection refused`, `timed out after 10s`, `no address for host`).
+    pub error: String,
+    /// Each address tried and what happened (`192.0.2.1:25: connection refused`).
+    pub tried: Vec<String>,
+}
+
+/// Resolves and connects within `timeout` overall.
+pub async fn connect(up: &Upstream, timeout: Duration) -> Result<Connected, ConnectFailure> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let target = (up.host.as_str(), up.port);
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(target)).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                return Err(ConnectFailure {
+                    error: format!("cannot resolve {}: {e}", up.host),
+                    tried: Vec::new(),
+                })
+            }
+            Err(_) => {
+                return Err(ConnectFailure {
+                    error: format!(
+                        "resolving {} timed out after {}s",
+                        up.host,
+                        timeout.as_secs()
+                    ),
+                    tried: Vec::new(),
+                })
+            }
+        };
+    if addrs.is_empty() {
+        return Err(ConnectFailure {
+            error: format!("no address for {}", up.host),
+            tried: Vec::new(),
+        });
+    }
+    let mut tried = Vec::new();
+    let mut last = String::new();
+    for addr in addrs {
+        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Ok(Connected {
+                    stream,
+                    peer: addr,
+                    local,
+                    elapsed: started.elapsed(),
+                });
+            }
+            Ok(Err(e)) => {
+                last = e.to_string();
+                tried.push(format!("{addr}: {e}"));
+            }
+            Err(_) => {
+                last = format!("timed out after {}s", timeout.as_secs());
+                tried.push(format!("{addr}: {last}"));
+                break;
+            }
+        }
+    }
+    Err(ConnectFailure { error: last, tried })
+}

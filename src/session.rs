@@ -1,0 +1,396 @@
+//! One analysis task per session: it receives what the relay tapped, drives the
+//! sans-IO observers, turns their output into [`Event`]s, sends them to the
+//! sinks, and at the end writes `session.close` and `session.summary` (with the
+//! diagnosis).
+//!
+//! ```text
+//!  control (connected / upstream failed / closed) ─┐
+//!  tap (chunks, EOFs, in relay order) ─────────────┴─▶ Stage::Smtp ──STARTTLS 220──▶ Stage::Tls ──▶ Stage::Off
+//!                                                         │ desync                       │ desync / done
+//!                                                         └──────────▶ Stage::Off ◀──────┘
+//! ```
+//!
+//! This task may fall behind; the relay never waits for it (see
+//! `proxy::relay`). If it falls so far behind that the tap queue overflows, the
+//! relay stops offering bytes and this task reports `observer.lagged` at the
+//! end: an observer that missed bytes cannot be trusted, so it says so rather
+//! than guess. It must not touch sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::{TlsSettings, Upstream};
+use crate::diagnose::{self, Finding};
+use crate::event::{Event, EventKind, SessionEvent, SessionId, Side, Timestamp};
+use crate::proxy::relay::{DirEnd, RelayOutcome, TapMsg};
+use crate::proxy::upstream::ConnectFailure;
+use crate::sink::EventSink;
+use crate::smtp::{Progress, SmtpLimits, SmtpObserver};
+use crate::summary::{self, SessionSummary};
+use crate::tls::TlsObserver;
+
+/// Events kept per session for the diagnosis; later ones are still logged, and
+/// the summary says how many were not kept.
+pub const MAX_KEPT_EVENTS: usize = 5_000;
+
+/// Facts known when the session starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: SessionId,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The proxy address the client connected to.
+    pub listener: SocketAddr,
+    /// The configured upstream.
+    #[serde(skip, default = "default_upstream")]
+    pub upstream: Upstream,
+    /// When the connection was accepted.
+    pub opened: Timestamp,
+    /// TLS from the first byte.
+    pub implicit_tls: bool,
+}
+
+fn default_upstream() -> Upstream {
+    Upstream {
+        host: String::new(),
+        port: 0,
+    }
+}
+
+/// Messages from the session controller, in order: one of
+/// `Connected`/`UpstreamFailed`, then (after the relay) `Closed`.
+#[derive(Debug)]
+pub enum Control {
+    /// The upstream connection is up; the relay starts.
+    Connected {
+        /// When.
+        ts: Timestamp,
+        /// The upstream address.
+        peer: SocketAddr,
+        /// Our local address toward the upstream.
+        local: SocketAddr,
+        /// Resolution + connect time.
+        elapsed: Duration,
+    },
+    /// The upstream could not be reached; the session is over.
+    UpstreamFailed {
+        /// When.
+        ts: Timestamp,
+        /// Why.
+        failure: ConnectFailure,
+        /// The reply sent to the client, and whether it was delivered.
+        reply: Option<(String, bool)>,
+    },
+    /// The relay ended.
+    Closed {
+        /// When.
+        ts: Timestamp,
+        /// How each direction ended and the byte counts.
+        outcome: RelayOutcome,
+        /// Bytes relayed but not analysed (tap overflow), if any.
+        loss: Option<(Side, u64)>,
+    },
+}
+
+/// What the analysis of every session shares: settings, trust store, capture.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    /// TLS analysis settings.
+    pub tls: TlsSettings,
+}
+
+enum Stage {
+    Smtp(Box<SmtpObserver>),
+    Tls(Box<TlsObserver>),
+    Off,
+}
+
+struct State {
+    info: SessionInfo,
+    analysis: Arc<Analysis>,
+    sink: EventSink,
+    kept: Vec<Event>,
+    not_kept: u64,
+    stage: Stage,
+}
+
+impl State {
+    async fn emit(&mut self, ts: Timestamp, kind: impl Into<EventKind>) {
+        let ev = Event::new(ts, self.info.id, kind);
+        if self.kept.len() < MAX_KEPT_EVENTS {
+            self.kept.push(ev.clone());
+        } else {
+            self.not_kept += 1;
+        }
+        self.sink.send(ev).await;
+    }
+
+    async fn on_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
+        let _ = &self.analysis;
+        match &mut self.stage {
+            Stage::Off => {}
+            Stage::Smtp(obs) => {
+                let mut out = Vec::new();
+                let mut marks = Vec::new();
+                let progress = obs.feed(side, bytes, &mut out, &mut marks);
+                let desynced = obs.is_desynced();
+                for e in out {
+                    self.emit(ts, e).await;
+                }
+                match progress {
+                    Progress::StartTls {
+                        client_leftover,
+                        server_leftover,
+                    } => {
+                        self.emit(
+                            ts,
+                            SessionEvent::TlsStarted {
+                                after: "starttls".into(),
+                            },
+                        )
+                        .await;
+                        self.stage = Stage::Tls(Box::new(TlsObserver::new()));
+                        if !client_leftover.is_empty() {
+                            self.feed_tls(Side::Client, ts, &client_leftover).await;
+                        }
+                        if !server_leftover.is_empty() {
+                            self.feed_tls(Side::Server, ts, &server_leftover).await;
+                        }
+                    }
+                    Progress::Continue => {
+                        if desynced {
+                            self.stage = Stage::Off;
+                        }
+                    }
+                }
+            }
+            Stage::Tls(_) => self.feed_tls(side, ts, bytes).await,
+        }
+    }
+
+    async fn feed_tls(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
+        let Stage::Tls(obs) = &mut self.stage else {
+            return;
+        };
+        let mut out = Vec::new();
+        obs.feed(side, bytes, &mut out);
+        let stop = obs.is_desynced() || obs.is_done();
+        for e in out {
+            self.emit(ts, e).await;
+        }
+        if stop {
+            self.stage = Stage::Off;
+        }
+    }
+}
+
+/// Runs the analysis of one session until the controller reports its end.
+pub async fn analyze(
+    info: SessionInfo,
+    mut data: mpsc::Receiver<TapMsg>,
+    mut ctl: mpsc::Receiver<Control>,
+    analysis: Arc<Analysis>,
+    sink: EventSink,
+) {
+    let stage = if info.implicit_tls {
+        Stage::Tls(Box::new(TlsObserver::new()))
+    } else {
+        Stage::Smtp(Box::new(SmtpObserver::new(SmtpLimits::default())))
+    };
+    let mut st = State {
+        info: info.clone(),
+        analysis,
+        sink,
+        kept: Vec::new(),
+        not_kept: 0,
+        stage,
+    };
+    st.emit(
+        info.opened,
+        SessionEvent::Open {
+            client: info.client,
+            listener: info.listener,
+            upstream: info.upstream.to_string(),
+            implicit_tls: info.implicit_tls,
+        },
+    )
+    .await;
+
+    let mut upstream_addr = None;
+    match ctl.recv().await {
+        Some(Control::Connected {
+            ts,
+            peer,
+            local,
+            elapsed,
+        }) => {
+            upstream_addr = Some(peer);
+            st.emit(
+                ts,
+                SessionEvent::UpstreamConnected {
+                    addr: peer,
+                    local,
+                    connect_ms: elapsed.as_secs_f64() * 1000.0,
+                },
+            )
+            .await;
+            if info.implicit_tls {
+                st.emit(
+                    ts,
+                    SessionEvent::TlsStarted {
+                        after: "implicit".into(),
+                    },
+                )
+                .await;
+            }
+        }
+        Some(Control::UpstreamFailed { ts, failure, reply }) => {
+            let (reply_line, delivered) = match reply {
+                Some((l, d)) => (Some(l), d),
+                None => (None, false),
+            };
+            st.emit(
+                ts,
+                SessionEvent::UpstreamFailed {
+                    upstream: info.upstream.to_string(),
+                    error: failure.error,
+                    tried: failure.tried,
+                    action: if reply_line.is_some() {
+                        "reply"
+                    } else {
+                        "close"
+                    }
+                    .into(),
+                    reply: reply_line,
+                    reply_delivered: delivered,
+                },
+            )
+            .await;
+            st.emit(
+                ts,
+                SessionEvent::Close {
+                    reason: "upstream_failed".into(),
+                    client_end: "closed_by_proxy".into(),
+                    server_end: "never_connected".into(),
+                    error: None,
+                    duration_s: ts.since(info.opened),
+                    client_bytes: 0,
+                    server_bytes: 0,
+                },
+            )
+            .await;
+            finish(&mut st, ts, None, 0, 0, "upstream_failed").await;
+            return;
+        }
+        Some(Control::Closed { .. }) | None => {}
+    }
+
+    while let Some(msg) = data.recv().await {
+        match msg {
+            TapMsg::Data(chunk) => st.on_data(chunk.side, chunk.ts, &chunk.bytes).await,
+            TapMsg::Eof { side, ts } => {
+                st.emit(ts, SessionEvent::HalfClose { side }).await;
+            }
+        }
+    }
+
+    let (ts, outcome, loss) = match ctl.recv().await {
+        Some(Control::Closed { ts, outcome, loss }) => (ts, outcome, loss),
+        _ => (
+            Timestamp::now(),
+            RelayOutcome {
+                client_end: DirEnd::Aborted,
+                server_end: DirEnd::Aborted,
+                client_bytes: 0,
+                server_bytes: 0,
+            },
+            None,
+        ),
+    };
+    if let Some((side, bytes)) = loss {
+        st.emit(
+            ts,
+            SessionEvent::ObserverLagged {
+                side,
+                bytes_not_analysed: bytes,
+                note: "the analysis fell behind and its queue overflowed: bytes from this point were relayed unchanged but not analysed; facts after it are missing".into(),
+            },
+        )
+        .await;
+    }
+    let reason = close_reason(&outcome);
+    let error = [&outcome.client_end, &outcome.server_end]
+        .iter()
+        .find_map(|e| match e {
+            DirEnd::Error(m) => Some(m.clone()),
+            _ => None,
+        });
+    st.emit(
+        ts,
+        SessionEvent::Close {
+            reason: reason.into(),
+            client_end: outcome.client_end.word().into(),
+            server_end: outcome.server_end.word().into(),
+            error,
+            duration_s: ts.since(info.opened),
+            client_bytes: outcome.client_bytes,
+            server_bytes: outcome.server_bytes,
+        },
+    )
+    .await;
+    finish(
+        &mut st,
+        ts,
+        upstream_addr,
+        outcome.client_bytes,
+        outcome.server_bytes,
+        reason,
+    )
+    .await;
+}
+
+fn close_reason(o: &RelayOutcome) -> &'static str {
+    let ends = [&o.client_end, &o.server_end];
+    if ends.iter().any(|e| **e == DirEnd::Idle) {
+        "idle_timeout"
+    } else if ends.iter().any(|e| **e == DirEnd::Aborted) {
+        "shutdown"
+    } else if ends.iter().any(|e| matches!(e, DirEnd::Error(_))) {
+        "error"
+    } else {
+        "completed"
+    }
+}
+
+async fn finish(
+    st: &mut State,
+    ts: Timestamp,
+    upstream_addr: Option<SocketAddr>,
+    client_bytes: u64,
+    server_bytes: u64,
+    reason: &str,
+) {
+    let ctx = diagnose::Context {
+        expiry_warning_days: st.analysis.tls.expiry_warning_days,
+    };
+    let findings: Vec<Finding> = diagnose::diagnose(&st.kept, &ctx);
+    let summary: SessionSummary = summary::summarize(
+        &st.info,
+        upstream_addr,
+        &st.kept,
+        summary::Totals {
+            duration_s: ts.since(st.info.opened),
+            client_bytes,
+            server_bytes,
+            close_reason: reason.to_string(),
+            events_not_kept: st.not_kept,
+        },
+        findings,
+    );
+    st.emit(ts, SessionEvent::Summary(Box::new(summary))).await;
+}

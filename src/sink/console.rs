@@ -1,0 +1,372 @@
+//! The console transcript, swaks-like: one line per fact, prefixed with the
+//! session id and the seconds since the session opened.
+//!
+//! ```text
+//! [#1 +0.004]  -> EHLO client.example.test
+//! [#1 +0.005] <-  250-gw.example.test
+//! [#1 +0.031] === TLS ServerHello: TLSv1.3, TLS_AES_256_GCM_SHA384
+//! [#1 +0.090] *** TLS alert from the client: fatal unknown_ca
+//! ```
+//!
+//! `->` client to server, `<-` server to client, `===` facts, `***` problems.
+//! Colour only when writing to a terminal (or when forced). Rendering works
+//! on the JSON form of the event, so it follows docs/log-schema.md exactly.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use serde_json::Value;
+
+use crate::event::{Event, Timestamp};
+
+/// The kind of a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// Sent by the client (`->`).
+    Client,
+    /// Sent by the server (`<-`).
+    Server,
+    /// A fact (`===`).
+    Fact,
+    /// A problem (`***`).
+    Problem,
+}
+
+impl LineKind {
+    fn marker(self) -> &'static str {
+        match self {
+            LineKind::Client => " ->",
+            LineKind::Server => "<- ",
+            LineKind::Fact => "===",
+            LineKind::Problem => "***",
+        }
+    }
+    fn color(self) -> &'static str {
+        match self {
+            LineKind::Client => "\x1b[36m",
+            LineKind::Server => "\x1b[32m",
+            LineKind::Fact => "\x1b[2m",
+            LineKind::Problem => "\x1b[1;31m",
+        }
+    }
+}
+
+/// The console writer.
+pub struct Console {
+    out: Box<dyn Write + Send>,
+    color: bool,
+    opened: HashMap<u64, Timestamp>,
+}
+
+impl Console {
+    /// A console writing to `out`, with ANSI colours if `color`.
+    pub fn new(out: Box<dyn Write + Send>, color: bool) -> Self {
+        Console {
+            out,
+            color,
+            opened: HashMap::new(),
+        }
+    }
+
+    /// Writes the transcript lines of one event.
+    pub fn write(&mut self, ev: &Event) {
+        let start = *self.opened.entry(ev.session).or_insert(ev.ts);
+        let elapsed = ev.ts.since(start);
+        for (kind, text) in render(ev) {
+            let line = format!(
+                "[#{} +{:.3}] {} {}",
+                ev.session,
+                elapsed,
+                kind.marker(),
+                text
+            );
+            let _ = if self.color {
+                writeln!(self.out, "{}{}\x1b[0m", kind.color(), line)
+            } else {
+                writeln!(self.out, "{line}")
+            };
+        }
+        if ev.name() == "session.summary" {
+            self.opened.remove(&ev.session);
+        }
+    }
+
+    /// Flushes the output.
+    pub fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+fn b(v: &Value, k: &str) -> bool {
+    v.get(k).and_then(Value::as_bool).unwrap_or(false)
+}
+fn list(v: &Value, k: &str) -> Vec<String> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| match x {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+fn opt(v: &Value, k: &str) -> Option<String> {
+    match v.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+fn side_name(v: &Value, k: &str) -> String {
+    match s(v, k) {
+        "" => "?".into(),
+        x => x.into(),
+    }
+}
+
+/// The transcript lines for one event (pure; also used by the lab demo and tests).
+pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
+    use LineKind::*;
+    let v = match serde_json::to_value(ev) {
+        Ok(v) => v,
+        Err(_) => return Vec::new(),
+    };
+    let name = s(&v, "event").to_string();
+    let mut out: Vec<(LineKind, String)> = Vec::new();
+    match name.as_str() {
+        "session.open" => out.push((
+            Fact,
+            format!(
+                "session {}: client {} connected to {}; upstream {}{}",
+                ev.session,
+                s(&v, "client"),
+                s(&v, "listener"),
+                s(&v, "upstream"),
+                if b(&v, "implicit_tls") {
+                    " (implicit TLS)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        "upstream.connected" => out.push((
+            Fact,
+            format!(
+                "connected to upstream {} from {} in {:.1} ms",
+                s(&v, "addr"),
+                s(&v, "local"),
+                v.get("connect_ms").and_then(Value::as_f64).unwrap_or(0.0)
+            ),
+        )),
+        "upstream.failed" => {
+            out.push((
+                Problem,
+                format!(
+                    "upstream {} unreachable: {}",
+                    s(&v, "upstream"),
+                    s(&v, "error")
+                ),
+            ));
+            match opt(&v, "reply") {
+                Some(r) => out.push((Server, format!("{r}   (sent by smtptap)"))),
+                None => out.push((Fact, "closed the client connection without a reply".into())),
+            }
+        }
+        "session.half_close" => out.push((
+            Fact,
+            format!("{} closed its side (FIN)", side_name(&v, "side")),
+        )),
+        "tls.started" => out.push((
+            Fact,
+            match s(&v, "after") {
+                "implicit" => "TLS from the first byte (implicit TLS)".to_string(),
+                _ => "STARTTLS accepted: the connection is TLS from here on".to_string(),
+            },
+        )),
+        "observer.lagged" => out.push((
+            Problem,
+            format!(
+                "analysis fell behind: {} bytes relayed but not analysed (mail not affected)",
+                u(&v, "bytes_not_analysed")
+            ),
+        )),
+        "session.close" => {
+            let mut t = format!(
+                "session closed ({}): client {}, server {}; {} bytes from client, {} from server",
+                s(&v, "reason"),
+                s(&v, "client_end"),
+                s(&v, "server_end"),
+                u(&v, "client_bytes"),
+                u(&v, "server_bytes")
+            );
+            if let Some(e) = opt(&v, "error") {
+                t.push_str(&format!("; {e}"));
+            }
+            out.push((Fact, t));
+        }
+        "session.summary" => render_summary(&v, &mut out),
+        // SMTP
+        "smtp.banner" | "smtp.reply" | "smtp.capabilities" | "smtp.starttls" => {
+            let lines = list(&v, "lines");
+            if name == "smtp.capabilities" || name == "smtp.starttls" {
+                // the same lines also appear as smtp.reply; only facts here
+                render_smtp_fact(&name, &v, &mut out);
+            } else {
+                for l in lines {
+                    out.push((Server, l));
+                }
+                if name == "smtp.banner" && list(&v, "lines").is_empty() {
+                    out.push((Server, format!("{} {}", u(&v, "code"), s(&v, "text"))));
+                }
+            }
+        }
+        "smtp.command" => {
+            let arg = s(&v, "arg");
+            out.push((
+                Client,
+                if arg.is_empty() {
+                    s(&v, "verb").to_string()
+                } else {
+                    format!("{} {}", s(&v, "verb"), arg)
+                },
+            ));
+        }
+        "smtp.desync" | "tls.desync" => {
+            out.push((
+                Problem,
+                format!(
+                "{} observer stopped on {} bytes at offset {}: {} (the relay goes on unchanged)",
+                if name.starts_with("smtp") { "SMTP" } else { "TLS" },
+                side_name(&v, "side"),
+                u(&v, "offset"),
+                s(&v, "reason")
+            ),
+            ))
+        }
+        "smtp.masked" => out.push((
+            Problem,
+            format!(
+                "{} masked by a middlebox (firewall SMTP inspection?): {:?}",
+                s(&v, "what"),
+                s(&v, "sample")
+            ),
+        )),
+        _ => render_generic(&name, &v, &mut out),
+    }
+    out
+}
+
+fn render_smtp_fact(name: &str, v: &Value, out: &mut Vec<(LineKind, String)>) {
+    use LineKind::*;
+    match name {
+        "smtp.capabilities" => {
+            if b(v, "starttls") {
+                out.push((Fact, "STARTTLS offered".into()));
+            } else {
+                out.push((Problem, "STARTTLS not offered in the EHLO reply".into()));
+            }
+        }
+        "smtp.starttls" => {
+            if !b(v, "accepted") {
+                out.push((
+                    Problem,
+                    format!("STARTTLS refused: {} {}", u(v, "code"), s(v, "text")),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn render_summary(v: &Value, out: &mut Vec<(LineKind, String)>) {
+    use LineKind::*;
+    let mut parts = vec![format!(
+        "{:.3} s",
+        v.get("duration_s").and_then(Value::as_f64).unwrap_or(0.0)
+    )];
+    if let Some(x) = v.get("messages_accepted").and_then(Value::as_u64) {
+        parts.push(format!(
+            "{} message(s) accepted, {} rejected",
+            x,
+            u(v, "messages_rejected")
+        ));
+    }
+    for (k, label) in [
+        ("starttls_offered", "STARTTLS offered"),
+        ("starttls_attempted", "attempted"),
+        ("starttls_accepted", "accepted"),
+        ("tls_established", "TLS established"),
+    ] {
+        if let Some(x) = v.get(k).and_then(Value::as_bool) {
+            parts.push(format!("{label}: {}", if x { "yes" } else { "no" }));
+        }
+    }
+    if let Some(t) = opt(v, "tls_version") {
+        parts.push(format!("{t} {}", s(v, "tls_cipher")));
+    }
+    parts.push(format!(
+        "{} bytes from client, {} from server",
+        u(v, "client_bytes"),
+        u(v, "server_bytes")
+    ));
+    out.push((Fact, format!("summary: {}", parts.join("; "))));
+    if let Some(r) = opt(v, "last_reply") {
+        out.push((Fact, format!("last reply: {r}")));
+    }
+    let findings = v
+        .get("findings")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if findings.is_empty() {
+        out.push((Fact, "diagnosis: no problem found".into()));
+    }
+    for f in findings {
+        let sev = s(&f, "severity");
+        let kind = if sev == "info" { Fact } else { Problem };
+        out.push((
+            kind,
+            format!("[{sev}] {} ({})", s(&f, "title"), s(&f, "id")),
+        ));
+        for e in list(&f, "evidence") {
+            out.push((kind, format!("    evidence: {e}")));
+        }
+        out.push((kind, format!("    what to change: {}", s(&f, "advice"))));
+    }
+}
+
+/// Any other event: its name and its scalar fields, compactly.
+fn render_generic(name: &str, v: &Value, out: &mut Vec<(LineKind, String)>) {
+    let mut parts = Vec::new();
+    if let Value::Object(m) = v {
+        for (k, x) in m {
+            if matches!(k.as_str(), "ts" | "session" | "event") {
+                continue;
+            }
+            let shown = match x {
+                Value::Null => continue,
+                Value::String(s) => s.clone(),
+                Value::Array(a) if a.is_empty() => continue,
+                Value::Array(a) if a.len() > 8 => format!("[{} items]", a.len()),
+                other => other.to_string(),
+            };
+            parts.push(format!("{k}={shown}"));
+        }
+    }
+    let kind = if name.contains("alert") || name.contains("error") || name.contains("failed") {
+        LineKind::Problem
+    } else {
+        LineKind::Fact
+    };
+    out.push((kind, format!("{name} {}", parts.join(" "))));
+}

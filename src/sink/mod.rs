@@ -1,0 +1,127 @@
+//! Sinks: where events go. One thread owns every writer (JSON lines, console
+//! transcript, an in-memory collector for tests and the lab) and is fed by a
+//! bounded queue, so that slow disks or terminals never reach the relay (the
+//! relay never sends here; the analysis tasks do, and may wait).
+//!
+//! The writer thread flushes whenever the queue runs empty, so a reader of the
+//! JSON file sees each event within milliseconds, and at the end everything is
+//! flushed before [`SinkHandle::finish`] returns.
+
+pub mod console;
+pub mod json;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+
+/// Events queued to the writer thread before analysis tasks wait.
+pub const QUEUE: usize = 8192;
+
+/// A cheap, clonable handle to send events to every sink.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<Event>,
+}
+
+impl EventSink {
+    /// Queues one event; waits (asynchronously) when the writer is behind.
+    pub async fn send(&self, ev: Event) {
+        let _ = self.tx.send(ev).await;
+    }
+
+    /// Queues one event from synchronous code (e.g. the CLI); drops it if the queue is full.
+    pub fn try_send(&self, ev: Event) {
+        let _ = self.tx.try_send(ev);
+    }
+}
+
+/// Events collected in memory (tests, the lab demo).
+pub type Collector = Arc<Mutex<Vec<Event>>>;
+
+/// The writers to attach.
+#[derive(Default)]
+pub struct Sinks {
+    /// JSON lines (one object per line).
+    pub json: Option<Box<dyn Write + Send>>,
+    /// The console transcript.
+    pub console: Option<console::Console>,
+    /// An in-memory collector.
+    pub memory: Option<Collector>,
+}
+
+/// Owns the writer thread.
+pub struct SinkHandle {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SinkHandle {
+    /// Waits until every [`EventSink`] clone is dropped and everything is written and flushed.
+    pub fn finish(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the writer thread.
+pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
+    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("smtptap-sinks".into())
+        .spawn(move || {
+            let Sinks {
+                mut json,
+                mut console,
+                memory,
+            } = sinks;
+            let mut json_failed = false;
+            while let Some(ev) = rx.blocking_recv() {
+                let mut batch = vec![ev];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                    if batch.len() >= 256 {
+                        break;
+                    }
+                }
+                for ev in &batch {
+                    if let (Some(w), false) = (json.as_mut(), json_failed) {
+                        if let Err(e) = json::write(w.as_mut(), ev) {
+                            tracing::error!(error = %e, "cannot write the JSON log; further events are not written there");
+                            json_failed = true;
+                        }
+                    }
+                    if let Some(c) = console.as_mut() {
+                        c.write(ev);
+                    }
+                }
+                if let Some(m) = &memory {
+                    if let Ok(mut v) = m.lock() {
+                        v.extend(batch);
+                    }
+                }
+                if rx.is_empty() {
+                    if let (Some(w), false) = (json.as_mut(), json_failed) {
+                        if let Err(e) = w.flush() {
+                            tracing::error!(error = %e, "cannot flush the JSON log");
+                            json_failed = true;
+                        }
+                    }
+                    if let Some(c) = console.as_mut() {
+                        c.flush();
+                    }
+                }
+            }
+            if let Some(w) = json.as_mut() {
+                let _ = w.flush();
+            }
+            if let Some(c) = console.as_mut() {
+                c.flush();
+            }
+        })
+        .ok();
+    (EventSink { tx }, SinkHandle { thread })
+}
