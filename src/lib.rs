@@ -41,6 +41,7 @@ pub mod config;
 pub mod diagnose;
 pub mod event;
 pub mod headers;
+pub mod lab;
 pub mod proxy;
 pub mod session;
 pub mod sink;
