@@ -237,9 +237,7 @@ pub fn sinks_for(cfg: &ProxyConfig) -> std::io::Result<Sinks> {
 
 /// Builds what every session's analysis shares (trust store, settings).
 pub fn analysis_for(cfg: &ProxyConfig) -> Result<Analysis, String> {
-    Ok(Analysis {
-        tls: cfg.tls.clone(),
-    })
+    Ok(Analysis::new(cfg.tls.clone()))
 }
 
 /// Runs the proxy until SIGINT/SIGTERM, then drains and flushes every sink.

@@ -232,6 +232,17 @@ pub enum SessionEvent {
         /// `starttls` or `implicit`.
         after: String,
     },
+    /// The same client IP failed a TLS handshake through smtptap shortly before
+    /// this session (used to recognise a cleartext fallback).
+    #[serde(rename = "session.prior_tls_failure")]
+    PriorTlsFailure {
+        /// The earlier session.
+        session: SessionId,
+        /// How long ago it failed, in seconds.
+        seconds_ago: f64,
+        /// Its failure, as diagnosed.
+        reason: String,
+    },
     /// One side closed its sending direction (FIN); the proxy passed it on.
     #[serde(rename = "session.half_close")]
     HalfClose {

@@ -16,9 +16,10 @@
 //! end: an observer that missed bytes cannot be trusted, so it says so rather
 //! than guess. It must not touch sockets.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -97,11 +98,50 @@ pub enum Control {
     },
 }
 
-/// What the analysis of every session shares: settings, trust store, capture.
+/// How long a failed TLS handshake from a client is remembered, to recognise a
+/// cleartext retry from the same client (opportunistic fallback).
+pub const FALLBACK_WINDOW: Duration = Duration::from_secs(600);
+
+/// What the analysis of every session shares: settings, trust store, capture,
+/// and the little cross-session memory the fallback diagnosis needs.
 #[derive(Debug, Default)]
 pub struct Analysis {
     /// TLS analysis settings.
     pub tls: TlsSettings,
+    /// Recent failed TLS handshakes by client IP: when, which session, why.
+    pub recent_tls_failures: Mutex<HashMap<IpAddr, (Instant, SessionId, String)>>,
+}
+
+impl Analysis {
+    /// Settings only (trust store and capture are added by the caller).
+    pub fn new(tls: TlsSettings) -> Self {
+        Analysis {
+            tls,
+            ..Default::default()
+        }
+    }
+
+    fn prior_failure(&self, ip: IpAddr) -> Option<(Duration, SessionId, String)> {
+        let mut map = self.recent_tls_failures.lock().ok()?;
+        map.retain(|_, (t, _, _)| t.elapsed() < FALLBACK_WINDOW);
+        map.get(&ip)
+            .map(|(t, id, why)| (t.elapsed(), *id, why.clone()))
+    }
+
+    fn record_tls_outcome(&self, ip: IpAddr, session: SessionId, failure: Option<String>) {
+        if let Ok(mut map) = self.recent_tls_failures.lock() {
+            match failure {
+                Some(why) => {
+                    if map.len() < 10_000 {
+                        map.insert(ip, (Instant::now(), session, why));
+                    }
+                }
+                None => {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 enum Stage {
@@ -239,6 +279,17 @@ pub async fn analyze(
                 },
             )
             .await;
+            if let Some((ago, prior, why)) = st.analysis.prior_failure(info.client.ip()) {
+                st.emit(
+                    ts,
+                    SessionEvent::PriorTlsFailure {
+                        session: prior,
+                        seconds_ago: ago.as_secs_f64(),
+                        reason: why,
+                    },
+                )
+                .await;
+            }
             if info.implicit_tls {
                 st.emit(
                     ts,
@@ -379,6 +430,15 @@ async fn finish(
         expiry_warning_days: st.analysis.tls.expiry_warning_days,
     };
     let findings: Vec<Finding> = diagnose::diagnose(&st.kept, &ctx);
+    let started = st.kept.iter().any(|e| e.name() == "tls.started");
+    if started {
+        let failed = findings
+            .iter()
+            .find(|f| f.id == "tls.handshake_failed" || f.id == "tls.not_tls")
+            .map(|f| f.title.clone());
+        st.analysis
+            .record_tls_outcome(st.info.client.ip(), st.info.id, failed);
+    }
     let summary: SessionSummary = summary::summarize(
         &st.info,
         upstream_addr,

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diagnose::Finding;
+use serde_json::Value;
+
+use crate::diagnose::{reply_line, Finding, SessionView};
 use crate::event::Event;
 use crate::session::SessionInfo;
 
@@ -41,6 +43,36 @@ pub struct SessionSummary {
     pub server_bytes: u64,
     /// Why the session ended.
     pub close_reason: String,
+    /// SMTP commands the client sent.
+    pub commands: u64,
+    /// Messages the server accepted (250 to the end of DATA / BDAT LAST).
+    pub messages_accepted: u64,
+    /// Messages the server refused.
+    pub messages_rejected: u64,
+    /// The banner line.
+    pub banner: Option<String>,
+    /// The client's HELO/EHLO name.
+    pub helo: Option<String>,
+    /// Whether the server offered STARTTLS in cleartext (null: no EHLO reply seen).
+    pub starttls_offered: Option<bool>,
+    /// Whether the client sent STARTTLS.
+    pub starttls_attempted: bool,
+    /// Whether the server accepted it (220) — or the session was implicit TLS.
+    pub starttls_accepted: bool,
+    /// Whether the TLS handshake completed and data flowed.
+    pub tls_established: bool,
+    /// The negotiated TLS version.
+    pub tls_version: Option<String>,
+    /// The negotiated cipher suite.
+    pub tls_cipher: Option<String>,
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+    /// The server certificate's subject (leaf), when seen.
+    pub server_certificate: Option<String>,
+    /// The last reply of the server (`code text`).
+    pub last_reply: Option<String>,
+    /// `complete`, `desync` (an observer stopped) or `lagged` (the analysis fell behind).
+    pub observation: String,
     /// Findings of the diagnosis, most severe first.
     pub findings: Vec<Finding>,
     /// Events logged but not kept for the diagnosis (very long sessions).
@@ -51,12 +83,48 @@ pub struct SessionSummary {
 pub fn summarize(
     info: &SessionInfo,
     upstream_addr: Option<SocketAddr>,
-    _events: &[Event],
+    events: &[Event],
     totals: Totals,
     mut findings: Vec<Finding>,
 ) -> SessionSummary {
     findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    let v = SessionView::new(events);
+    let (messages_accepted, messages_rejected) = v.messages();
+    let negotiated = v.negotiated();
+    let str_of = |e: Option<&Value>, k: &str| {
+        e.and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let observation = if v.has("observer.lagged") {
+        "lagged"
+    } else if v.has("smtp.desync") || v.has("tls.desync") {
+        "desync"
+    } else {
+        "complete"
+    };
     SessionSummary {
+        commands: v.named("smtp.command").count() as u64,
+        messages_accepted,
+        messages_rejected,
+        banner: v.first("smtp.banner").map(reply_line),
+        helo: v.hello().map(|h| {
+            format!(
+                "{} {}",
+                h.get("verb").and_then(Value::as_str).unwrap_or(""),
+                h.get("name").and_then(Value::as_str).unwrap_or("")
+            )
+        }),
+        starttls_offered: v.starttls_offered(),
+        starttls_attempted: v.starttls_attempted(),
+        starttls_accepted: v.tls_started(),
+        tls_established: v.tls_established(),
+        tls_version: negotiated.as_ref().map(|n| n.0.clone()),
+        tls_cipher: negotiated.map(|n| n.1),
+        sni: str_of(v.first("tls.client_hello"), "sni"),
+        server_certificate: str_of(v.server_leaf(), "subject"),
+        last_reply: v.last_reply(),
+        observation: observation.into(),
         client: info.client,
         upstream: info.upstream.to_string(),
         upstream_addr,
