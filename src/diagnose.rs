@@ -480,7 +480,7 @@ fn smtp_rules(v: &SessionView, out: &mut Vec<Finding>) {
                 "The client fell back to cleartext right after a failed TLS handshake".into(),
                 vec![format!(
                     "session {} from the same client failed its TLS handshake {:.0} s earlier: {}",
-                    u(p, "session"),
+                    u(p, "prior_session"),
                     p.get("seconds_ago").and_then(Value::as_f64).unwrap_or(0.0),
                     s(p, "reason")
                 )],

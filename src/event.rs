@@ -237,7 +237,7 @@ pub enum SessionEvent {
     #[serde(rename = "session.prior_tls_failure")]
     PriorTlsFailure {
         /// The earlier session.
-        session: SessionId,
+        prior_session: SessionId,
         /// How long ago it failed, in seconds.
         seconds_ago: f64,
         /// Its failure, as diagnosed.

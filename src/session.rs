@@ -283,7 +283,7 @@ pub async fn analyze(
                 st.emit(
                     ts,
                     SessionEvent::PriorTlsFailure {
-                        session: prior,
+                        prior_session: prior,
                         seconds_ago: ago.as_secs_f64(),
                         reason: why,
                     },
