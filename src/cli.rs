@@ -235,15 +235,10 @@ pub fn sinks_for(cfg: &ProxyConfig) -> std::io::Result<Sinks> {
     Ok(sinks)
 }
 
-/// Builds what every session's analysis shares (trust store, settings).
-pub fn analysis_for(cfg: &ProxyConfig) -> Result<Analysis, String> {
-    Ok(Analysis::new(cfg.tls.clone()))
-}
-
 /// Runs the proxy until SIGINT/SIGTERM, then drains and flushes every sink.
 pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
     let sinks = sinks_for(&cfg).map_err(|e| format!("cannot open the log: {e}"))?;
-    let analysis = analysis_for(&cfg)?;
+    let analysis = Analysis::from_config(&cfg)?;
     let (sink, handle) = sink::start(sinks);
     let proxy = Proxy::bind(cfg, sink, analysis)
         .await

@@ -121,6 +121,11 @@ impl Analysis {
         }
     }
 
+    /// Builds the shared analysis state from a configuration (loads the trust store).
+    pub fn from_config(cfg: &crate::config::ProxyConfig) -> Result<Self, String> {
+        Ok(Analysis::new(cfg.tls.clone()))
+    }
+
     fn prior_failure(&self, ip: IpAddr) -> Option<(Duration, SessionId, String)> {
         let mut map = self.recent_tls_failures.lock().ok()?;
         map.retain(|_, (t, _, _)| t.elapsed() < FALLBACK_WINDOW);

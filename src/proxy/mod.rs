@@ -293,3 +293,52 @@ async fn run_session(
         tracing::error!(error = %e, "analysis task failed; the relay was not affected");
     }
 }
+
+/// A proxy running in the background of the current tokio runtime (tests, the
+/// lab demo, embedding).
+pub struct Running {
+    addrs: Vec<SocketAddr>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<RunStats>,
+}
+
+impl Running {
+    /// The listening addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, drains the open sessions, and waits until every sink is flushed.
+    pub async fn stop(mut self) -> RunStats {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Binds and starts a proxy with these sinks; the analysis (trust store…) is
+/// built from the configuration.
+pub async fn spawn(cfg: ProxyConfig, sinks: crate::sink::Sinks) -> Result<Running, String> {
+    let analysis = Analysis::from_config(&cfg)?;
+    let (sink, handle) = crate::sink::start(sinks);
+    let proxy = Proxy::bind(cfg, sink, analysis)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addrs = proxy.local_addrs();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let stats = proxy
+            .run(async {
+                let _ = rx.await;
+            })
+            .await;
+        let _ = tokio::task::spawn_blocking(move || handle.finish()).await;
+        stats
+    });
+    Ok(Running {
+        addrs,
+        stop: Some(tx),
+        task,
+    })
+}

@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use smtptap::config::RawConfig;
 use smtptap::event::Event;
-use smtptap::proxy::Proxy;
-use smtptap::sink::{self, Collector, Sinks};
-use tokio::sync::oneshot;
+use smtptap::proxy::{self, Running};
+use smtptap::sink::{Collector, Sinks};
 
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub events: Collector,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 impl TestProxy {
@@ -31,40 +29,19 @@ impl TestProxy {
             memory: Some(events.clone()),
             ..Default::default()
         };
-        let analysis = smtptap::cli::analysis_for(&cfg).unwrap();
-        let (sink, handle) = sink::start(sinks);
-        let proxy = Proxy::bind(cfg, sink, analysis).await.unwrap();
-        let addr = proxy.local_addrs()[0];
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            proxy
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await;
-            tokio::task::spawn_blocking(move || handle.finish())
-                .await
-                .unwrap();
-        });
+        let running = proxy::spawn(cfg, sinks).await.unwrap();
         TestProxy {
-            addr,
+            addr: running.addrs()[0],
             events,
-            stop: Some(tx),
-            task: Some(task),
+            running,
         }
     }
 
     /// Stops the proxy (drain) and waits until every event is written.
-    pub async fn stop(mut self) -> Vec<Event> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(60), t)
-                .await
-                .expect("proxy did not stop")
-                .unwrap();
-        }
+    pub async fn stop(self) -> Vec<Event> {
+        tokio::time::timeout(Duration::from_secs(60), self.running.stop())
+            .await
+            .expect("proxy did not stop");
         self.events.lock().unwrap().clone()
     }
 
@@ -82,7 +59,7 @@ impl TestProxy {
 }
 
 /// Events of one session, by name.
-pub fn named<'a>(events: &'a [Event], session: u64, name: &str) -> Vec<serde_json::Value> {
+pub fn named(events: &[Event], session: u64, name: &str) -> Vec<serde_json::Value> {
     events
         .iter()
         .filter(|e| e.session == session && e.name() == name)
