@@ -140,7 +140,11 @@ impl std::fmt::Display for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CaptureError::Unwritable { path, source } => {
-                write!(f, "capture path {} is not writable: {source}", path.display())
+                write!(
+                    f,
+                    "capture path {} is not writable: {source}",
+                    path.display()
+                )
             }
         }
     }
@@ -277,7 +281,9 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let m = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(v6) => {
@@ -339,18 +345,19 @@ impl CaptureSection {
             return Err(format!("{key_prefix}.path: must not be empty"));
         }
         let pb = PathBuf::from(path);
-        let target = if path.ends_with('/') || path.ends_with(std::path::MAIN_SEPARATOR) || pb.is_dir()
-        {
-            Target::Dir(pb)
-        } else {
-            Target::File(pb)
-        };
+        let target =
+            if path.ends_with('/') || path.ends_with(std::path::MAIN_SEPARATOR) || pb.is_dir() {
+                Target::Dir(pb)
+            } else {
+                Target::File(pb)
+            };
         let cidrs = |key: &str, list: &[String]| -> Result<Vec<Cidr>, String> {
             list.iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    Cidr::parse(s)
-                        .map_err(|why| format!("{key_prefix}.{key}[{i}]: {s:?} is not a CIDR ({why})"))
+                    Cidr::parse(s).map_err(|why| {
+                        format!("{key_prefix}.{key}[{i}]: {s:?} is not a CIDR ({why})")
+                    })
                 })
                 .collect()
         };
@@ -404,9 +411,13 @@ impl CaptureConfig {
 
     /// True if the filters select this session.
     pub fn selects(&self, flow: &FlowInfo) -> bool {
-        let c = self.clients.is_empty() || self.clients.iter().any(|n| n.contains(flow.client.ip()));
+        let c =
+            self.clients.is_empty() || self.clients.iter().any(|n| n.contains(flow.client.ip()));
         let u = self.upstreams.is_empty()
-            || self.upstreams.iter().any(|n| n.contains(flow.upstream.ip()));
+            || self
+                .upstreams
+                .iter()
+                .any(|n| n.contains(flow.upstream.ip()));
         let p = self.ports.is_empty()
             || self.ports.contains(&flow.upstream.port())
             || self.ports.contains(&flow.proxy_listen.port());
@@ -590,7 +601,9 @@ pub struct SessionCapture {
 
 impl std::fmt::Debug for SessionCapture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionCapture").field("id", &self.id).finish()
+        f.debug_struct("SessionCapture")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -709,9 +722,7 @@ impl SessionCapture {
         if self.closed {
             return;
         }
-        if !self.pending_comments.is_empty()
-            || self.unreported_frames > 0
-            || self.skipped != [0, 0]
+        if !self.pending_comments.is_empty() || self.unreported_frames > 0 || self.skipped != [0, 0]
         {
             let frames = self.build(|leg, out| leg.ack_from(Side::Client, ts, out), Side::Client);
             self.send(frames);
@@ -724,9 +735,7 @@ impl SessionCapture {
             });
         }
         self.closed = true;
-        self.shared.send_control(Msg::Close {
-            session: self.id,
-        });
+        self.shared.send_control(Msg::Close { session: self.id });
     }
 
     /// Runs `f` on each leg in the order bytes from `side` travel (client
@@ -779,7 +788,10 @@ impl SessionCapture {
             self.dropped_bytes += cost as u64;
             self.unreported_frames += n;
             self.unreported_bytes += cost as u64;
-            self.shared.stats.frames_dropped.fetch_add(n, Ordering::Relaxed);
+            self.shared
+                .stats
+                .frames_dropped
+                .fetch_add(n, Ordering::Relaxed);
             self.shared
                 .stats
                 .bytes_dropped
@@ -795,7 +807,10 @@ impl SessionCapture {
                 self.unreported_frames = 0;
                 self.unreported_bytes = 0;
             }
-            for (side, n) in [(Side::Client, self.skipped[0]), (Side::Server, self.skipped[1])] {
+            for (side, n) in [
+                (Side::Client, self.skipped[0]),
+                (Side::Server, self.skipped[1]),
+            ] {
                 if n > 0 {
                     first.comments.push(format!(
                         "smtptap: {n} bytes sent by the {side} before this frame are not in this capture (message body left out: capture.bodies = false)"

@@ -161,11 +161,7 @@ impl Shared {
     /// Stops the thread after it has written everything queued.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
-        let handle = self
-            .join
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.join.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -260,7 +256,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 pub fn run_file_name(target: &Target, run_start: Timestamp, n: u64) -> PathBuf {
     match target {
         Target::Dir(d) => {
-            let rot = if n == 0 { String::new() } else { format!("-{n}") };
+            let rot = if n == 0 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
             d.join(format!("smtptap-{}{rot}.pcapng", time_tag(run_start)))
         }
         Target::File(f) => {
@@ -421,7 +421,9 @@ impl Writer {
                 self.session_opened.remove(&session);
                 if let Some(mut f) = self.sessions.remove(&session) {
                     match f.flush() {
-                        Ok(()) => self.shared.push_event(session, file_event(&f.path, "closed")),
+                        Ok(()) => self
+                            .shared
+                            .push_event(session, file_event(&f.path, "closed")),
                         Err(e) => self.fail(&f.path.clone(), e),
                     }
                 } else if let Some(f) = self.run.as_mut() {
