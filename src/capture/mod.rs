@@ -202,6 +202,8 @@ pub struct CaptureSection {
     pub queue_bytes: u64,
 }
 
+/// Bytes charged to the queue budget per frame on top of its data.
+pub const FRAME_OVERHEAD: usize = 64;
 /// Most comments waiting for a session's next frame.
 pub const MAX_PENDING_COMMENTS: usize = 32;
 /// Default `rotate_bytes`: 100 MiB.
@@ -455,7 +457,8 @@ pub struct CaptureStats {
     pub bytes_written: u64,
     /// Frames dropped because the queue was full.
     pub frames_dropped: u64,
-    /// Frame bytes dropped because the queue was full.
+    /// Bytes dropped because the queue was full (frame bytes plus
+    /// [`FRAME_OVERHEAD`] per frame, the unit of the queue budget).
     pub bytes_dropped: u64,
     /// Frames discarded after a write error.
     pub frames_discarded: u64,
@@ -616,7 +619,7 @@ impl SessionCapture {
     /// `side` sent `bytes` at `ts` (already redacted by the caller if
     /// `redact_auth`). Data beyond `max_bytes_per_session` is not written.
     pub fn data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
-        if bytes.is_empty() || self.closed {
+        if bytes.is_empty() || self.closed || self.shared.is_failed() {
             return;
         }
         let mut write_len = bytes.len();
@@ -781,7 +784,14 @@ impl SessionCapture {
         if frames.is_empty() || self.shared.is_failed() {
             return;
         }
-        let cost: usize = frames.iter().map(|f| f.data.len()).sum();
+        // Frame bytes plus bookkeeping, so that a flood of tiny frames is
+        // bounded by the budget as well as a few large ones.
+        let cost: usize = frames
+            .iter()
+            .map(|f| {
+                f.data.len() + FRAME_OVERHEAD + f.comments.iter().map(String::len).sum::<usize>()
+            })
+            .sum();
         if !self.shared.reserve(cost) {
             let n = frames.len() as u64;
             self.dropped_frames += n;

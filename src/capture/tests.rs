@@ -720,7 +720,7 @@ fn queue_full_drops_frames_counts_and_comments() {
     };
     // 274 segments + 1 pure ACK.
     assert_eq!(*frames, 275);
-    assert_eq!(*bytes, 400_000 + 275 * 54);
+    assert_eq!(*bytes, 400_000 + 275 * (54 + FRAME_OVERHEAD as u64));
     assert_eq!(reason, "queue full");
     let stats = cap.clone().shutdown();
     assert_eq!(stats.frames_dropped, 275);
@@ -823,5 +823,46 @@ trait Name {
 impl Name for EventKind {
     fn serialize_name(self) -> String {
         serde_json::to_string(&self).unwrap()
+    }
+}
+
+#[test]
+fn events_serialize_flat_with_dotted_names() {
+    let cases = [
+        (
+            CaptureEvent::File {
+                path: "a.pcapng".into(),
+                reason: "opened".into(),
+            },
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.file","path":"a.pcapng","reason":"opened"}"#,
+        ),
+        (
+            CaptureEvent::Error {
+                path: "/dev/full".into(),
+                error: "No space left on device (os error 28)".into(),
+            },
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.error","path":"/dev/full","error":"No space left on device (os error 28)"}"#,
+        ),
+        (
+            CaptureEvent::Truncated { limit: 5 },
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.truncated","limit":5}"#,
+        ),
+        (
+            CaptureEvent::Dropped {
+                frames: 1,
+                bytes: 2,
+                reason: "queue full".into(),
+            },
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.dropped","frames":1,"bytes":2,"reason":"queue full"}"#,
+        ),
+    ];
+    for (kind, json) in cases {
+        let e = Event::new(Timestamp(UNIX_EPOCH), 0, kind.clone());
+        assert_eq!(serde_json::to_string(&e).unwrap(), json);
+        let back: Event = serde_json::from_str(json).unwrap();
+        let EventKind::Capture(k) = back.kind else {
+            panic!("{json} did not round-trip as a capture event")
+        };
+        assert_eq!(k, kind);
     }
 }
