@@ -30,6 +30,11 @@ use crate::event::{Event, SessionId, Timestamp};
 /// Events kept between two `take_events` calls; older ones are dropped.
 const MAX_EVENTS: usize = 1024;
 
+/// Write buffer of the per-run file.
+const RUN_BUFFER: usize = 256 * 1024;
+/// Write buffer of each per-session file.
+const SESSION_BUFFER: usize = 32 * 1024;
+
 /// One frame ready for the file.
 #[derive(Debug)]
 pub(crate) struct WFrame {
@@ -193,10 +198,12 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    fn create(path: &Path, legs: Legs) -> io::Result<OpenFile> {
+    /// `buffer`: write buffer size (per-session files get a small one, since
+    /// many may be open at once).
+    fn create(path: &Path, legs: Legs, buffer: usize) -> io::Result<OpenFile> {
         let file = File::create(path)?;
         let w = Counting {
-            inner: BufWriter::with_capacity(256 * 1024, file),
+            inner: BufWriter::with_capacity(buffer, file),
             n: 0,
         };
         let names: &[&str] = match legs {
@@ -304,7 +311,8 @@ pub(crate) fn spawn(cfg: Arc<CaptureConfig>) -> Result<Arc<Shared>, CaptureError
         let _ = std::fs::remove_file(&probe);
     } else {
         let path = run_file_name(&cfg.target, run_start, 0);
-        first = Some(OpenFile::create(&path, cfg.legs).map_err(|e| unwritable(&path, e))?);
+        first =
+            Some(OpenFile::create(&path, cfg.legs, RUN_BUFFER).map_err(|e| unwritable(&path, e))?);
     }
     let (tx, rx) = channel();
     let budget = usize::try_from(cfg.queue_bytes).unwrap_or(usize::MAX);
@@ -447,7 +455,7 @@ impl Writer {
             .copied()
             .unwrap_or_else(Timestamp::now);
         let path = session_file_name(&self.cfg.target, opened, session);
-        match OpenFile::create(&path, self.cfg.legs) {
+        match OpenFile::create(&path, self.cfg.legs, SESSION_BUFFER) {
             Ok(f) => {
                 self.shared.stats.files.fetch_add(1, Ordering::Relaxed);
                 self.shared.push_event(session, file_event(&path, "opened"));
@@ -489,7 +497,7 @@ impl Writer {
         }
         self.rotations += 1;
         let path = run_file_name(&self.cfg.target, self.run_start, self.rotations);
-        match OpenFile::create(&path, self.cfg.legs) {
+        match OpenFile::create(&path, self.cfg.legs, RUN_BUFFER) {
             Ok(f) => {
                 self.shared.stats.files.fetch_add(1, Ordering::Relaxed);
                 self.shared.push_event(0, file_event(&path, "opened"));
