@@ -559,6 +559,8 @@ impl Capture {
     /// (SIGTERM path). Blocking: waits for the queue to drain (bounded by
     /// `queue_bytes`); from async code call it in `spawn_blocking`. Other
     /// clones of the handle become inert (their calls write nothing).
+    /// Dropping every handle and session without calling this also makes the
+    /// thread write what is queued, close its files and exit, in the background.
     pub fn shutdown(self) -> CaptureStats {
         self.shared.shutdown();
         self.shared.stats.snapshot()

@@ -1000,3 +1000,24 @@ fn timer_flush_leaves_a_readable_file_while_running() {
     cap.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn dropping_every_handle_flushes_and_stops_the_writer() {
+    let dir = temp_dir("dropall");
+    let path = dir.join("d.pcapng");
+    let mut cfg = CaptureConfig::for_path(path.display().to_string()).unwrap();
+    cfg.flush_interval = Duration::from_secs(3600);
+    let cap = Capture::start(cfg).unwrap();
+    let mut s = cap.session(flow_info(1)).unwrap();
+    s.data(Side::Server, ts(1), b"220 hi\r\n");
+    drop(cap);
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut n = 0;
+    while std::time::Instant::now() < deadline && n != 4 {
+        std::thread::sleep(Duration::from_millis(20));
+        n = read(&path).packets.len();
+    }
+    assert_eq!(n, 4, "handshake and banner written without shutdown()");
+    let _ = std::fs::remove_dir_all(&dir);
+}

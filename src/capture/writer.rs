@@ -99,10 +99,10 @@ impl Stats {
     }
 }
 
-/// State shared between [`super::Capture`] handles, sessions and the thread.
-pub(crate) struct Shared {
-    tx: Sender<Msg>,
-    join: Mutex<Option<JoinHandle<()>>>,
+/// State shared by the handles and the writer thread. The thread holds only
+/// this (never the sender), so when every handle is gone the channel
+/// disconnects and the thread flushes, closes its files and exits.
+pub(crate) struct Core {
     queued: AtomicUsize,
     budget: usize,
     failed: AtomicBool,
@@ -110,7 +110,7 @@ pub(crate) struct Shared {
     pub stats: Stats,
 }
 
-impl Shared {
+impl Core {
     /// Reserves `cost` bytes of the queue budget; false if they do not fit.
     pub fn reserve(&self, cost: usize) -> bool {
         self.queued
@@ -129,22 +129,6 @@ impl Shared {
             });
     }
 
-    /// Sends a message whose cost was reserved; releases it if the writer is gone.
-    pub fn send_data(&self, msg: Msg) {
-        if let Err(e) = self.tx.send(msg) {
-            let cost = match e.0 {
-                Msg::Frames { cost, .. } | Msg::Secrets { cost, .. } => cost,
-                _ => 0,
-            };
-            self.release(cost);
-        }
-    }
-
-    /// Sends a control message (never dropped while the writer runs).
-    pub fn send_control(&self, msg: Msg) {
-        let _ = self.tx.send(msg);
-    }
-
     /// True once a write error stopped the writer.
     pub fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -161,6 +145,38 @@ impl Shared {
     pub fn take_events(&self) -> Vec<Event> {
         let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
         q.drain(..).collect()
+    }
+}
+
+/// What [`super::Capture`] handles and sessions hold: the sender and the core.
+pub(crate) struct Shared {
+    tx: Sender<Msg>,
+    join: Mutex<Option<JoinHandle<()>>>,
+    core: Arc<Core>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Shared {
+    /// Sends a message whose cost was reserved; releases it if the writer is gone.
+    pub fn send_data(&self, msg: Msg) {
+        if let Err(e) = self.tx.send(msg) {
+            let cost = match e.0 {
+                Msg::Frames { cost, .. } | Msg::Secrets { cost, .. } => cost,
+                _ => 0,
+            };
+            self.core.release(cost);
+        }
+    }
+
+    /// Sends a control message (never dropped while the writer runs).
+    pub fn send_control(&self, msg: Msg) {
+        let _ = self.tx.send(msg);
     }
 
     /// Stops the thread after it has written everything queued.
@@ -316,9 +332,7 @@ pub(crate) fn spawn(cfg: Arc<CaptureConfig>) -> Result<Arc<Shared>, CaptureError
     }
     let (tx, rx) = channel();
     let budget = usize::try_from(cfg.queue_bytes).unwrap_or(usize::MAX);
-    let shared = Arc::new(Shared {
-        tx,
-        join: Mutex::new(None),
+    let core = Arc::new(Core {
         queued: AtomicUsize::new(0),
         budget,
         failed: AtomicBool::new(false),
@@ -326,12 +340,12 @@ pub(crate) fn spawn(cfg: Arc<CaptureConfig>) -> Result<Arc<Shared>, CaptureError
         stats: Stats::default(),
     });
     if let Some(f) = &first {
-        shared.stats.files.fetch_add(1, Ordering::Relaxed);
-        shared.push_event(0, file_event(&f.path, "opened"));
+        core.stats.files.fetch_add(1, Ordering::Relaxed);
+        core.push_event(0, file_event(&f.path, "opened"));
     }
     let mut w = Writer {
         cfg: cfg.clone(),
-        shared: shared.clone(),
+        shared: core.clone(),
         run_start,
         run: first,
         rotations: 0,
@@ -344,8 +358,11 @@ pub(crate) fn spawn(cfg: Arc<CaptureConfig>) -> Result<Arc<Shared>, CaptureError
         .name("smtptap-capture".to_string())
         .spawn(move || w.run(rx))
         .map_err(|e| unwritable(&run_file_name(&cfg.target, run_start, 0), e))?;
-    *shared.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-    Ok(shared)
+    Ok(Arc::new(Shared {
+        tx,
+        join: Mutex::new(Some(handle)),
+        core,
+    }))
 }
 
 fn file_event(path: &Path, reason: &str) -> CaptureEvent {
@@ -357,7 +374,7 @@ fn file_event(path: &Path, reason: &str) -> CaptureEvent {
 
 struct Writer {
     cfg: Arc<CaptureConfig>,
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
     run_start: Timestamp,
     /// The per-run file (per-run mode).
     run: Option<OpenFile>,
