@@ -459,3 +459,54 @@ fn disk_full_is_one_error_event_and_calls_return_immediately() {
     .unwrap();
     assert!(json.contains("\"event\":\"capture.error\""), "{json}");
 }
+
+#[test]
+fn tshark_shows_comments_for_left_out_bodies_and_truncation() {
+    let dir = temp_dir("tshark-comments");
+    let path = dir.join("c.pcapng");
+    let sec = CaptureSection {
+        enabled: true,
+        path: path.display().to_string(),
+        bodies: false,
+        max_bytes_per_session: 200,
+        ..Default::default()
+    };
+    let cfg = sec.resolve("capture").unwrap();
+    assert!(!cfg.bodies && cfg.redact_auth);
+    let cap = Capture::start(cfg).unwrap();
+    let flow = FlowInfo {
+        session: 7,
+        client: "10.0.0.5:49152".parse().unwrap(),
+        proxy_listen: "10.0.0.1:25".parse().unwrap(),
+        proxy_upstream_local: None,
+        upstream: "192.0.2.25:25".parse().unwrap(),
+        opened: ts(0),
+    };
+    let mut s = cap.session(flow).unwrap();
+    s.data(Side::Server, ts(1), b"220 mx ESMTP\r\n");
+    s.data(Side::Client, ts(2), b"DATA\r\n");
+    s.data(Side::Server, ts(3), b"354 go ahead\r\n");
+    s.skip(Side::Client, ts(4), 4096);
+    s.data(Side::Client, ts(5), b".\r\n");
+    s.data(Side::Server, ts(6), &[b'x'; 500]);
+    let ev = s.take_events();
+    assert_eq!(ev, vec![CaptureEvent::Truncated { limit: 200 }]);
+    s.close(ts(7));
+    cap.clone().shutdown();
+    let out = tshark(&[
+        "-r",
+        path.to_str().unwrap(),
+        "-Y",
+        "frame.comment",
+        "-T",
+        "fields",
+        "-e",
+        "frame.comment",
+    ]);
+    assert!(
+        out.contains("4096 bytes sent by the client before this frame are not in this capture"),
+        "{out}"
+    );
+    assert!(out.contains("truncated at 200 payload bytes"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

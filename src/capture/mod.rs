@@ -119,7 +119,8 @@ pub enum CaptureEvent {
         frames: u64,
         /// How many frame bytes.
         bytes: u64,
-        /// `queue full` (the disk could not keep up) or `write error`.
+        /// `queue full`: the disk could not keep up. (After a write error
+        /// frames are not counted here: the one `capture.error` says it all.)
         reason: String,
     },
 }
