@@ -307,7 +307,7 @@ impl TcpFlow {
         let ip = match self.ips {
             Ips::V4(c, s) => {
                 let (src, dst) = if i == 0 { (c, s) } else { (s, c) };
-                let mut h = Ipv4Header {
+                let h = Ipv4Header {
                     source: src,
                     destination: dst,
                     time_to_live: TTL,
@@ -315,7 +315,6 @@ impl TcpFlow {
                     dont_fragment: true,
                     ..Default::default()
                 };
-                h.header_checksum = 0;
                 self.ip_id[i] = self.ip_id[i].wrapping_add(1);
                 IpHeaders::Ipv4(h, Default::default())
             }

@@ -305,7 +305,7 @@ pub enum Target {
     /// A directory: files are named `smtptap-<time>[-s<id>][-<n>].pcapng`.
     Dir(PathBuf),
     /// A file: per-run rotation appends `-1`, `-2` before the extension;
-    /// per-session files insert `-s<id>`.
+    /// per-session files insert `-<time>-s<id>` (`cap-20261123T210714Z-s7.pcapng`).
     File(PathBuf),
 }
 

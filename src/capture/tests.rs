@@ -1021,3 +1021,40 @@ fn dropping_every_handle_flushes_and_stops_the_writer() {
     assert_eq!(n, 4, "handshake and banner written without shutdown()");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn file_names() {
+    let t = ts(0);
+    let tag = writer::time_tag(t);
+    assert_eq!(tag.len(), 16);
+    let f = Target::File(PathBuf::from("/x/cap.pcapng"));
+    assert_eq!(
+        writer::run_file_name(&f, t, 0),
+        PathBuf::from("/x/cap.pcapng")
+    );
+    assert_eq!(
+        writer::run_file_name(&f, t, 2),
+        PathBuf::from("/x/cap-2.pcapng")
+    );
+    assert_eq!(
+        writer::session_file_name(&f, t, 7),
+        PathBuf::from(format!("/x/cap-{tag}-s7.pcapng"))
+    );
+    let d = Target::Dir(PathBuf::from("/caps"));
+    assert_eq!(
+        writer::run_file_name(&d, t, 0),
+        PathBuf::from(format!("/caps/smtptap-{tag}.pcapng"))
+    );
+    assert_eq!(
+        writer::run_file_name(&d, t, 1),
+        PathBuf::from(format!("/caps/smtptap-{tag}-1.pcapng"))
+    );
+    assert_eq!(
+        writer::session_file_name(&d, t, 7),
+        PathBuf::from(format!("/caps/smtptap-{tag}-s7.pcapng"))
+    );
+    assert_eq!(
+        writer::time_tag(Timestamp(UNIX_EPOCH + Duration::from_secs(1_795_900_034))),
+        "20261128T210714Z"
+    );
+}
