@@ -80,6 +80,10 @@ pub struct ProxyArgs {
     /// Extra trust anchors, PEM (repeatable), e.g. a partner's private CA.
     #[arg(long = "ca-file", value_name = "FILE")]
     pub ca_file: Vec<String>,
+    /// Write what crossed the proxy as pcapng: a file (rotated: -1, -2…) or a directory
+    /// (one file per run, or per session with capture.per_session). Opens in Wireshark/tshark.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub pcap: Option<String>,
 }
 
 impl ProxyArgs {
@@ -133,6 +137,10 @@ impl ProxyArgs {
                 .ca_files
                 .get_or_insert_with(Vec::new)
                 .extend(self.ca_file.iter().cloned());
+        }
+        if let Some(p) = &self.pcap {
+            raw.capture.enabled = true;
+            raw.capture.path = p.clone();
         }
         Ok((raw, file))
     }
@@ -189,6 +197,7 @@ fn proxy_main(args: &ProxyArgs) -> ExitCode {
         println!("  limits:   {:?}", cfg.limits);
         println!("  log:      {:?}", cfg.log);
         println!("  tls:      {:?}", cfg.tls);
+        println!("  capture:  {:?}", cfg.capture);
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -475,11 +475,23 @@ impl RawConfig {
             ));
         }
 
-        let capture = self.capture.resolve("capture").map_err(|m| ConfigError {
-            file: file.to_string(),
-            key: String::new(),
-            message: m,
-        })?;
+        let capture = if self.capture.enabled {
+            let c = self.capture.resolve("capture").map_err(|m| {
+                // The capture section's messages start with the key: split it out.
+                let (key, message) = m
+                    .split_once(": ")
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .unwrap_or((String::from("capture"), m.clone()));
+                ConfigError {
+                    file: file.to_string(),
+                    key,
+                    message,
+                }
+            })?;
+            Some(c)
+        } else {
+            None
+        };
 
         Ok(ProxyConfig {
             listen,

@@ -492,8 +492,16 @@ pub fn client_config_verifying(
 /// A rustls client configuration for opportunistic TLS, as most MTAs do by
 /// default: encrypt, but accept any certificate (no trust or name check).
 pub fn client_config_opportunistic() -> Arc<rustls::ClientConfig> {
+    client_config_opportunistic_with(rustls::DEFAULT_VERSIONS)
+}
+
+/// Opportunistic TLS limited to these protocol versions (e.g. only TLS 1.2,
+/// as a Windows Server 2019 Exchange would do, so the certificate is visible).
+pub fn client_config_opportunistic_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     Arc::new(
-        rustls::ClientConfig::builder()
+        rustls::ClientConfig::builder_with_protocol_versions(versions)
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert))
             .with_no_client_auth(),

@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::capture::{Capture, CloseKind, FlowInfo, SessionCapture};
 use crate::config::{TlsSettings, Upstream};
 use crate::diagnose::{self, Finding};
 use crate::event::{Event, EventKind, SessionEvent, SessionId, Side, Timestamp};
 use crate::proxy::relay::{DirEnd, RelayOutcome, TapMsg};
 use crate::proxy::upstream::ConnectFailure;
 use crate::sink::EventSink;
-use crate::smtp::{Progress, SmtpLimits, SmtpObserver};
+use crate::smtp::{Mark, MarkKind, Progress, SmtpLimits, SmtpObserver};
 use crate::summary::{self, SessionSummary};
 use crate::tls::TlsObserver;
 
@@ -110,6 +111,8 @@ pub struct Analysis {
     pub tls: TlsSettings,
     /// Recent failed TLS handshakes by client IP: when, which session, why.
     pub recent_tls_failures: Mutex<HashMap<IpAddr, (Instant, SessionId, String)>>,
+    /// The pcapng writer, when capture is on.
+    pub capture: Option<Capture>,
 }
 
 impl Analysis {
@@ -123,7 +126,13 @@ impl Analysis {
 
     /// Builds the shared analysis state from a configuration (loads the trust store).
     pub fn from_config(cfg: &crate::config::ProxyConfig) -> Result<Self, String> {
-        Ok(Analysis::new(cfg.tls.clone()))
+        let mut a = Analysis::new(cfg.tls.clone());
+        if let Some(c) = &cfg.capture {
+            a.capture = Some(
+                Capture::start(c.clone()).map_err(|e| format!("cannot start the capture: {e}"))?,
+            );
+        }
+        Ok(a)
     }
 
     fn prior_failure(&self, ip: IpAddr) -> Option<(Duration, SessionId, String)> {
@@ -162,6 +171,8 @@ struct State {
     kept: Vec<Event>,
     not_kept: u64,
     stage: Stage,
+    /// This session's pcapng flow(s), when capture is on and the filters select it.
+    capture: Option<SessionCapture>,
 }
 
 impl State {
@@ -178,12 +189,19 @@ impl State {
     async fn on_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
         let _ = &self.analysis;
         match &mut self.stage {
-            Stage::Off => {}
+            Stage::Off => {
+                if let Some(c) = self.capture.as_mut() {
+                    c.data(side, ts, bytes);
+                }
+            }
             Stage::Smtp(obs) => {
                 let mut out = Vec::new();
                 let mut marks = Vec::new();
                 let progress = obs.feed(side, bytes, &mut out, &mut marks);
                 let desynced = obs.is_desynced();
+                if let Some(c) = self.capture.as_mut() {
+                    capture_marked(c, side, ts, bytes, &marks);
+                }
                 for e in out {
                     self.emit(ts, e).await;
                 }
@@ -214,7 +232,12 @@ impl State {
                     }
                 }
             }
-            Stage::Tls(_) => self.feed_tls(side, ts, bytes).await,
+            Stage::Tls(_) => {
+                if let Some(c) = self.capture.as_mut() {
+                    c.data(side, ts, bytes);
+                }
+                self.feed_tls(side, ts, bytes).await
+            }
         }
     }
 
@@ -231,6 +254,56 @@ impl State {
         if stop {
             self.stage = Stage::Off;
         }
+    }
+}
+
+/// Hands SMTP bytes to the capture: DATA/BDAT payload skipped when
+/// `capture.bodies = false`, AUTH secrets replaced by `*` when
+/// `capture.redact_auth = true` (both per the marks of the SMTP observer).
+fn capture_marked(c: &mut SessionCapture, side: Side, ts: Timestamp, bytes: &[u8], marks: &[Mark]) {
+    let (bodies, redact) = c.policy();
+    let relevant = marks.iter().any(|m| match m.kind {
+        MarkKind::Body => !bodies,
+        MarkKind::Secret => redact,
+    });
+    if !relevant {
+        c.data(side, ts, bytes);
+        return;
+    }
+    let data: std::borrow::Cow<'_, [u8]> = if redact && marks.iter().any(|m| m.kind == MarkKind::Secret) {
+        let mut redacted = bytes.to_vec();
+        for m in marks.iter().filter(|m| m.kind == MarkKind::Secret) {
+            if let Some(r) = redacted.get_mut(m.range.clone()) {
+                for b in r.iter_mut() {
+                    if !matches!(*b, b'\r' | b'\n') {
+                        *b = b'*';
+                    }
+                }
+            }
+        }
+        std::borrow::Cow::Owned(redacted)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    };
+    let data = &data[..];
+    if bodies {
+        c.data(side, ts, data);
+        return;
+    }
+    let mut pos = 0;
+    for m in marks.iter().filter(|m| m.kind == MarkKind::Body) {
+        let start = m.range.start.min(data.len());
+        let end = m.range.end.min(data.len());
+        if start > pos {
+            c.data(side, ts, &data[pos..start]);
+        }
+        if end > start {
+            c.skip(side, ts, end - start);
+        }
+        pos = pos.max(end);
+    }
+    if pos < data.len() {
+        c.data(side, ts, &data[pos..]);
     }
 }
 
@@ -254,6 +327,7 @@ pub async fn analyze(
         kept: Vec::new(),
         not_kept: 0,
         stage,
+        capture: None,
     };
     st.emit(
         info.opened,
@@ -275,6 +349,16 @@ pub async fn analyze(
             elapsed,
         }) => {
             upstream_addr = Some(peer);
+            if let Some(cap) = &st.analysis.capture {
+                st.capture = cap.session(FlowInfo {
+                    session: info.id,
+                    client: info.client,
+                    proxy_listen: info.listener,
+                    proxy_upstream_local: Some(local),
+                    upstream: peer,
+                    opened: info.opened,
+                });
+            }
             st.emit(
                 ts,
                 SessionEvent::UpstreamConnected {
@@ -350,6 +434,9 @@ pub async fn analyze(
         match msg {
             TapMsg::Data(chunk) => st.on_data(chunk.side, chunk.ts, &chunk.bytes).await,
             TapMsg::Eof { side, ts } => {
+                if let Some(c) = st.capture.as_mut() {
+                    c.end(side, ts, CloseKind::Fin);
+                }
                 st.emit(ts, SessionEvent::HalfClose { side }).await;
             }
         }
@@ -368,6 +455,30 @@ pub async fn analyze(
             None,
         ),
     };
+    if let Some(mut c) = st.capture.take() {
+        if let Some((side, bytes)) = loss {
+            c.comment(&format!(
+                "smtptap: the analysis fell behind; {bytes} relayed bytes from the {side} onwards are missing from this capture"
+            ));
+        }
+        for (side, end) in [(Side::Client, &outcome.client_end), (Side::Server, &outcome.server_end)] {
+            match end {
+                DirEnd::Fin => {}
+                DirEnd::Error(_) | DirEnd::PeerFailed => c.end(side, ts, CloseKind::Rst),
+                DirEnd::Idle | DirEnd::Aborted => c.end(side, ts, CloseKind::Fin),
+            }
+        }
+        let mut evs = c.take_events();
+        evs.extend(c.close(ts));
+        for e in evs {
+            st.emit(ts, e).await;
+        }
+    }
+    if let Some(cap) = &st.analysis.capture {
+        for e in cap.take_events() {
+            st.sink.send(e).await;
+        }
+    }
     if let Some((side, bytes)) = loss {
         st.emit(
             ts,

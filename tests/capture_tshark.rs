@@ -11,37 +11,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+mod common;
+
+use common::{temp_dir, tshark};
 use smtptap::capture::{
     Capture, CaptureConfig, CaptureEvent, CaptureSection, CloseKind, FlowInfo, Legs,
 };
 use smtptap::event::{EventKind, Side, Timestamp};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("smtptap-itest-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn ts(ms: u64) -> Timestamp {
     Timestamp(UNIX_EPOCH + Duration::from_millis(1_795_900_000_000 + ms))
-}
-
-/// Runs tshark with `args`; fails with installation advice if it is missing.
-fn tshark(args: &[&str]) -> String {
-    let out = match Command::new("tshark").args(args).output() {
-        Ok(o) => o,
-        Err(e) => panic!(
-            "cannot run tshark ({e}): install tshark: \
-             DEBIAN_FRONTEND=noninteractive apt-get install -y tshark"
-        ),
-    };
-    assert!(
-        out.status.success(),
-        "tshark {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The conversation, in relay order: (who sent it, bytes).

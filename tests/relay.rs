@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{closed_port, named, TestProxy};
+use common::{closed_port, named, scripted_upstream, TestProxy};
 use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
@@ -15,51 +15,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 fn sha(b: &[u8]) -> String {
     format!("{:x}", Sha256::digest(b))
-}
-
-/// A scripted upstream that records everything it receives and sends `script`
-/// piecewise as client lines arrive; returns what it received.
-async fn scripted_upstream(
-    script: Vec<Vec<u8>>,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        let mut step = 0;
-        // banner
-        s.write_all(&script[0]).await.unwrap();
-        step += 1;
-        loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            // answer once per complete "trigger" seen: count CRLFs outside DATA
-            // is overkill here; the script is sent when the expected prefix is in.
-            while step < script.len() && ready_for(step, &got) {
-                s.write_all(&script[step]).await.unwrap();
-                step += 1;
-            }
-        }
-        got
-    });
-    (addr, task)
-}
-
-/// Steps: 1 EHLO reply, 2 MAIL/RCPT/DATA replies (pipelined), 3 end-of-data reply, 4 QUIT reply.
-fn ready_for(step: usize, got: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(got);
-    match step {
-        1 => text.contains("EHLO"),
-        2 => text.contains("DATA\r\n"),
-        3 => got.ends_with(b"\r\n.\r\n"),
-        4 => text.ends_with("QUIT\r\n"),
-        _ => false,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -614,6 +614,12 @@ impl std::fmt::Debug for SessionCapture {
 }
 
 impl SessionCapture {
+    /// What the caller must do before handing bytes in:
+    /// `(bodies, redact_auth)` of the configuration.
+    pub fn policy(&self) -> (bool, bool) {
+        (self.cfg.bodies, self.cfg.redact_auth)
+    }
+
     /// The session id.
     pub fn id(&self) -> SessionId {
         self.id
@@ -844,21 +850,5 @@ impl SessionCapture {
 impl Drop for SessionCapture {
     fn drop(&mut self) {
         self.finish(Timestamp::now());
-    }
-}
-
-/// `[capture]` (placeholder).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptureSection {}
-
-/// Resolved capture config (placeholder).
-#[derive(Debug, Clone)]
-pub struct CaptureConfig {}
-
-impl CaptureSection {
-    /// Placeholder.
-    pub fn resolve(&self, _prefix: &str) -> Result<Option<CaptureConfig>, String> {
-        Ok(None)
     }
 }

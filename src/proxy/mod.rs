@@ -123,6 +123,14 @@ impl Proxy {
             // Aborted sessions still write their close and summary events.
             let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(all)).await;
         }
+        if let Some(c) = self.analysis.capture.clone() {
+            let late = c.clone();
+            let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
+            // Writer events (errors, drops) that no session reported yet.
+            for e in late.take_events() {
+                self.sink.send(e).await;
+            }
+        }
         RunStats {
             sessions: accepted.load(Ordering::Relaxed),
             aborted_at_shutdown: aborted,

@@ -72,3 +72,74 @@ pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("smtptap-itest-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs tshark with `args`; fails with installation advice if it is missing.
+pub fn tshark(args: &[&str]) -> String {
+    let out = match std::process::Command::new("tshark").args(args).output() {
+        Ok(o) => o,
+        Err(e) => panic!(
+            "cannot run tshark ({e}): run scripts/install-test-deps, or \
+             DEBIAN_FRONTEND=noninteractive apt-get install -y tshark"
+        ),
+    };
+    assert!(
+        out.status.success(),
+        "tshark {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A scripted upstream that records everything it receives and sends `script`
+/// piecewise as client lines arrive; returns what it received.
+pub async fn scripted_upstream(
+    script: Vec<Vec<u8>>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let mut step = 0;
+        // banner
+        tokio::io::AsyncWriteExt::write_all(&mut s, &script[0]).await.unwrap();
+        step += 1;
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            // answer once per complete "trigger" seen: count CRLFs outside DATA
+            // is overkill here; the script is sent when the expected prefix is in.
+            while step < script.len() && ready_for(step, &got) {
+                tokio::io::AsyncWriteExt::write_all(&mut s, &script[step]).await.unwrap();
+                step += 1;
+            }
+        }
+        got
+    });
+    (addr, task)
+}
+
+/// Steps: 1 EHLO reply, 2 MAIL/RCPT/DATA replies (pipelined), 3 end-of-data reply, 4 QUIT reply.
+pub fn ready_for(step: usize, got: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(got);
+    match step {
+        1 => text.contains("EHLO"),
+        2 => text.contains("DATA\r\n"),
+        3 => got.ends_with(b"\r\n.\r\n"),
+        4 => text.ends_with("QUIT\r\n"),
+        _ => false,
+    }
+}
+

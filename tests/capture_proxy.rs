@@ -1,0 +1,221 @@
+//! Capture through the real proxy: sessions relayed over loopback with
+//! `[capture]` on, then read back by tshark. Needs tshark (scripts/install-test-deps).
+
+mod common;
+
+use common::{named, scripted_upstream, temp_dir, tshark, TestProxy};
+use smtptap::cert::mint::{Ca, LeafSpec};
+use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `tshark -z follow,tcp,raw,0`: (bytes from the first speaker, bytes from the other).
+/// The server speaks first in SMTP (the banner); tshark indents the second node's lines.
+fn follow_raw(file: &str, port: u16) -> (Vec<u8>, Vec<u8>) {
+    let out = tshark(&[
+        "-r",
+        file,
+        "-d",
+        &format!("tcp.port=={port},smtp"),
+        "-q",
+        "-z",
+        "follow,tcp,raw,0",
+    ]);
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    let mut in_body = false;
+    for line in out.lines() {
+        if line.starts_with("Node 1:") {
+            in_body = true;
+            continue;
+        }
+        if !in_body || line.starts_with("====") || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('\t') {
+            second.extend(hex_decode(rest.trim()));
+        } else {
+            first.extend(hex_decode(line.trim()));
+        }
+    }
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_session_is_captured_byte_identical_per_direction() {
+    let dir = temp_dir("capture-proxy-raw");
+    let file = dir.join("raw.pcapng");
+    let script: Vec<Vec<u8>> = vec![
+        b"220 up.example.test ESMTP\r\n".to_vec(),
+        b"250-up.example.test\r\n250-PIPELINING\r\n250 SIZE 10485760\r\n".to_vec(),
+        b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n".to_vec(),
+        b"250 2.0.0 Ok: queued\r\n".to_vec(),
+        b"221 2.0.0 Bye\r\n".to_vec(),
+    ];
+    let server_sent = script.concat();
+    let (up, up_task) = scripted_upstream(script).await;
+    let proxy = TestProxy::start(
+        &up.to_string(),
+        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+    )
+    .await;
+
+    let mut body = Vec::new();
+    for i in 0..14_000 {
+        body.extend_from_slice(format!("line {i:06} of a one mebibyte message .........................\r\n").as_bytes());
+    }
+    body.extend_from_slice(b".\r\n");
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for (part, until) in [
+        (b"EHLO c.example.test\r\n".to_vec(), &b"SIZE 10485760\r\n"[..]),
+        (b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec(), b"go ahead\r\n"),
+        (body.clone(), b"queued\r\n"),
+        (b"QUIT\r\n".to_vec(), b"Bye\r\n"),
+    ] {
+        if got.is_empty() {
+            while !got.ends_with(b"ESMTP\r\n") {
+                let n = c.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        c.write_all(&part).await.unwrap();
+        sent.extend_from_slice(&part);
+        while !got.ends_with(until) {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    c.shutdown().await.unwrap();
+    let _ = c.read_to_end(&mut got).await;
+    assert_eq!(up_task.await.unwrap(), sent);
+    assert!(sent.len() > 1024 * 1024);
+    proxy.wait_summaries(1).await;
+    let events = proxy.stop().await;
+    assert!(
+        named(&events, 1, "capture.error").is_empty(),
+        "unexpected capture error"
+    );
+
+    let f = file.display().to_string();
+    let (first, second) = follow_raw(&f, up.port());
+    assert_eq!(first, server_sent, "server->client bytes differ in the capture");
+    assert_eq!(second, sent, "client->server bytes differ in the capture");
+    let cmds = tshark(&[
+        "-r",
+        &f,
+        "-d",
+        &format!("tcp.port=={},smtp", up.port()),
+        "-Y",
+        "smtp.req",
+        "-T",
+        "fields",
+        "-e",
+        "smtp.req.command",
+    ]);
+    let cmds: Vec<&str> = cmds.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert!(cmds.contains(&"EHLO") && cmds.contains(&"MAIL") && cmds.contains(&"DATA"), "{cmds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_session_capture_dissects_smtp_and_the_tls12_handshake() {
+    let dir = temp_dir("capture-proxy-tls");
+    let file = dir.join("tls.pcapng");
+    let ca = Ca::new("capture test CA").unwrap();
+    let leaf = ca
+        .issue(&LeafSpec::server(["mx.capture.example.test".to_string()]))
+        .unwrap();
+    let tls = lab::server_config(leaf.chain_der.clone(), leaf.key_der.clone()).unwrap();
+    let server = LabServer::start(ServerProfile::new("mx.capture.example.test", Some(tls)))
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(
+        &server.addr().to_string(),
+        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+    )
+    .await;
+    let mut body = Vec::new();
+    for i in 0..14_000 {
+        body.extend_from_slice(format!("line {i:06} of a one mebibyte message .........................\r\n").as_bytes());
+    }
+    let opts = ClientOptions {
+        ehlo: "client.example.test".into(),
+        starttls: StartTls::Required,
+        tls: Some(lab::client_config_opportunistic_with(&[&rustls::version::TLS12])),
+        server_name: "mx.capture.example.test".into(),
+        from: "a@example.test".into(),
+        to: vec!["b@example.test".into()],
+        body: body.clone(),
+        helo: false,
+    };
+    let r = lab::send(proxy.addr, &opts).await;
+    assert_eq!(r.error, None);
+    assert!(r.tls);
+    assert_eq!(server.received()[0].data.len(), body.len());
+    proxy.wait_summaries(1).await;
+    proxy.stop().await;
+
+    let f = file.display().to_string();
+    let port = server.addr().port();
+    let decode = format!("tcp.port=={port},smtp");
+    let fields = |filter: &str, field: &str| -> Vec<String> {
+        tshark(&["-r", &f, "-d", &decode, "-Y", filter, "-T", "fields", "-e", field])
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    let cmds = fields("smtp.req", "smtp.req.command");
+    assert!(cmds.iter().any(|c| c == "STARTTLS"), "{cmds:?}");
+    let codes = fields("smtp.response", "smtp.response.code");
+    assert!(codes.iter().any(|c| c == "220"), "{codes:?}");
+    let hs = fields("tls.handshake", "tls.handshake.type").join(",");
+    for t in ["1", "2", "11"] {
+        assert!(
+            hs.split(',').any(|x| x == t),
+            "handshake type {t} (ClientHello=1, ServerHello=2, Certificate=11) missing: {hs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_capture_disk_does_not_disturb_the_relay() {
+    let server = LabServer::start(ServerProfile::new("mx.example.test", None))
+        .await
+        .unwrap();
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let proxy = TestProxy::start(
+        &server.addr().to_string(),
+        "[capture]\nenabled = true\npath = \"/dev/full\"\n",
+    )
+    .await;
+    let opts = ClientOptions {
+        ehlo: "client.example.test".into(),
+        starttls: StartTls::Never,
+        tls: None,
+        server_name: "mx.example.test".into(),
+        from: "a@example.test".into(),
+        to: vec!["b@example.test".into()],
+        body: b"Subject: x\r\n\r\nhello\r\n".to_vec(),
+        helo: false,
+    };
+    for _ in 0..3 {
+        let r = lab::send(proxy.addr, &opts).await;
+        assert_eq!(r.error, None);
+        assert!(r.data_reply.unwrap().starts_with("250"));
+    }
+    proxy.wait_summaries(3).await;
+    let events = proxy.stop().await;
+    assert_eq!(server.received().len(), 3);
+    let errors: Vec<_> = events.iter().filter(|e| e.name() == "capture.error").collect();
+    assert_eq!(errors.len(), 1, "exactly one capture.error expected");
+}
