@@ -168,7 +168,10 @@ impl std::fmt::Debug for Issued {
 impl Issued {
     /// The chain as PEM, leaf first.
     pub fn chain_pem(&self) -> String {
-        self.chain_der.iter().map(|d| pem("CERTIFICATE", d)).collect()
+        self.chain_der
+            .iter()
+            .map(|d| pem("CERTIFICATE", d))
+            .collect()
     }
 
     /// The private key as PEM (`PRIVATE KEY`, PKCS#8).

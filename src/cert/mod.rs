@@ -121,7 +121,7 @@ pub enum CertEvent {
         index: usize,
         /// The certificate's fields.
         #[serde(flatten)]
-        info: CertInfo,
+        info: Box<CertInfo>,
         /// Whole days until not_after at the check instant (negative once expired).
         days_left: i64,
         /// Valid, but fewer than `expiry_warning_days` days left.
@@ -205,7 +205,7 @@ pub fn analyze_chain(
                 events.push(CertEvent::Info {
                     role,
                     index,
-                    info,
+                    info: Box::new(info),
                     days_left: v.days_left,
                     expiring,
                     expired: v.expired,

@@ -81,13 +81,12 @@ impl TrustStore {
         let mut out = Vec::with_capacity(anchors.len());
         for (index, der) in anchors.iter().enumerate() {
             let cert = CertificateDer::from(der.as_slice());
-            let a = webpki::anchor_from_trusted_cert(&cert).map_err(|e| {
-                CertError::BadCertificate {
+            let a =
+                webpki::anchor_from_trusted_cert(&cert).map_err(|e| CertError::BadCertificate {
                     path: None,
                     index,
                     reason: format!("{e:?}"),
-                }
-            })?;
+                })?;
             out.push(a.to_owned());
         }
         Ok(TrustStore { anchors: out })
@@ -158,10 +157,7 @@ pub(crate) struct Verdict {
 }
 
 fn unix_time(t: SystemTime) -> UnixTime {
-    UnixTime::since_unix_epoch(
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
+    UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }
 
 /// Verifies `ders` (leaf first) for `role` at `now`, without any name check.
