@@ -1,0 +1,427 @@
+//! Certificate minting for the lab, the tests and the future intercept mode.
+//!
+//! This module owns making certificates: a [`Ca`] (root or intermediate) that
+//! issues leaves described by a [`LeafSpec`], and [`self_signed`] leaves. Keys
+//! are ECDSA P-256 by default (ring cannot generate RSA keys); P-384 and
+//! Ed25519 are available through [`KeyKind`]. It must not do I/O and must not
+//! analyse certificates (that is `info`/`trust`/`names`).
+//!
+//! ```text
+//!  Ca::new("Lab Root") ──intermediate("Lab Issuing CA")──▶ Ca
+//!        │                                                 │
+//!        └──issue(&LeafSpec)──▶ Issued { chain_der: [leaf, (intermediates…)], key_der }
+//! ```
+//!
+//! ```
+//! use smtptap::cert::mint::{Ca, LeafSpec};
+//! let root = Ca::new("Lab Root CA")?;
+//! let issuing = root.intermediate("Lab Issuing CA")?;
+//! let issued = issuing.issue(&LeafSpec::server(["mail.example.test"]))?;
+//! assert_eq!(issued.chain_der.len(), 2); // leaf, then the intermediate
+//! # Ok::<(), smtptap::cert::CertError>(())
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+
+use super::CertError;
+
+const DAY: u64 = 86_400;
+
+/// Which key algorithm a minted certificate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyKind {
+    /// ECDSA on P-256 with SHA-256 (the default: fast and universally accepted).
+    #[default]
+    EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
+    EcdsaP384,
+    /// Ed25519 (not accepted by many MTAs; useful to test "unsupported key" paths).
+    Ed25519,
+}
+
+impl KeyKind {
+    fn generate(self) -> Result<KeyPair, CertError> {
+        let alg = match self {
+            KeyKind::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyKind::Ed25519 => &rcgen::PKCS_ED25519,
+        };
+        KeyPair::generate_for(alg).map_err(mint_err)
+    }
+}
+
+/// What a minted leaf certificate should look like.
+///
+/// Build one with [`LeafSpec::server`] / [`LeafSpec::client`] and adjust the
+/// public fields (or the `with_*` helpers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSpec {
+    /// Subject alternative names: DNS names, or IP addresses (written as IP SANs).
+    pub names: Vec<String>,
+    /// The subject CN; `None` leaves the subject without a CN (SAN-only, as modern CAs do).
+    pub common_name: Option<String>,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// Include the serverAuth extended key usage.
+    pub server_auth: bool,
+    /// Include the clientAuth extended key usage (Exchange connectors often send both).
+    pub client_auth: bool,
+    /// A CRL distribution point URL.
+    pub crl_url: Option<String>,
+    /// An OCSP responder URL (Authority Information Access).
+    pub ocsp_url: Option<String>,
+    /// A CA issuers URL (Authority Information Access), where the issuer can be fetched.
+    pub ca_issuers_url: Option<String>,
+    /// The key algorithm.
+    pub key: KeyKind,
+}
+
+impl LeafSpec {
+    /// A server leaf for `names` (the first name also becomes the CN), valid from
+    /// one day ago for 90 days, serverAuth only.
+    pub fn server<I, S>(names: I) -> LeafSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let now = SystemTime::now();
+        LeafSpec {
+            common_name: names.first().cloned(),
+            names,
+            not_before: days_from(now, -1),
+            not_after: days_from(now, 90),
+            server_auth: true,
+            client_auth: false,
+            crl_url: None,
+            ocsp_url: None,
+            ca_issuers_url: None,
+            key: KeyKind::default(),
+        }
+    }
+
+    /// Like [`LeafSpec::server`] but with clientAuth only.
+    pub fn client<I, S>(names: I) -> LeafSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        LeafSpec {
+            server_auth: false,
+            client_auth: true,
+            ..LeafSpec::server(names)
+        }
+    }
+
+    /// Sets validity as day offsets from now (negative = in the past):
+    /// `with_days(-30, -1)` is a certificate that expired yesterday.
+    pub fn with_days(mut self, not_before: i64, not_after: i64) -> LeafSpec {
+        let now = SystemTime::now();
+        self.not_before = days_from(now, not_before);
+        self.not_after = days_from(now, not_after);
+        self
+    }
+
+    /// Sets the subject CN.
+    pub fn with_cn(mut self, cn: Option<&str>) -> LeafSpec {
+        self.common_name = cn.map(String::from);
+        self
+    }
+}
+
+/// `base` moved by `days` days (either direction).
+pub fn days_from(base: SystemTime, days: i64) -> SystemTime {
+    let d = Duration::from_secs(days.unsigned_abs().saturating_mul(DAY));
+    if days >= 0 {
+        base.checked_add(d).unwrap_or(base)
+    } else {
+        base.checked_sub(d).unwrap_or(base)
+    }
+}
+
+/// A minted certificate: the chain to send (leaf first, then the issuing
+/// intermediates, never the root) and the leaf's private key.
+#[derive(Clone)]
+pub struct Issued {
+    /// DER certificates, leaf first, as a server sends them.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The leaf's private key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("chain_len", &self.chain_der.len())
+            .field("key_der", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Issued {
+    /// The chain as PEM, leaf first.
+    pub fn chain_pem(&self) -> String {
+        self.chain_der
+            .iter()
+            .map(|d| pem("CERTIFICATE", d))
+            .collect()
+    }
+
+    /// The private key as PEM (`PRIVATE KEY`, PKCS#8).
+    pub fn key_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.key_der)
+    }
+}
+
+/// A certificate authority that can issue leaves and intermediates.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    /// DERs of the intermediates between this CA and the root (this CA's own
+    /// DER first when it is an intermediate; empty for a root).
+    chain_above: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("der_len", &self.cert.der().len())
+            .field("chain_above", &self.chain_above.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "smtptap lab");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = SystemTime::now();
+    params.not_before = days_from(now, -2).into();
+    params.not_after = days_from(now, 3650).into();
+    params.serial_number = Some(random_serial());
+    params
+}
+
+impl Ca {
+    /// A new self-signed root CA (P-256, valid from two days ago for ten years).
+    pub fn new(common_name: &str) -> Result<Ca, CertError> {
+        Ca::with_key(common_name, KeyKind::default())
+    }
+
+    /// A new self-signed root CA with the given key algorithm.
+    pub fn with_key(common_name: &str, key: KeyKind) -> Result<Ca, CertError> {
+        let key = key.generate()?;
+        let cert = ca_params(common_name).self_signed(&key).map_err(mint_err)?;
+        Ok(Ca {
+            cert,
+            key,
+            chain_above: Vec::new(),
+        })
+    }
+
+    /// A new intermediate CA issued by this one.
+    pub fn intermediate(&self, common_name: &str) -> Result<Ca, CertError> {
+        let key = KeyKind::default().generate()?;
+        let mut params = ca_params(common_name);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(mint_err)?;
+        let mut chain_above = vec![cert.der().to_vec()];
+        chain_above.extend(self.chain_above.iter().cloned());
+        Ok(Ca {
+            cert,
+            key,
+            chain_above,
+        })
+    }
+
+    /// This CA's certificate, DER.
+    pub fn der(&self) -> Vec<u8> {
+        self.cert.der().to_vec()
+    }
+
+    /// This CA's certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// This CA's private key, PKCS#8 DER (for intercept mode configuration).
+    pub fn key_der(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
+    /// Issues a leaf. The returned chain is the leaf followed by this CA when it
+    /// is an intermediate (and the intermediates above it), never the root.
+    pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, CertError> {
+        let key = spec.key.generate()?;
+        let mut params = leaf_params(spec)?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(mint_err)?;
+        let mut chain_der = vec![cert.der().to_vec()];
+        chain_der.extend(self.chain_above.iter().cloned());
+        Ok(Issued {
+            chain_der,
+            key_der: key.serialize_der(),
+        })
+    }
+}
+
+/// A self-signed leaf (not a CA) for `spec`.
+pub fn self_signed(spec: &LeafSpec) -> Result<Issued, CertError> {
+    let key = spec.key.generate()?;
+    let cert = leaf_params(spec)?.self_signed(&key).map_err(mint_err)?;
+    Ok(Issued {
+        chain_der: vec![cert.der().to_vec()],
+        key_der: key.serialize_der(),
+    })
+}
+
+fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(spec.names.clone()).map_err(mint_err)?;
+    let mut dn = DistinguishedName::new();
+    if let Some(cn) = &spec.common_name {
+        dn.push(DnType::CommonName, cn.as_str());
+    }
+    params.distinguished_name = dn;
+    params.not_before = spec.not_before.into();
+    params.not_after = spec.not_after.into();
+    params.serial_number = Some(random_serial());
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    if spec.server_auth {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if spec.client_auth {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    if let Some(url) = &spec.crl_url {
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![url.clone()],
+        }];
+    }
+    if spec.ocsp_url.is_some() || spec.ca_issuers_url.is_some() {
+        params.custom_extensions.push(aia_extension(
+            spec.ocsp_url.as_deref(),
+            spec.ca_issuers_url.as_deref(),
+        ));
+    }
+    Ok(params)
+}
+
+/// Authority Information Access (RFC 5280 §4.2.2.1), which rcgen lacks.
+fn aia_extension(ocsp: Option<&str>, ca_issuers: Option<&str>) -> CustomExtension {
+    // id-ad-ocsp 1.3.6.1.5.5.7.48.1 and id-ad-caIssuers 1.3.6.1.5.5.7.48.2
+    const OCSP: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+    const CA_ISSUERS: &[u8] = &[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
+    let mut descs = Vec::new();
+    for (oid, url) in [(OCSP, ocsp), (CA_ISSUERS, ca_issuers)] {
+        if let Some(url) = url {
+            let mut body = oid.to_vec();
+            // GeneralName uniformResourceIdentifier: [6] IMPLICIT IA5String
+            body.extend(der_tlv(0x86, url.as_bytes()));
+            descs.extend(der_tlv(0x30, &body));
+        }
+    }
+    CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], der_tlv(0x30, &descs))
+}
+
+fn der_tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = value.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        let significant = bytes.get(skip..).unwrap_or(&[]);
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+fn random_serial() -> SerialNumber {
+    // 16 random-looking bytes from a fresh key's public half hashed: avoids a
+    // dependency on `rand` in the library. The top bit is cleared so the
+    // INTEGER stays positive without padding.
+    use sha2::{Digest, Sha256};
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut h = Sha256::new();
+    h.update(nanos.to_be_bytes());
+    h.update(n.to_be_bytes());
+    h.update(std::process::id().to_be_bytes());
+    let digest = h.finalize();
+    let mut bytes: Vec<u8> = digest.iter().take(16).copied().collect();
+    if let Some(first) = bytes.first_mut() {
+        *first &= 0x7f;
+        *first |= 0x01; // never a leading zero byte
+    }
+    SerialNumber::from_slice(&bytes)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].iter().enumerate() {
+            if i <= chunk.len() {
+                let idx = ((n >> shift) & 63) as usize;
+                out.push(char::from(ALPHABET[idx]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn mint_err(e: rcgen::Error) -> CertError {
+    CertError::Mint(e.to_string())
+}
