@@ -197,7 +197,8 @@ fn epoch_of(date: &str) -> Option<i64> {
 
 fn rfc3339(epoch: i64) -> Option<String> {
     let dt = time::OffsetDateTime::from_unix_timestamp(epoch).ok()?;
-    dt.format(&time::format_description::well_known::Rfc3339).ok()
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 fn hop_from(index: usize, r: &Received, prev_epoch: Option<i64>) -> Hop {
@@ -228,6 +229,7 @@ pub(crate) fn hop_path(h: &Hop) -> String {
     let ip = h
         .from_ip
         .as_deref()
+        .filter(|ip| !from.contains(ip))
         .map(|ip| format!(" [{ip}]"))
         .unwrap_or_default();
     let by = h.by_host.as_deref().unwrap_or("(unknown receiver)");
@@ -475,7 +477,7 @@ fn findings_for(hops: &[Hop], parsed: bool) -> Vec<Finding> {
             });
         }
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
@@ -539,7 +541,10 @@ pub fn split_mbox(bytes: &[u8]) -> Vec<Vec<u8>> {
 /// Analyses the messages of `bytes` (one, or several with `mbox`).
 pub fn analyze_input(bytes: &[u8], mbox: bool) -> Vec<HeadersReport> {
     if mbox {
-        split_mbox(bytes).iter().map(|m| analyze_message(m)).collect()
+        split_mbox(bytes)
+            .iter()
+            .map(|m| analyze_message(m))
+            .collect()
     } else {
         vec![analyze_message(bytes)]
     }

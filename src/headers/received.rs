@@ -294,11 +294,13 @@ pub fn parse_received(value: &str) -> Received {
     if !with_words.is_empty() {
         r.with = Some(with_words.join(" "));
     }
+    // The comment holds the address the receiver saw on the connection; the
+    // host word is what the sender announced (`[192.168.1.20]` behind NAT).
     r.from_ip = r
-        .from_host
+        .from_comment
         .as_deref()
         .and_then(find_ip)
-        .or_else(|| r.from_comment.as_deref().and_then(find_ip));
+        .or_else(|| r.from_host.as_deref().and_then(find_ip));
     r
 }
 

@@ -144,9 +144,7 @@ fn postfix(comment: &str) -> Option<TlsFacts> {
     if let Some(i) = rest.find("server-signature ") {
         let tail = rest.get(i + "server-signature ".len()..).unwrap_or("");
         let end = tail.find(" server-digest").unwrap_or(tail.len());
-        let end = tail
-            .find(" client-signature")
-            .map_or(end, |c| c.min(end));
+        let end = tail.find(" client-signature").map_or(end, |c| c.min(end));
         f.server_signature = tail.get(..end).map(|s| s.trim().to_string());
     }
     Some(f)
@@ -257,8 +255,15 @@ fn exim_legacy(comment: &str) -> Option<TlsFacts> {
 fn rfc3848_tls(protocol: &str) -> bool {
     matches!(
         protocol,
-        "ESMTPS" | "ESMTPSA" | "LMTPS" | "LMTPSA" | "UTF8SMTPS" | "UTF8SMTPSA" | "UTF8LMTPS"
-            | "UTF8LMTPSA" | "SMTPS"
+        "ESMTPS"
+            | "ESMTPSA"
+            | "LMTPS"
+            | "LMTPSA"
+            | "UTF8SMTPS"
+            | "UTF8SMTPSA"
+            | "UTF8LMTPS"
+            | "UTF8LMTPSA"
+            | "SMTPS"
     )
 }
 
@@ -266,13 +271,23 @@ fn rfc3848_tls(protocol: &str) -> bool {
 fn cleartext_smtp(protocol: &str) -> bool {
     matches!(
         protocol,
-        "SMTP" | "ESMTP" | "ESMTPA" | "UTF8SMTP" | "UTF8SMTPA" | "LMTP" | "LMTPA" | "UTF8LMTP"
-            | "UTF8LMTPA" | "MICROSOFT SMTP SERVER"
+        "SMTP"
+            | "ESMTP"
+            | "ESMTPA"
+            | "UTF8SMTP"
+            | "UTF8SMTPA"
+            | "LMTP"
+            | "LMTPA"
+            | "UTF8LMTP"
+            | "UTF8LMTPA"
+            | "MICROSOFT SMTP SERVER"
     )
 }
 
 fn is_loopback_host(h: &str) -> bool {
-    let h = h.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase();
+    let h = h
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_ascii_lowercase();
     h == "localhost"
         || h.starts_with("localhost.")
         || h == "::1"
@@ -332,7 +347,9 @@ pub fn tls_facts(r: &Received) -> TlsFacts {
         if c == "Google Transport Security" {
             let mut f = TlsFacts::new(TransportTls::Tls);
             f.format = Some("google-transport-security".into());
-            f.note = Some("Google's internal transport (ALTS), encrypted; no TLS version is stamped".into());
+            f.note = Some(
+                "Google's internal transport (ALTS), encrypted; no TLS version is stamped".into(),
+            );
             f.raw = Some(c.clone());
             return f;
         }
@@ -346,7 +363,10 @@ pub fn tls_facts(r: &Received) -> TlsFacts {
         None => r.from_host.as_deref().is_some_and(is_loopback_host),
     };
     let local_reason = if r.from_host.is_none() {
-        Some("no `from` clause: the message was created or handed over inside this system".to_string())
+        Some(
+            "no `from` clause: the message was created or handed over inside this system"
+                .to_string(),
+        )
     } else if from_local {
         Some("from the loopback interface: a hop inside one host".to_string())
     } else if matches!(
@@ -358,9 +378,7 @@ pub fn tls_facts(r: &Received) -> TlsFacts {
             r.with.as_deref().unwrap_or_default()
         ))
     } else if r.from_host.is_some()
-        && r.from_host
-            .as_deref()
-            .map(str::to_ascii_lowercase)
+        && r.from_host.as_deref().map(str::to_ascii_lowercase)
             == r.by_host.as_deref().map(str::to_ascii_lowercase)
     {
         Some("`from` and `by` are the same host".to_string())
@@ -394,7 +412,10 @@ pub fn tls_facts(r: &Received) -> TlsFacts {
     }
     if cleartext_smtp(&protocol) {
         let mut f = TlsFacts::new(TransportTls::None);
-        f.note = Some(format!("`with {}` and no TLS stamp", r.with.as_deref().unwrap_or_default()));
+        f.note = Some(format!(
+            "`with {}` and no TLS stamp",
+            r.with.as_deref().unwrap_or_default()
+        ));
         return f;
     }
     let mut f = TlsFacts::new(TransportTls::Unknown);
@@ -423,7 +444,10 @@ pub fn weak_cipher(cipher: &str) -> Option<(&'static str, &'static str)> {
         return Some(("error", "RC4 stream cipher: broken (RFC 7465 forbids it)"));
     }
     if up.contains("3DES") || up.contains("DES_CBC3") || up.contains("DES_EDE") {
-        return Some(("warning", "3DES: 64-bit block cipher, vulnerable to Sweet32"));
+        return Some((
+            "warning",
+            "3DES: 64-bit block cipher, vulnerable to Sweet32",
+        ));
     }
     if up.split('_').any(|p| p == "DES") || up.contains("DES_CBC_") {
         return Some(("error", "single DES: 56-bit keys"));
