@@ -371,7 +371,7 @@ pub fn tls_facts(r: &Received) -> TlsFacts {
         Some("from the loopback interface: a hop inside one host".to_string())
     } else if matches!(
         protocol.as_str(),
-        "LMTP" | "LMTPA" | "LOCAL" | "HTTP" | "HTTPS" | "MAPI" | "UTF8LMTP"
+        "LMTP" | "LMTPA" | "LOCAL" | "HTTP" | "HTTPS" | "HTTPREST" | "MAPI" | "UTF8LMTP"
     ) {
         Some(format!(
             "`with {}`: local delivery or client submission, not an SMTP relay hop",
@@ -387,11 +387,12 @@ pub fn tls_facts(r: &Received) -> TlsFacts {
     };
 
     // A TLS-looking comment we cannot read: never guess.
-    if let Some(c) = r
-        .comments
-        .iter()
-        .find(|c| Some(c.as_str()) != r.from_comment.as_deref() && mentions_tls(c))
-    {
+    if let Some(c) = r.comments.iter().find(|c| {
+        Some(c.as_str()) != r.from_comment.as_deref()
+            && !c.starts_with("envelope-from")
+            && !c.starts_with("helo=")
+            && mentions_tls(c)
+    }) {
         let mut f = TlsFacts::new(TransportTls::Unknown);
         f.note = Some("a TLS comment in a format smtptap does not know".into());
         f.raw = Some(c.clone());

@@ -525,3 +525,15 @@ fn json_hop_and_finding_shape() {
     assert_eq!(lines[3]["event"], "headers.summary");
     assert_eq!(lines[3]["hops"], 2);
 }
+
+#[test]
+fn google_transport_security_and_envelope_from_comments() {
+    let r = parse_received("from mail-sor-f41.google.com (mail-sor-f41.google.com. [209.85.220.41]) by mx.google.com with SMTPS id x for <a@gmail.example> (Google Transport Security); Mon, 23 Nov 2026 13:07:14 -0800 (PST)");
+    assert_eq!(r.from_ip.as_deref(), Some("209.85.220.41"));
+    let t = tls_facts(&r);
+    assert_eq!(t.state, TransportTls::Tls);
+    assert_eq!(t.format.as_deref(), Some("google-transport-security"));
+    // An address that contains "tls" in an envelope-from comment is not a TLS stamp.
+    let r = parse_received("from a.example ([192.0.2.1] helo=a.example) by b.example with esmtp (Exim 4.96) (envelope-from <tls@a.example>) id 1t-2; Mon, 23 Nov 2026 21:07:14 +0000");
+    assert_eq!(tls_facts(&r).state, TransportTls::None);
+}
