@@ -537,3 +537,44 @@ fn google_transport_security_and_envelope_from_comments() {
     let r = parse_received("from a.example ([192.0.2.1] helo=a.example) by b.example with esmtp (Exim 4.96) (envelope-from <tls@a.example>) id 1t-2; Mon, 23 Nov 2026 21:07:14 +0000");
     assert_eq!(tls_facts(&r).state, TransportTls::None);
 }
+
+/// Header blocks written by a real Postfix 3.7.11 (see fixtures/README.md).
+#[test]
+fn real_postfix_37_headers() {
+    let r = analyze_message(&fixture("postfix37_real_tls13.eml"));
+    assert_eq!(r.hops.len(), 1);
+    let h = &r.hops[0];
+    assert_eq!(h.from_host.as_deref(), Some("client.test"));
+    assert_eq!(h.from_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(h.by_host.as_deref(), Some("mx.pf-headers.test"));
+    assert_eq!(h.id.as_deref(), Some("7B70398C240"));
+    assert_eq!(h.date.as_deref(), Some("2026-11-23T21:42:01Z"));
+    // The stamp wins over the loopback address: TLS was used.
+    assert_eq!(h.tls.state, TransportTls::Tls);
+    assert_eq!(h.tls.format.as_deref(), Some("postfix"));
+    assert_eq!(h.tls.version.as_deref(), Some("TLSv1.3"));
+    assert_eq!(h.tls.cipher.as_deref(), Some("TLS_AES_256_GCM_SHA384"));
+    assert_eq!(h.tls.bits.as_deref(), Some("256/256"));
+    assert_eq!(h.tls.key_exchange.as_deref(), Some("X25519"));
+    assert_eq!(
+        h.tls.server_signature.as_deref(),
+        Some("RSA-PSS (2048 bits)")
+    );
+    assert_eq!(
+        h.tls.peer_certificate.as_deref(),
+        Some("No client certificate requested")
+    );
+    assert_eq!(ids(&r), vec!["headers.tls_every_hop"]);
+
+    let r = analyze_message(&fixture("postfix37_real_tls12.eml"));
+    let t = &r.hops[0].tls;
+    assert_eq!(t.version.as_deref(), Some("TLSv1.2"));
+    assert_eq!(t.cipher.as_deref(), Some("ECDHE-RSA-AES256-GCM-SHA384"));
+    assert_eq!(t.key_exchange, Option::None);
+    assert_eq!(ids(&r), vec!["headers.tls_every_hop"]);
+
+    let r = analyze_message(&fixture("postfix37_real_plain.eml"));
+    assert_eq!(r.hops[0].protocol.as_deref(), Some("ESMTP"));
+    assert_eq!(r.hops[0].tls.state, TransportTls::Local);
+    assert_eq!(ids(&r), Vec::<&str>::new());
+}
