@@ -223,7 +223,7 @@ pub fn write_console(reports: &[HeadersReport], out: &mut dyn Write) -> io::Resu
                 safe(&f.title)
             )?;
             writeln!(out, "      evidence: {}", safe(&f.evidence))?;
-            writeln!(out, "      advice: {}", f.advice)?;
+            writeln!(out, "      advice: {}", safe(&f.advice))?;
         }
         let (tls, none, local, unknown) = r.counts();
         writeln!(
