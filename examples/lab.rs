@@ -54,7 +54,10 @@ async fn session(
         .map_err(|e| e.to_string())?;
     let collected: Collector = Default::default();
     let sinks = Sinks {
-        json: Some(sink::json::open(std::path::Path::new("lab-events.jsonl")).map_err(|e| e.to_string())?),
+        json: Some(
+            sink::json::open(std::path::Path::new("lab-events.jsonl"))
+                .map_err(|e| e.to_string())?,
+        ),
         console: Some(Console::new(Box::new(std::io::stdout()), false)),
         memory: Some(collected.clone()),
     };
@@ -107,15 +110,15 @@ async fn run() -> Result<(), String> {
     let issuing = root.intermediate("smtptap lab issuing CA").map_err(e)?;
     let gw = issuing
         .issue(
-            &LeafSpec::server([GATEWAY.to_string(), format!("*.{GATEWAY}")])
-                .with_cn(Some(GATEWAY)),
+            &LeafSpec::server([GATEWAY.to_string(), format!("*.{GATEWAY}")]).with_cn(Some(GATEWAY)),
         )
         .map_err(e)?;
     let ca_path = std::env::temp_dir().join("smtptap-lab-root-ca.pem");
     std::fs::write(&ca_path, root.pem()).map_err(|x| format!("{}: {x}", ca_path.display()))?;
     let ca_file = ca_path.display().to_string();
 
-    let tls = lab::server_config(gw.chain_der.clone(), gw.key_der.clone()).map_err(|x| x.to_string())?;
+    let tls =
+        lab::server_config(gw.chain_der.clone(), gw.key_der.clone()).map_err(|x| x.to_string())?;
     let server = LabServer::start(ServerProfile::new(GATEWAY, Some(tls)))
         .await
         .map_err(|x| x.to_string())?;

@@ -23,7 +23,9 @@ use smtptap::sink::Sinks;
 async fn load(addr: SocketAddr, messages: usize, size: usize, conc: usize) -> (f64, usize) {
     let mut body = Vec::with_capacity(size);
     while body.len() < size {
-        body.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n");
+        body.extend_from_slice(
+            b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n",
+        );
     }
     body.truncate(size);
     let opts = Arc::new(ClientOptions {
@@ -67,9 +69,8 @@ async fn through_proxy(
     size: usize,
     conc: usize,
 ) -> Result<(f64, usize), String> {
-    let mut text = format!(
-        "listen = [\"127.0.0.1:0\"]\nupstream = \"{upstream}\"\n[log]\nconsole = false\n"
-    );
+    let mut text =
+        format!("listen = [\"127.0.0.1:0\"]\nupstream = \"{upstream}\"\n[log]\nconsole = false\n");
     if let Some(dir) = capture {
         text.push_str(&format!("[capture]\nenabled = true\npath = \"{dir}\"\n"));
     }
@@ -120,9 +121,17 @@ async fn main() -> Result<(), String> {
     let (pc, f2) = through_proxy(up, Some(&cap), messages, size, conc).await?;
     row("through smtptap, capture on", pc, f2);
     let bytes: u64 = std::fs::read_dir(&cap_dir)
-        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0);
-    println!("\ncapture written: {:.1} MiB in {}", bytes as f64 / 1048576.0, cap_dir.display());
+    println!(
+        "\ncapture written: {:.1} MiB in {}",
+        bytes as f64 / 1048576.0,
+        cap_dir.display()
+    );
     let _ = std::fs::remove_dir_all(&cap_dir);
     Ok(())
 }

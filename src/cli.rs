@@ -30,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy: listen, relay every connection to the upstream verbatim, report what happened.
     Proxy(ProxyArgs),
+    /// Read a delivered message's Received headers: which hops used TLS, and how.
+    Headers(crate::headers::HeadersArgs),
 }
 
 /// `smtptap proxy` flags. Flags override the values of `--config`.
@@ -152,6 +154,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Proxy(args) => proxy_main(&args),
+        Command::Headers(args) => {
+            let code = crate::headers::run(&args, &mut std::io::stdout().lock());
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
     }
 }
 

@@ -661,8 +661,9 @@ fn tls_rules(v: &SessionView, out: &mut Vec<Finding>) {
                 Severity::Info,
                 "TLS 1.3: the server's certificate is encrypted and was not seen".into(),
                 vec![format!("negotiated {}", s(h, "version"))],
-                "Passive observation cannot see a TLS 1.3 certificate. Fetch it with a side probe \
-                 (smtptap probe HOST:PORT, when available) or look at the client's log."
+                "Passive observation cannot see a TLS 1.3 certificate. Read it from the client's \
+                 log, or connect to the server with TLS 1.2 (openssl s_client -starttls smtp \
+                 -tls1_2 -connect HOST:25) to see the chain it presents."
                     .into(),
             ));
         }

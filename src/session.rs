@@ -270,21 +270,22 @@ fn capture_marked(c: &mut SessionCapture, side: Side, ts: Timestamp, bytes: &[u8
         c.data(side, ts, bytes);
         return;
     }
-    let data: std::borrow::Cow<'_, [u8]> = if redact && marks.iter().any(|m| m.kind == MarkKind::Secret) {
-        let mut redacted = bytes.to_vec();
-        for m in marks.iter().filter(|m| m.kind == MarkKind::Secret) {
-            if let Some(r) = redacted.get_mut(m.range.clone()) {
-                for b in r.iter_mut() {
-                    if !matches!(*b, b'\r' | b'\n') {
-                        *b = b'*';
+    let data: std::borrow::Cow<'_, [u8]> =
+        if redact && marks.iter().any(|m| m.kind == MarkKind::Secret) {
+            let mut redacted = bytes.to_vec();
+            for m in marks.iter().filter(|m| m.kind == MarkKind::Secret) {
+                if let Some(r) = redacted.get_mut(m.range.clone()) {
+                    for b in r.iter_mut() {
+                        if !matches!(*b, b'\r' | b'\n') {
+                            *b = b'*';
+                        }
                     }
                 }
             }
-        }
-        std::borrow::Cow::Owned(redacted)
-    } else {
-        std::borrow::Cow::Borrowed(bytes)
-    };
+            std::borrow::Cow::Owned(redacted)
+        } else {
+            std::borrow::Cow::Borrowed(bytes)
+        };
     let data = &data[..];
     if bodies {
         c.data(side, ts, data);
@@ -461,7 +462,10 @@ pub async fn analyze(
                 "smtptap: the analysis fell behind; {bytes} relayed bytes from the {side} onwards are missing from this capture"
             ));
         }
-        for (side, end) in [(Side::Client, &outcome.client_end), (Side::Server, &outcome.server_end)] {
+        for (side, end) in [
+            (Side::Client, &outcome.client_end),
+            (Side::Server, &outcome.server_end),
+        ] {
             match end {
                 DirEnd::Fin => {}
                 DirEnd::Error(_) | DirEnd::PeerFailed => c.end(side, ts, CloseKind::Rst),

@@ -68,7 +68,10 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
 
     let mut body = Vec::new();
     for i in 0..14_000 {
-        body.extend_from_slice(format!("line {i:06} of a one mebibyte message .........................\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("line {i:06} of a one mebibyte message .........................\r\n")
+                .as_bytes(),
+        );
     }
     body.extend_from_slice(b".\r\n");
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
@@ -76,8 +79,14 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
     for (part, until) in [
-        (b"EHLO c.example.test\r\n".to_vec(), &b"SIZE 10485760\r\n"[..]),
-        (b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec(), b"go ahead\r\n"),
+        (
+            b"EHLO c.example.test\r\n".to_vec(),
+            &b"SIZE 10485760\r\n"[..],
+        ),
+        (
+            b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec(),
+            b"go ahead\r\n",
+        ),
         (body.clone(), b"queued\r\n"),
         (b"QUIT\r\n".to_vec(), b"Bye\r\n"),
     ] {
@@ -108,7 +117,10 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
 
     let f = file.display().to_string();
     let (first, second) = follow_raw(&f, up.port());
-    assert_eq!(first, server_sent, "server->client bytes differ in the capture");
+    assert_eq!(
+        first, server_sent,
+        "server->client bytes differ in the capture"
+    );
     assert_eq!(second, sent, "client->server bytes differ in the capture");
     let cmds = tshark(&[
         "-r",
@@ -122,8 +134,15 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
         "-e",
         "smtp.req.command",
     ]);
-    let cmds: Vec<&str> = cmds.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    assert!(cmds.contains(&"EHLO") && cmds.contains(&"MAIL") && cmds.contains(&"DATA"), "{cmds:?}");
+    let cmds: Vec<&str> = cmds
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(
+        cmds.contains(&"EHLO") && cmds.contains(&"MAIL") && cmds.contains(&"DATA"),
+        "{cmds:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,12 +164,17 @@ async fn starttls_session_capture_dissects_smtp_and_the_tls12_handshake() {
     .await;
     let mut body = Vec::new();
     for i in 0..14_000 {
-        body.extend_from_slice(format!("line {i:06} of a one mebibyte message .........................\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("line {i:06} of a one mebibyte message .........................\r\n")
+                .as_bytes(),
+        );
     }
     let opts = ClientOptions {
         ehlo: "client.example.test".into(),
         starttls: StartTls::Required,
-        tls: Some(lab::client_config_opportunistic_with(&[&rustls::version::TLS12])),
+        tls: Some(lab::client_config_opportunistic_with(&[
+            &rustls::version::TLS12,
+        ])),
         server_name: "mx.capture.example.test".into(),
         from: "a@example.test".into(),
         to: vec!["b@example.test".into()],
@@ -168,11 +192,13 @@ async fn starttls_session_capture_dissects_smtp_and_the_tls12_handshake() {
     let port = server.addr().port();
     let decode = format!("tcp.port=={port},smtp");
     let fields = |filter: &str, field: &str| -> Vec<String> {
-        tshark(&["-r", &f, "-d", &decode, "-Y", filter, "-T", "fields", "-e", field])
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect()
+        tshark(&[
+            "-r", &f, "-d", &decode, "-Y", filter, "-T", "fields", "-e", field,
+        ])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
     };
     let cmds = fields("smtp.req", "smtp.req.command");
     assert!(cmds.iter().any(|c| c == "STARTTLS"), "{cmds:?}");
@@ -216,6 +242,9 @@ async fn a_failing_capture_disk_does_not_disturb_the_relay() {
     proxy.wait_summaries(3).await;
     let events = proxy.stop().await;
     assert_eq!(server.received().len(), 3);
-    let errors: Vec<_> = events.iter().filter(|e| e.name() == "capture.error").collect();
+    let errors: Vec<_> = events
+        .iter()
+        .filter(|e| e.name() == "capture.error")
+        .collect();
     assert_eq!(errors.len(), 1, "exactly one capture.error expected");
 }

@@ -361,7 +361,7 @@ fn findings_for(hops: &[Hop], parsed: bool) -> Vec<Finding> {
                 title: format!("hop {} ({path}) used no TLS", h.index),
                 evidence: evidence(h),
                 advice: format!(
-                    "The receiver {} stamped a cleartext protocol: the message crossed this hop unencrypted. Check that {} offers STARTTLS (EHLO lists it) and that the sender's outbound connector or smtp_tls_security_level uses it (opportunistic at least; mandatory for partners). Confirm with `smtptap probe` or a capture.",
+                    "The receiver {} stamped a cleartext protocol: the message crossed this hop unencrypted. Check that {} offers STARTTLS (EHLO lists it) and that the sender's outbound connector or smtp_tls_security_level uses it (opportunistic at least; mandatory for partners). Confirm with a capture through `smtptap proxy --pcap`.",
                     h.by_host.as_deref().unwrap_or("(unknown)"),
                     h.by_host.as_deref().unwrap_or("the receiver"),
                 ),

@@ -111,10 +111,14 @@ pub async fn scripted_upstream(
         let mut buf = vec![0u8; 65536];
         let mut step = 0;
         // banner
-        tokio::io::AsyncWriteExt::write_all(&mut s, &script[0]).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &script[0])
+            .await
+            .unwrap();
         step += 1;
         loop {
-            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                .await
+                .unwrap();
             if n == 0 {
                 break;
             }
@@ -122,7 +126,9 @@ pub async fn scripted_upstream(
             // answer once per complete "trigger" seen: count CRLFs outside DATA
             // is overkill here; the script is sent when the expected prefix is in.
             while step < script.len() && ready_for(step, &got) {
-                tokio::io::AsyncWriteExt::write_all(&mut s, &script[step]).await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut s, &script[step])
+                    .await
+                    .unwrap();
                 step += 1;
             }
         }
@@ -142,4 +148,3 @@ pub fn ready_for(step: usize, got: &[u8]) -> bool {
         _ => false,
     }
 }
-
