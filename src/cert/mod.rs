@@ -175,16 +175,23 @@ pub enum CertEvent {
     },
 }
 
+/// Certificates beyond this position are not analysed (bounded work and
+/// memory whatever a peer sends); real chains have 2–4.
+pub const MAX_CHAIN: usize = 16;
+
 /// Analyses a chain as sent (leaf first) by `role`: one `cert.info` (or
 /// `cert.parse_error`) per certificate, then `cert.chain`, then `cert.names`
-/// when `ctx.names` is not empty and the leaf parsed.
+/// when `ctx.names` is not empty and the leaf parsed. Only the first
+/// [`MAX_CHAIN`] certificates are analysed; a longer chain gets a
+/// `cert.parse_error` at index `MAX_CHAIN` saying so (`chain_len` counts all).
 pub fn analyze_chain(
-    ders: &[Vec<u8>],
+    all_ders: &[Vec<u8>],
     role: Side,
     ctx: &CheckContext,
     store: &TrustStore,
 ) -> Vec<CertEvent> {
-    let mut events = Vec::with_capacity(ders.len() + 2);
+    let ders = all_ders.get(..MAX_CHAIN).unwrap_or(all_ders);
+    let mut events = Vec::with_capacity(ders.len() + 3);
     let mut raws = Vec::with_capacity(ders.len());
     let mut leaf: Option<CertInfo> = None;
     for (index, der) in ders.iter().enumerate() {
@@ -222,6 +229,16 @@ pub fn analyze_chain(
             }
         }
     }
+    if all_ders.len() > ders.len() {
+        events.push(CertEvent::ParseError {
+            role,
+            index: MAX_CHAIN,
+            reason: format!(
+                "chain of {} certificates: only the first {MAX_CHAIN} are analysed",
+                all_ders.len()
+            ),
+        });
+    }
     let leaf_self_signed = leaf.as_ref().is_some_and(|l| l.self_signed);
     let verdict = trust::verify(ders, role, ctx.now, store, leaf_self_signed);
     let missing = !verdict.trusted && trust::missing_intermediate(&raws, store);
@@ -233,7 +250,7 @@ pub fn analyze_chain(
         order_ok: trust::order_ok(&raws),
         missing_intermediate: missing,
         anchor: verdict.anchor,
-        chain_len: ders.len(),
+        chain_len: all_ders.len(),
     });
     if let Some(leaf) = leaf {
         if !ctx.names.is_empty() {
