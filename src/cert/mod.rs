@@ -150,7 +150,8 @@ pub enum CertEvent {
         trusted: bool,
         /// Stable kind when not trusted: "unknown_issuer", "self_signed",
         /// "expired", "not_yet_valid", "bad_signature", "revoked",
-        /// "unsupported_key", "wrong_usage" (EKU lacks serverAuth/clientAuth), "other".
+        /// "unsupported_key", "wrong_usage" (EKU lacks serverAuth/clientAuth),
+        /// "ca_used_as_leaf" (a CA:TRUE certificate presented as the leaf), "other".
         error: Option<String>,
         /// Human explanation, including webpki's own error.
         detail: Option<String>,
@@ -239,7 +240,11 @@ pub fn analyze_chain(
             ),
         });
     }
-    let leaf_self_signed = leaf.as_ref().is_some_and(|l| l.self_signed);
+    let leaf_self_signed = leaf.as_ref().is_some_and(|l| l.self_signed)
+        && !raws
+            .first()
+            .and_then(Option::as_ref)
+            .is_some_and(|r| store.has_subject(&r.subject));
     let verdict = trust::verify(ders, role, ctx.now, store, leaf_self_signed);
     let missing = !verdict.trusted && trust::missing_intermediate(&raws, store);
     events.push(CertEvent::Chain {

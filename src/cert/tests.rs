@@ -883,3 +883,98 @@ fn overlong_chain_is_capped() {
     assert!(trusted);
     assert_eq!(len, 41);
 }
+
+#[test]
+fn self_signed_ca_certificate_as_leaf() {
+    // The wildcard fixture is self-signed with CA:TRUE (openssl req -x509 default).
+    let ctx = ctx_at(y2030(), &[]);
+    let kind = |store: &TrustStore| {
+        chain_event(&analyze_chain(
+            &[WILDCARD.to_vec()],
+            Side::Server,
+            &ctx,
+            store,
+        ))
+        .1
+    };
+    assert_eq!(kind(&TrustStore::default()).as_deref(), Some("self_signed"));
+    let pinned = TrustStore::from_ders(&[WILDCARD.to_vec()]).unwrap();
+    assert_eq!(kind(&pinned).as_deref(), Some("ca_used_as_leaf"));
+}
+
+#[test]
+fn self_signed_leaf_pinned_as_anchor_is_trusted() {
+    let issued = mint::self_signed(&LeafSpec::server(["exch01.contoso.local"])).unwrap();
+    let store = TrustStore::from_ders(&issued.chain_der).unwrap();
+    let ctx = ctx_at(SystemTime::now(), &[]);
+    let (trusted, error, _, _, anchor, _) = chain_event(&analyze_chain(
+        &issued.chain_der,
+        Side::Server,
+        &ctx,
+        &store,
+    ));
+    assert!(trusted, "{error:?}");
+    assert_eq!(anchor.as_deref(), Some("CN=exch01.contoso.local"));
+}
+
+#[test]
+fn system_store_loads() {
+    assert!(
+        std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists(),
+        "no system CA bundle: apt-get install -y ca-certificates"
+    );
+    let store = TrustStore::new(&TrustOptions {
+        mozilla: false,
+        system: true,
+        ca_files: vec![],
+    })
+    .unwrap();
+    assert!(store.len() > 50, "only {} system roots", store.len());
+}
+
+#[test]
+fn other_key_kinds_are_described() {
+    for (kind, key_type, bits, curve, sig) in [
+        (
+            mint::KeyKind::EcdsaP384,
+            "EC",
+            384,
+            Some("P-384"),
+            "ecdsa-with-SHA384",
+        ),
+        (mint::KeyKind::Ed25519, "Ed25519", 256, None, "ED25519"),
+    ] {
+        let mut spec = LeafSpec::server(["k.example.test"]);
+        spec.key = kind;
+        let i = parse_cert(&mint::self_signed(&spec).unwrap().chain_der[0]).unwrap();
+        assert_eq!(i.key_type, key_type);
+        assert_eq!(i.key_bits, bits);
+        assert_eq!(i.curve.as_deref(), curve);
+        assert_eq!(i.signature_algorithm, sig);
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6125);
+    let store = TrustStore::from_ders(&[RSA_CA.to_vec()]).unwrap();
+    let ctx = ctx_at(y2030(), &[(NameSource::Sni, "mail.contoso.test")]);
+    for _ in 0..300 {
+        let mut chain = vec![EC_URLS.to_vec(), RSA_CA.to_vec()];
+        for cert in chain.iter_mut() {
+            for _ in 0..rng.gen_range(0..4) {
+                let pos = rng.gen_range(0..cert.len());
+                cert[pos] = rng.gen();
+            }
+            let cut = rng.gen_range(cert.len() - 8..=cert.len());
+            cert.truncate(cut);
+        }
+        let len: usize = rng.gen_range(0..64);
+        chain.push((0..len).map(|_| rng.gen()).collect());
+        let ev = analyze_chain(&chain, Side::Server, &ctx, &store);
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, CertEvent::Chain { chain_len: 3, .. })));
+    }
+}
