@@ -978,3 +978,22 @@ fn random_bytes_never_panic() {
             .any(|e| matches!(e, CertEvent::Chain { chain_len: 3, .. })));
     }
 }
+
+#[test]
+fn rfc4514_escaping_matches_openssl_rfc2253() {
+    let ca = Ca::new("#Lab + Co, \"x\" <y>; z\\ ").unwrap();
+    let ours = parse_cert(&ca.der()).unwrap().subject;
+    let path = temp_file("escape.pem", ca.pem().as_bytes());
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(&path)
+        .output()
+        .expect("openssl not found: apt-get install -y openssl");
+    assert!(out.status.success());
+    let theirs = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(format!("subject={ours}"), theirs.trim_end_matches('\n'));
+    assert_eq!(
+        ours,
+        "CN=\\#Lab \\+ Co\\, \\\"x\\\" \\<y\\>\\; z\\\\\\ ,O=smtptap lab"
+    );
+}
