@@ -201,6 +201,19 @@ impl Issued {
     pub fn key_pem(&self) -> String {
         pem("PRIVATE KEY", &self.key_der)
     }
+
+    /// The chain in the form rustls' `ServerConfig::with_single_cert` takes.
+    pub fn rustls_chain(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        self.chain_der
+            .iter()
+            .map(|d| rustls_pki_types::CertificateDer::from(d.clone()))
+            .collect()
+    }
+
+    /// The private key in the form rustls takes.
+    pub fn rustls_key(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
+        rustls_pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
 }
 
 /// A certificate authority that can issue leaves and intermediates.
