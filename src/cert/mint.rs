@@ -284,7 +284,9 @@ impl Ca {
     /// The issued leaves must carry the CA's subject byte for byte as their
     /// issuer; subjects rcgen cannot reproduce (repeated attribute types,
     /// multi-valued RDNs, BMP/Teletex strings) are refused with a clear error
-    /// rather than producing leaves that do not chain.
+    /// rather than producing leaves that do not chain. When the loaded CA is an
+    /// intermediate, issued chains are leaf + this CA; intermediates above it
+    /// are not known here and must be appended by the caller.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, CertError> {
         let mut reader = cert_pem.as_bytes();
         let der = rustls_pemfile::certs(&mut reader)
