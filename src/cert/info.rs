@@ -349,7 +349,12 @@ pub(crate) fn rfc4514(name: &X509Name<'_>) -> String {
                     let id = atv.attr_type().to_id_string();
                     let value = match atv.as_str() {
                         Ok(s) => escape_4514(s),
-                        Err(_) => format!("#{}", hex_lower(atv.attr_value().as_bytes())),
+                        // RFC 4514 §2.4: "#" then the hex of the value's BER encoding.
+                        Err(_) => {
+                            use x509_parser::der_parser::asn1_rs::ToDer;
+                            let der = atv.attr_value().to_der_vec().unwrap_or_default();
+                            format!("#{}", hex_lower(&der))
+                        }
                     };
                     match attr_short_name(&id) {
                         Some(n) => format!("{n}={value}"),

@@ -25,8 +25,10 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
+
+use x509_parser::prelude::FromDer;
 
 use super::CertError;
 
@@ -129,6 +131,27 @@ impl LeafSpec {
         self
     }
 
+    /// A spec "in the image" of an existing certificate (intercept mode): same
+    /// DNS and IP SANs, CN, validity dates and server/client EKUs. Revocation
+    /// and AIA URLs are not copied (they would point at the real CA). Dates
+    /// that cannot be read fall back to [`LeafSpec::server`]'s.
+    pub fn image_of(info: &super::CertInfo) -> LeafSpec {
+        let mut spec = LeafSpec::server(info.san_dns.iter().chain(info.san_ip.iter()).cloned());
+        spec.common_name = info.cn.clone();
+        let rfc = &time::format_description::well_known::Rfc3339;
+        if let (Ok(nb), Ok(na)) = (
+            time::OffsetDateTime::parse(&info.not_before, rfc),
+            time::OffsetDateTime::parse(&info.not_after, rfc),
+        ) {
+            spec.not_before = nb.into();
+            spec.not_after = na.into();
+        }
+        let has = |e: &str| info.eku.iter().any(|x| x == e);
+        spec.server_auth = info.eku.is_empty() || has("serverAuth");
+        spec.client_auth = has("clientAuth");
+        spec
+    }
+
     /// Sets the subject CN.
     pub fn with_cn(mut self, cn: Option<&str>) -> LeafSpec {
         self.common_name = cn.map(String::from);
@@ -178,6 +201,19 @@ impl Issued {
     pub fn key_pem(&self) -> String {
         pem("PRIVATE KEY", &self.key_der)
     }
+
+    /// The chain in the form rustls' `ServerConfig::with_single_cert` takes.
+    pub fn rustls_chain(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        self.chain_der
+            .iter()
+            .map(|d| rustls_pki_types::CertificateDer::from(d.clone()))
+            .collect()
+    }
+
+    /// The private key in the form rustls takes.
+    pub fn rustls_key(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
+        rustls_pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
 }
 
 /// A certificate authority that can issue leaves and intermediates.
@@ -187,6 +223,13 @@ pub struct Ca {
     /// DERs of the intermediates between this CA and the root (this CA's own
     /// DER first when it is an intermediate; empty for a root).
     chain_above: Vec<Vec<u8>>,
+    /// The real certificate when loaded with [`Ca::from_pem`] (`cert` is then
+    /// only a carrier of the DN for signing).
+    loaded_der: Option<Vec<u8>>,
+}
+
+fn ca_subject_raw(der: &[u8]) -> Result<Vec<u8>, CertError> {
+    super::info::parse_full(der).map(|(_, r)| r.subject)
 }
 
 impl std::fmt::Debug for Ca {
@@ -231,7 +274,93 @@ impl Ca {
             cert,
             key,
             chain_above: Vec::new(),
+            loaded_der: None,
         })
+    }
+
+    /// An existing CA (e.g. the proxy's configured intercept CA) from its
+    /// certificate and PKCS#8/SEC1/PKCS#1 private key, both PEM.
+    ///
+    /// The issued leaves must carry the CA's subject byte for byte as their
+    /// issuer; subjects rcgen cannot reproduce (repeated attribute types,
+    /// multi-valued RDNs, BMP/Teletex strings) are refused with a clear error
+    /// rather than producing leaves that do not chain. When the loaded CA is an
+    /// intermediate, issued chains are leaf + this CA; intermediates above it
+    /// are not known here and must be appended by the caller.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, CertError> {
+        let mut reader = cert_pem.as_bytes();
+        let der = rustls_pemfile::certs(&mut reader)
+            .next()
+            .ok_or_else(|| {
+                CertError::Mint("no CERTIFICATE block in the CA certificate PEM".into())
+            })?
+            .map_err(|e| CertError::Mint(format!("bad CA certificate PEM: {e}")))?;
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| CertError::Mint(format!("bad CA private key: {e}")))?;
+        let subject_raw = ca_subject_raw(der.as_ref())?;
+        let (_, parsed) = x509_parser::prelude::X509Certificate::from_der(der.as_ref())
+            .map_err(|e| CertError::Parse(e.to_string()))?;
+        let mut dn = DistinguishedName::new();
+        let mut count = 0usize;
+        for rdn in parsed.subject().iter_rdn() {
+            for atv in rdn.iter() {
+                count += 1;
+                let oid: Vec<u64> = atv
+                    .attr_type()
+                    .iter()
+                    .map(|it| it.collect())
+                    .unwrap_or_default();
+                let any = atv.attr_value();
+                let text = std::str::from_utf8(any.data)
+                    .map_err(|_| CertError::Mint("CA subject has a non-text attribute".into()))?;
+                let value = match any.tag().0 {
+                    0x13 => DnValue::PrintableString(
+                        text.try_into().map_err(|e: rcgen::Error| mint_err(e))?,
+                    ),
+                    0x16 => {
+                        DnValue::Ia5String(text.try_into().map_err(|e: rcgen::Error| mint_err(e))?)
+                    }
+                    0x0c => DnValue::Utf8String(text.to_string()),
+                    t => {
+                        return Err(CertError::Mint(format!(
+                            "CA subject uses ASN.1 string tag {t}, which cannot be reproduced"
+                        )))
+                    }
+                };
+                dn.push(DnType::from_oid(&oid), value);
+            }
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        // Only the DN, key and key usages of this value are used when signing.
+        let cert = params.self_signed(&key).map_err(mint_err)?;
+        let is_root = parsed.subject().as_raw() == parsed.issuer().as_raw();
+        let ca = Ca {
+            cert,
+            key,
+            chain_above: if is_root {
+                Vec::new()
+            } else {
+                vec![der.to_vec()]
+            },
+            loaded_der: Some(der.to_vec()),
+        };
+        // Prove that leaves will chain: their issuer must equal the CA subject.
+        let probe = ca.issue(&LeafSpec::server(["probe.invalid"]))?;
+        let issuer_raw = probe
+            .chain_der
+            .first()
+            .map(|d| super::info::parse_full(d).map(|(_, r)| r.issuer))
+            .transpose()?
+            .unwrap_or_default();
+        if issuer_raw != subject_raw || count == 0 {
+            return Err(CertError::Mint(
+                "the CA subject cannot be reproduced exactly (repeated attribute types or multi-valued RDNs)".into(),
+            ));
+        }
+        Ok(ca)
     }
 
     /// A new intermediate CA issued by this one.
@@ -248,17 +377,21 @@ impl Ca {
             cert,
             key,
             chain_above,
+            loaded_der: None,
         })
     }
 
     /// This CA's certificate, DER.
     pub fn der(&self) -> Vec<u8> {
-        self.cert.der().to_vec()
+        match &self.loaded_der {
+            Some(d) => d.clone(),
+            None => self.cert.der().to_vec(),
+        }
     }
 
     /// This CA's certificate, PEM.
     pub fn pem(&self) -> String {
-        self.cert.pem()
+        pem("CERTIFICATE", &self.der())
     }
 
     /// This CA's private key, PKCS#8 DER (for intercept mode configuration).
@@ -266,12 +399,19 @@ impl Ca {
         self.key.serialize_der()
     }
 
+    /// This CA's private key, PEM (`PRIVATE KEY`, PKCS#8).
+    pub fn key_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.key.serialize_der())
+    }
+
     /// Issues a leaf. The returned chain is the leaf followed by this CA when it
     /// is an intermediate (and the intermediates above it), never the root.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, CertError> {
         let key = spec.key.generate()?;
         let mut params = leaf_params(spec)?;
-        params.use_authority_key_identifier_extension = true;
+        // A loaded CA's SKI may have been computed differently: omit the AKI
+        // rather than write one that does not match (OpenSSL would then refuse).
+        params.use_authority_key_identifier_extension = self.loaded_der.is_none();
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(mint_err)?;

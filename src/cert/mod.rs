@@ -150,7 +150,8 @@ pub enum CertEvent {
         trusted: bool,
         /// Stable kind when not trusted: "unknown_issuer", "self_signed",
         /// "expired", "not_yet_valid", "bad_signature", "revoked",
-        /// "unsupported_key", "wrong_usage" (EKU lacks serverAuth/clientAuth), "other".
+        /// "unsupported_key", "wrong_usage" (EKU lacks serverAuth/clientAuth),
+        /// "ca_used_as_leaf" (a CA:TRUE certificate presented as the leaf), "other".
         error: Option<String>,
         /// Human explanation, including webpki's own error.
         detail: Option<String>,
@@ -175,16 +176,23 @@ pub enum CertEvent {
     },
 }
 
+/// Certificates beyond this position are not analysed (bounded work and
+/// memory whatever a peer sends); real chains have 2–4.
+pub const MAX_CHAIN: usize = 16;
+
 /// Analyses a chain as sent (leaf first) by `role`: one `cert.info` (or
 /// `cert.parse_error`) per certificate, then `cert.chain`, then `cert.names`
-/// when `ctx.names` is not empty and the leaf parsed.
+/// when `ctx.names` is not empty and the leaf parsed. Only the first
+/// [`MAX_CHAIN`] certificates are analysed; a longer chain gets a
+/// `cert.parse_error` at index `MAX_CHAIN` saying so (`chain_len` counts all).
 pub fn analyze_chain(
-    ders: &[Vec<u8>],
+    all_ders: &[Vec<u8>],
     role: Side,
     ctx: &CheckContext,
     store: &TrustStore,
 ) -> Vec<CertEvent> {
-    let mut events = Vec::with_capacity(ders.len() + 2);
+    let ders = all_ders.get(..MAX_CHAIN).unwrap_or(all_ders);
+    let mut events = Vec::with_capacity(ders.len() + 3);
     let mut raws = Vec::with_capacity(ders.len());
     let mut leaf: Option<CertInfo> = None;
     for (index, der) in ders.iter().enumerate() {
@@ -222,7 +230,21 @@ pub fn analyze_chain(
             }
         }
     }
-    let leaf_self_signed = leaf.as_ref().is_some_and(|l| l.self_signed);
+    if all_ders.len() > ders.len() {
+        events.push(CertEvent::ParseError {
+            role,
+            index: MAX_CHAIN,
+            reason: format!(
+                "chain of {} certificates: only the first {MAX_CHAIN} are analysed",
+                all_ders.len()
+            ),
+        });
+    }
+    let leaf_self_signed = leaf.as_ref().is_some_and(|l| l.self_signed)
+        && !raws
+            .first()
+            .and_then(Option::as_ref)
+            .is_some_and(|r| store.has_subject(&r.subject));
     let verdict = trust::verify(ders, role, ctx.now, store, leaf_self_signed);
     let missing = !verdict.trusted && trust::missing_intermediate(&raws, store);
     events.push(CertEvent::Chain {
@@ -233,7 +255,7 @@ pub fn analyze_chain(
         order_ok: trust::order_ok(&raws),
         missing_intermediate: missing,
         anchor: verdict.anchor,
-        chain_len: ders.len(),
+        chain_len: all_ders.len(),
     });
     if let Some(leaf) = leaf {
         if !ctx.names.is_empty() {

@@ -766,3 +766,234 @@ fn analyze_chain_reports_each_name_with_its_source() {
     ));
     assert_eq!(checks[0].by.as_deref(), Some("DNS:*.outbound.contoso.test"));
 }
+
+// ---------------------------------------------------------------- mint: loaded CA, image, caps
+
+const INTERCEPT_CA_PEM: &str = include_str!("fixtures/intercept-ca.pem");
+const INTERCEPT_CA_KEY: &str = include_str!("fixtures/intercept-ca.key.pem");
+
+#[test]
+fn openssl_made_ca_loaded_from_pem_issues_chaining_leaves() {
+    let ca = Ca::from_pem(INTERCEPT_CA_PEM, INTERCEPT_CA_KEY).unwrap();
+    let root_info = parse_cert(&ca.der()).unwrap();
+    assert_eq!(
+        root_info.subject,
+        "CN=Contoso Intercept CA (TEST ONLY),O=Contoso Lab,C=GB"
+    );
+    let issued = ca.issue(&LeafSpec::server(["mail.contoso.test"])).unwrap();
+    // A root CA: the chain to send is the leaf alone.
+    assert_eq!(issued.chain_der.len(), 1);
+    let store = TrustStore::from_ders(&[ca.der()]).unwrap();
+    let (trusted, error, ..) = chain_event(&analyze_chain(
+        &issued.chain_der,
+        Side::Server,
+        &ctx_at(SystemTime::now(), &[]),
+        &store,
+    ));
+    assert!(trusted, "{error:?}");
+    // OpenSSL agrees (it also checks AKI/SKI consistency).
+    let ca_path = temp_file("intercept-ca.pem", INTERCEPT_CA_PEM.as_bytes());
+    let leaf_path = temp_file("intercept-leaf.pem", issued.chain_pem().as_bytes());
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-purpose", "sslserver", "-CAfile"])
+        .arg(&ca_path)
+        .arg(&leaf_path)
+        .output()
+        .expect("openssl not found: apt-get install -y openssl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(": OK"), "{text}");
+
+    assert!(Ca::from_pem("garbage", INTERCEPT_CA_KEY).is_err());
+    assert!(Ca::from_pem(INTERCEPT_CA_PEM, "garbage").is_err());
+}
+
+#[test]
+fn minted_ca_round_trips_through_pem() {
+    let root = Ca::new("Round Trip Root").unwrap();
+    let loaded = Ca::from_pem(&root.pem(), &root.key_pem()).unwrap();
+    assert_eq!(loaded.der(), root.der());
+    let issued = loaded.issue(&LeafSpec::server(["x.example.test"])).unwrap();
+    let store = TrustStore::from_ders(&[root.der()]).unwrap();
+    let ctx = ctx_at(SystemTime::now(), &[]);
+    let (trusted, ..) = chain_event(&analyze_chain(
+        &issued.chain_der,
+        Side::Server,
+        &ctx,
+        &store,
+    ));
+    assert!(trusted);
+}
+
+#[test]
+fn leaf_in_the_image_of_an_upstream_certificate() {
+    let upstream = parse_cert(EC_URLS).unwrap();
+    let spec = LeafSpec::image_of(&upstream);
+    assert_eq!(
+        spec.names,
+        vec![
+            "mail.contoso.test",
+            "smtp.contoso.test",
+            "192.0.2.25",
+            "2001:db8::25"
+        ]
+    );
+    assert!(spec.server_auth && spec.client_auth);
+    assert_eq!(spec.crl_url, None);
+    let ca = Ca::new("Intercept CA").unwrap();
+    let issued = ca.issue(&spec).unwrap();
+    let copy = parse_cert(&issued.chain_der[0]).unwrap();
+    assert_eq!(copy.san_dns, upstream.san_dns);
+    assert_eq!(copy.san_ip, upstream.san_ip);
+    assert_eq!(copy.cn, upstream.cn);
+    assert_eq!(copy.not_before, upstream.not_before);
+    assert_eq!(copy.not_after, upstream.not_after);
+    assert_eq!(copy.eku, upstream.eku);
+    assert_ne!(copy.sha256, upstream.sha256);
+}
+
+#[test]
+fn overlong_chain_is_capped() {
+    let root = Ca::new("Lab Root").unwrap();
+    let issued = root
+        .issue(&LeafSpec::server(["mail.example.test"]))
+        .unwrap();
+    let mut chain = issued.chain_der.clone();
+    for _ in 0..40 {
+        chain.push(root.der());
+    }
+    let store = TrustStore::from_ders(&[root.der()]).unwrap();
+    let ev = analyze_chain(
+        &chain,
+        Side::Server,
+        &ctx_at(SystemTime::now(), &[]),
+        &store,
+    );
+    let infos = ev
+        .iter()
+        .filter(|e| matches!(e, CertEvent::Info { .. }))
+        .count();
+    assert_eq!(infos, MAX_CHAIN);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        CertEvent::ParseError { index, reason, .. } if *index == MAX_CHAIN && reason.contains("41 certificates")
+    )));
+    let (trusted, _, _, _, _, len) = chain_event(&ev);
+    assert!(trusted);
+    assert_eq!(len, 41);
+}
+
+#[test]
+fn self_signed_ca_certificate_as_leaf() {
+    // The wildcard fixture is self-signed with CA:TRUE (openssl req -x509 default).
+    let ctx = ctx_at(y2030(), &[]);
+    let kind = |store: &TrustStore| {
+        chain_event(&analyze_chain(
+            &[WILDCARD.to_vec()],
+            Side::Server,
+            &ctx,
+            store,
+        ))
+        .1
+    };
+    assert_eq!(kind(&TrustStore::default()).as_deref(), Some("self_signed"));
+    let pinned = TrustStore::from_ders(&[WILDCARD.to_vec()]).unwrap();
+    assert_eq!(kind(&pinned).as_deref(), Some("ca_used_as_leaf"));
+}
+
+#[test]
+fn self_signed_leaf_pinned_as_anchor_is_trusted() {
+    let issued = mint::self_signed(&LeafSpec::server(["exch01.contoso.local"])).unwrap();
+    let store = TrustStore::from_ders(&issued.chain_der).unwrap();
+    let ctx = ctx_at(SystemTime::now(), &[]);
+    let (trusted, error, _, _, anchor, _) = chain_event(&analyze_chain(
+        &issued.chain_der,
+        Side::Server,
+        &ctx,
+        &store,
+    ));
+    assert!(trusted, "{error:?}");
+    assert_eq!(anchor.as_deref(), Some("CN=exch01.contoso.local"));
+}
+
+#[test]
+fn system_store_loads() {
+    assert!(
+        std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists(),
+        "no system CA bundle: apt-get install -y ca-certificates"
+    );
+    let store = TrustStore::new(&TrustOptions {
+        mozilla: false,
+        system: true,
+        ca_files: vec![],
+    })
+    .unwrap();
+    assert!(store.len() > 50, "only {} system roots", store.len());
+}
+
+#[test]
+fn other_key_kinds_are_described() {
+    for (kind, key_type, bits, curve, sig) in [
+        (
+            mint::KeyKind::EcdsaP384,
+            "EC",
+            384,
+            Some("P-384"),
+            "ecdsa-with-SHA384",
+        ),
+        (mint::KeyKind::Ed25519, "Ed25519", 256, None, "ED25519"),
+    ] {
+        let mut spec = LeafSpec::server(["k.example.test"]);
+        spec.key = kind;
+        let i = parse_cert(&mint::self_signed(&spec).unwrap().chain_der[0]).unwrap();
+        assert_eq!(i.key_type, key_type);
+        assert_eq!(i.key_bits, bits);
+        assert_eq!(i.curve.as_deref(), curve);
+        assert_eq!(i.signature_algorithm, sig);
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6125);
+    let store = TrustStore::from_ders(&[RSA_CA.to_vec()]).unwrap();
+    let ctx = ctx_at(y2030(), &[(NameSource::Sni, "mail.contoso.test")]);
+    for _ in 0..300 {
+        let mut chain = vec![EC_URLS.to_vec(), RSA_CA.to_vec()];
+        for cert in chain.iter_mut() {
+            for _ in 0..rng.gen_range(0..4) {
+                let pos = rng.gen_range(0..cert.len());
+                cert[pos] = rng.gen();
+            }
+            let cut = rng.gen_range(cert.len() - 8..=cert.len());
+            cert.truncate(cut);
+        }
+        let len: usize = rng.gen_range(0..64);
+        chain.push((0..len).map(|_| rng.gen()).collect());
+        let ev = analyze_chain(&chain, Side::Server, &ctx, &store);
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, CertEvent::Chain { chain_len: 3, .. })));
+    }
+}
+
+#[test]
+fn rfc4514_escaping_matches_openssl_rfc2253() {
+    let ca = Ca::new("#Lab + Co, \"x\" <y>; z\\ ").unwrap();
+    let ours = parse_cert(&ca.der()).unwrap().subject;
+    let path = temp_file("escape.pem", ca.pem().as_bytes());
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(&path)
+        .output()
+        .expect("openssl not found: apt-get install -y openssl");
+    assert!(out.status.success());
+    let theirs = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(format!("subject={ours}"), theirs.trim_end_matches('\n'));
+    assert_eq!(
+        ours,
+        "CN=\\#Lab \\+ Co\\, \\\"x\\\" \\<y\\>\\; z\\\\\\ ,O=smtptap lab"
+    );
+}

@@ -161,7 +161,8 @@ fn unix_time(t: SystemTime) -> UnixTime {
 }
 
 /// Verifies `ders` (leaf first) for `role` at `now`, without any name check.
-/// `leaf_self_signed` picks "self_signed" over "unknown_issuer".
+/// `leaf_self_signed` (self-signed and its subject is not an anchor) picks
+/// "self_signed" over "unknown_issuer" / "ca_used_as_leaf".
 pub(crate) fn verify(
     ders: &[Vec<u8>],
     role: Side,
@@ -225,7 +226,8 @@ pub(crate) fn verify(
 fn error_kind(e: &webpki::Error, leaf_self_signed: bool) -> &'static str {
     use webpki::Error as E;
     match e {
-        E::UnknownIssuer if leaf_self_signed => "self_signed",
+        E::UnknownIssuer | E::CaUsedAsEndEntity if leaf_self_signed => "self_signed",
+        E::CaUsedAsEndEntity => "ca_used_as_leaf",
         E::UnknownIssuer => "unknown_issuer",
         E::CertExpired { .. } => "expired",
         E::CertNotValidYet { .. } => "not_yet_valid",
@@ -250,6 +252,7 @@ fn describe(e: &webpki::Error, leaf_self_signed: bool) -> &'static str {
         "revoked" => "a certificate in the chain is revoked",
         "unsupported_key" => "a key or signature algorithm in the chain is not supported",
         "wrong_usage" => "the certificate's extended key usage does not allow this role",
+        "ca_used_as_leaf" => "the certificate presented is a CA certificate (basicConstraints CA:TRUE), not an end-entity certificate",
         _ => "the chain was rejected",
     }
 }
