@@ -290,6 +290,7 @@ impl SmtpObserver {
             self.client.line_sasl = self.sasl_active;
         }
         let before = self.client.line.len();
+        let mut fail = None;
         for (j, &b) in chunk.iter().enumerate() {
             let pos = before + j;
             let auth_line = self.client.line_sasl
@@ -306,19 +307,23 @@ impl SmtpObserver {
             let start = self.client.line_start;
             if pos >= limit {
                 let reason = format!("client line longer than {limit} bytes without CRLF");
-                self.desync(Side::Client, reason, start + limit as u64, out);
-                return rest.len();
+                fail = Some((reason, start + limit as u64));
+                break;
             }
-            if pos == 0 && b == 0x16 {
-                let reason = "client sent a TLS ClientHello on a cleartext SMTP connection (implicit TLS / port 465 client?)".to_string();
-                self.desync(Side::Client, reason, start, out);
-                return rest.len();
+            if pos == 0 && (0x14..=0x17).contains(&b) {
+                let reason = if b == 0x16 {
+                    "client sent a TLS ClientHello on a cleartext SMTP connection (implicit TLS / port 465 client?)".to_string()
+                } else {
+                    format!("client sent a TLS record (content type {b}) on a cleartext SMTP connection")
+                };
+                fail = Some((reason, start));
+                break;
             }
             if is_bad_byte(b) {
                 let reason =
                     format!("client sent binary data (byte 0x{b:02x}) in command mode: not SMTP");
-                self.desync(Side::Client, reason, start + pos as u64, out);
-                return rest.len();
+                fail = Some((reason, start + pos as u64));
+                break;
             }
             self.client.line.push(b);
         }
@@ -341,6 +346,11 @@ impl SmtpObserver {
                     MarkKind::Secret,
                 );
             }
+        }
+        // Secret bytes before a failure are still marked.
+        if let Some((reason, offset)) = fail {
+            self.desync(Side::Client, reason, offset, out);
+            return rest.len();
         }
         let consumed = chunk.len() + usize::from(complete);
         self.client.off += consumed as u64;
@@ -539,8 +549,9 @@ impl SmtpObserver {
                         ),
                         start + self.limits.max_line as u64,
                     ))
-                } else if pos == 0 && b == 0x16 {
-                    Some(("server sent a TLS record on a cleartext SMTP connection (it expects implicit TLS, e.g. port 465?)".to_string(), start))
+                } else if pos == 0 && (0x14..=0x17).contains(&b) {
+                    let what = if b == 0x15 { "alert" } else { "record" };
+                    Some((format!("server sent a TLS {what} (content type {b}) on a cleartext SMTP connection (it expects implicit TLS, e.g. port 465?)"), start))
                 } else if is_bad_byte(b) {
                     Some((
                         format!("server sent binary data (byte 0x{b:02x}) where a reply line was expected"),
