@@ -1042,3 +1042,20 @@ fn random_input_never_panics_and_stays_bounded() {
     // The run exercised both healthy and confused paths.
     assert!(desyncs > 100 && desyncs < 3000, "desyncs {desyncs}");
 }
+
+#[test]
+fn events_are_flat_in_the_envelope_and_round_trip() {
+    use crate::event::{Event, EventKind, Timestamp};
+    let out = run(&fixture("auth"));
+    for ev in out.decoded() {
+        let env = Event::new(Timestamp::now(), 7, ev.clone());
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["session"], 7);
+        assert!(json["event"].as_str().unwrap().starts_with("smtp."));
+        let back: Event = serde_json::from_value(json).unwrap();
+        match back.kind {
+            EventKind::Smtp(e) => assert_eq!(e, ev),
+            other => panic!("{other:?}"),
+        }
+    }
+}
