@@ -22,6 +22,16 @@
 //!
 //! A confused observer emits one `smtp.desync` with a specific reason and
 //! stops; it never panics whatever the peers send.
+//!
+//! Limits of the marks (callers that redact must know them):
+//! - after a desync no marks are produced at all (the rest of the stream is
+//!   unknown); secret bytes of the line being read when it happened are marked;
+//! - client bytes held after a *refused* STARTTLS are re-parsed when the
+//!   refusal arrives, in a server feed: marks for them cannot be expressed
+//!   and are dropped (RFC 3207 forbids sending them, so this is rare).
+//!
+//! A body ends at `.\r\n` at the start of a line, where a line starts after
+//! any LF (Postfix's leniency); `smtp.data` reports bare LFs seen in it.
 
 mod command;
 mod observer;
