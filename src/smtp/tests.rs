@@ -32,6 +32,14 @@ const FIXTURES: &[(&str, &str)] = &[
     ("garbage", include_str!("fixtures/garbage.txt")),
     ("no_code", include_str!("fixtures/no_code.txt")),
     ("bare_lf", include_str!("fixtures/bare_lf.txt")),
+    (
+        "recorded_swaks_pipelined",
+        include_str!("fixtures/recorded_swaks_pipelined.txt"),
+    ),
+    (
+        "recorded_swaks_auth",
+        include_str!("fixtures/recorded_swaks_auth.txt"),
+    ),
 ];
 
 type Chunks = Vec<(Side, Vec<u8>)>;
@@ -1058,4 +1066,84 @@ fn events_are_flat_in_the_envelope_and_round_trip() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn recorded_swaks_pipelined_session() {
+    let chunks = fixture("recorded_swaks_pipelined");
+    let out = run(&chunks);
+    assert!(!out.desynced);
+    let ev = out.decoded();
+    let labels: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            SmtpEvent::Reply { code, command, .. } => {
+                Some(format!("{code} {}", command.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "250 EHLO client.example.org",
+            "250 MAIL FROM:<alice@example.org>",
+            "250 RCPT TO:<bob@example.net>",
+            "250 RCPT TO:<carol@example.net>",
+            "354 DATA",
+            "250 <end of data>",
+            "221 QUIT",
+        ]
+    );
+    match ev
+        .iter()
+        .find(|e| matches!(e, SmtpEvent::Capabilities { .. }))
+    {
+        Some(SmtpEvent::Capabilities {
+            capabilities,
+            auth,
+            starttls,
+            ..
+        }) => {
+            assert_eq!(capabilities.len(), 8);
+            assert_eq!(capabilities.last().map(String::as_str), Some(""));
+            assert_eq!(auth, &["PLAIN", "LOGIN"]);
+            assert!(!starttls);
+        }
+        other => panic!("{other:?}"),
+    }
+    let client = stream(&chunks, Side::Client);
+    let start = find_pos(&client, b"DATA\r\n") + 6;
+    let end = find_pos(&client, b"\r\n.\r\n") + 5;
+    assert!(ev.contains(&SmtpEvent::Data {
+        bytes: (end - start - 3) as u64,
+        lines: 12,
+        bare_lf: false
+    }));
+    assert_eq!(
+        out.marks,
+        vec![(Side::Client, start as u64..end as u64, MarkKind::Body)]
+    );
+}
+
+#[test]
+fn recorded_swaks_auth_session() {
+    let chunks = fixture("recorded_swaks_auth");
+    let out = run(&chunks);
+    assert!(!out.desynced);
+    assert!(!out.events.join("").contains("AGFsaWNlAHMzY3JldFBhc3M="));
+    assert_eq!(
+        marked(&chunks, &out, MarkKind::Secret),
+        vec![b"AGFsaWNlAHMzY3JldFBhc3M=".to_vec()]
+    );
+    // A 250 (not 334) ends SASL at once: QUIT is a command again.
+    let ev = out.decoded();
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        SmtpEvent::Reply { code: 250, command: Some(c), .. } if c == "AUTH PLAIN [redacted]"
+    )));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, SmtpEvent::Command { verb, .. } if verb == "QUIT")));
+    assert!(!ev.iter().any(|e| matches!(e, SmtpEvent::AuthData { .. })));
 }
