@@ -802,7 +802,12 @@ fn cert_rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
             "chain as sent: {} certificate(s)",
             u(ch, "chain_len")
         ));
-        let (id, title, advice) = match s(ch, "error") {
+        let kind = if s(ch, "error") == "unknown_issuer" && b(ch, "missing_intermediate") {
+            "missing_intermediate"
+        } else {
+            s(ch, "error")
+        };
+        let (id, title, advice) = match kind {
             "self_signed" => (
                 "cert.self_signed",
                 format!("The {role}'s certificate is self-signed"),
@@ -816,6 +821,18 @@ fn cert_rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
                 "Configure the server to send the full chain (leaf then intermediates): Postfix \
                  smtpd_tls_chain_files with the intermediates; on Windows import the intermediate \
                  into the Intermediate Certification Authorities store of the server.",
+            ),
+            "wrong_usage" => (
+                "cert.untrusted",
+                format!("The {role}'s certificate is not valid for this use (extended key usage)"),
+                "The certificate's Extended Key Usage lacks serverAuth (for a server) or clientAuth \
+                 (for a client certificate). Issue a certificate with the right usage.",
+            ),
+            "ca_used_as_leaf" => (
+                "cert.untrusted",
+                format!("The {role} presents a CA certificate as its own certificate"),
+                "A CA certificate (basicConstraints CA:TRUE) cannot identify a server. Bind the \
+                 server's own certificate, issued by that CA.",
             ),
             "expired" | "not_yet_valid" => (
                 "cert.untrusted",

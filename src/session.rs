@@ -25,15 +25,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::capture::{Capture, CloseKind, FlowInfo, SessionCapture};
+use crate::cert::{self, CheckContext, NameSource, TrustOptions, TrustStore};
 use crate::config::{TlsSettings, Upstream};
 use crate::diagnose::{self, Finding};
 use crate::event::{Event, EventKind, SessionEvent, SessionId, Side, Timestamp};
 use crate::proxy::relay::{DirEnd, RelayOutcome, TapMsg};
 use crate::proxy::upstream::ConnectFailure;
 use crate::sink::EventSink;
-use crate::smtp::{Mark, MarkKind, Progress, SmtpLimits, SmtpObserver};
+use crate::smtp::{Mark, MarkKind, Progress, SmtpEvent, SmtpLimits, SmtpObserver};
 use crate::summary::{self, SessionSummary};
-use crate::tls::TlsObserver;
+use crate::tls::{TlsEvent, TlsObserver};
 
 /// Events kept per session for the diagnosis; later ones are still logged, and
 /// the summary says how many were not kept.
@@ -113,6 +114,9 @@ pub struct Analysis {
     pub recent_tls_failures: Mutex<HashMap<IpAddr, (Instant, SessionId, String)>>,
     /// The pcapng writer, when capture is on.
     pub capture: Option<Capture>,
+    /// Trust anchors for certificate verification (None: certificates are
+    /// parsed and name-checked, not verified).
+    pub trust: Option<TrustStore>,
 }
 
 impl Analysis {
@@ -127,6 +131,12 @@ impl Analysis {
     /// Builds the shared analysis state from a configuration (loads the trust store).
     pub fn from_config(cfg: &crate::config::ProxyConfig) -> Result<Self, String> {
         let mut a = Analysis::new(cfg.tls.clone());
+        let opts = TrustOptions {
+            mozilla: cfg.tls.mozilla_roots,
+            system: cfg.tls.system_roots,
+            ca_files: cfg.tls.ca_files.clone(),
+        };
+        a.trust = Some(TrustStore::new(&opts).map_err(|e| format!("cannot load the trust store: {e}"))?);
         if let Some(c) = &cfg.capture {
             a.capture = Some(
                 Capture::start(c.clone()).map_err(|e| format!("cannot start the capture: {e}"))?,
@@ -173,10 +183,23 @@ struct State {
     stage: Stage,
     /// This session's pcapng flow(s), when capture is on and the filters select it.
     capture: Option<SessionCapture>,
+    /// Names learnt from the conversation, to check certificates against.
+    names: LearntNames,
+}
+
+/// Host names the conversation announced, for the certificate name checks.
+#[derive(Debug, Default)]
+struct LearntNames {
+    banner: Option<String>,
+    ehlo_reply: Option<String>,
+    client_ehlo: Option<String>,
+    sni: Option<String>,
 }
 
 impl State {
     async fn emit(&mut self, ts: Timestamp, kind: impl Into<EventKind>) {
+        let kind = kind.into();
+        self.learn(&kind);
         let ev = Event::new(ts, self.info.id, kind);
         if self.kept.len() < MAX_KEPT_EVENTS {
             self.kept.push(ev.clone());
@@ -184,6 +207,77 @@ impl State {
             self.not_kept += 1;
         }
         self.sink.send(ev).await;
+    }
+
+    fn learn(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::Smtp(SmtpEvent::Banner { host, .. }) => self.names.banner = host.clone(),
+            EventKind::Smtp(SmtpEvent::Capabilities { host, .. }) => {
+                if self.names.ehlo_reply.is_none() {
+                    self.names.ehlo_reply = host.clone();
+                }
+            }
+            EventKind::Smtp(SmtpEvent::Ehlo { name, .. }) => {
+                if self.names.client_ehlo.is_none() {
+                    self.names.client_ehlo = Some(name.clone());
+                }
+            }
+            EventKind::Tls(TlsEvent::ClientHello(ch)) => self.names.sni = ch.sni.clone(),
+            _ => {}
+        }
+    }
+
+    /// The names a chain sent by `role` is checked against, with their source.
+    fn names_for(&self, role: Side) -> Vec<(NameSource, String)> {
+        let mut names = Vec::new();
+        let tls = &self.analysis.tls;
+        let host_like = |n: &str| n.contains('.') && n.parse::<IpAddr>().is_err() && !n.starts_with('[');
+        match role {
+            Side::Server => {
+                for n in &tls.expect_names {
+                    names.push((NameSource::Expected, n.clone()));
+                }
+                if host_like(&self.info.upstream.host) {
+                    names.push((NameSource::Upstream, self.info.upstream.host.clone()));
+                }
+                if tls.check_announced_names {
+                    if let Some(b) = self.names.banner.as_deref().filter(|n| host_like(n)) {
+                        names.push((NameSource::Banner, b.to_string()));
+                    }
+                    if let Some(e) = self.names.ehlo_reply.as_deref().filter(|n| host_like(n)) {
+                        if Some(e) != self.names.banner.as_deref() {
+                            names.push((NameSource::Ehlo, e.to_string()));
+                        }
+                    }
+                }
+                if let Some(sni) = &self.names.sni {
+                    names.push((NameSource::Sni, sni.clone()));
+                }
+            }
+            Side::Client => {
+                if let Some(e) = self.names.client_ehlo.as_deref().filter(|n| host_like(n)) {
+                    if tls.check_announced_names {
+                        names.push((NameSource::Ehlo, e.to_string()));
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    async fn on_certificates(&mut self, ts: Timestamp, role: Side, ders: &[Vec<u8>]) {
+        let ctx = CheckContext {
+            names: self.names_for(role),
+            expiry_warning_days: self.analysis.tls.expiry_warning_days,
+            now: ts.0,
+        };
+        let events = match &self.analysis.trust {
+            Some(store) => cert::analyze_chain(ders, role, &ctx, store),
+            None => return,
+        };
+        for e in events {
+            self.emit(ts, e).await;
+        }
     }
 
     async fn on_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
@@ -249,7 +343,16 @@ impl State {
         obs.feed(side, bytes, &mut out);
         let stop = obs.is_desynced() || obs.is_done();
         for e in out {
+            let chain = match &e {
+                TlsEvent::Certificate { from, ders, .. } if !ders.is_empty() => {
+                    Some((*from, ders.clone()))
+                }
+                _ => None,
+            };
             self.emit(ts, e).await;
+            if let Some((role, ders)) = chain {
+                self.on_certificates(ts, role, &ders).await;
+            }
         }
         if stop {
             self.stage = Stage::Off;
@@ -329,6 +432,7 @@ pub async fn analyze(
         not_kept: 0,
         stage,
         capture: None,
+        names: LearntNames::default(),
     };
     st.emit(
         info.opened,

@@ -253,6 +253,251 @@ pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
             ),
             ))
         }
+        "smtp.ehlo" | "smtp.auth_data" | "smtp.bdat" => {}
+        "smtp.auth" => out.push((
+            Fact,
+            format!("AUTH {} (credentials are never logged)", s(&v, "mechanism")),
+        )),
+        "smtp.data" => out.push((
+            Fact,
+            format!(
+                "message body: {} bytes, {} lines (content not logged){}",
+                u(&v, "bytes"),
+                u(&v, "lines"),
+                if b(&v, "bare_lf") {
+                    "; contains bare LF line ends"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        "smtp.message" => {
+            let line = format!("{} {}", u(&v, "code"), s(&v, "text"));
+            if b(&v, "accepted") {
+                out.push((
+                    Fact,
+                    format!(
+                        "message accepted ({} bytes via {}): {line}",
+                        u(&v, "size"),
+                        s(&v, "via")
+                    ),
+                ));
+            } else {
+                out.push((
+                    Problem,
+                    format!(
+                        "message rejected ({} bytes via {}): {line}",
+                        u(&v, "size"),
+                        s(&v, "via")
+                    ),
+                ));
+            }
+        }
+        "smtp.bare_lf" => out.push((
+            Problem,
+            format!(
+                "the {} uses bare LF line ends (not CRLF)",
+                side_name(&v, "side")
+            ),
+        )),
+        "tls.client_hello" => {
+            out.push((
+                Fact,
+                format!(
+                    "TLS ClientHello: up to {}, SNI {}, {} cipher suites, ALPN [{}]",
+                    s(&v, "max_version"),
+                    opt(&v, "sni").unwrap_or_else(|| "(none)".into()),
+                    list(&v, "cipher_suites").len(),
+                    list(&v, "alpn").join(", ")
+                ),
+            ));
+            out.push((
+                Fact,
+                format!("    JA4 {}  JA3 {}", s(&v, "ja4"), s(&v, "ja3")),
+            ));
+        }
+        "tls.server_hello" => out.push((
+            Fact,
+            format!(
+                "TLS ServerHello: {}, {}{}{}",
+                s(&v, "version"),
+                s(&v, "cipher_suite"),
+                opt(&v, "group")
+                    .map(|g| format!(", group {g}"))
+                    .unwrap_or_default(),
+                if b(&v, "resumed") {
+                    " (resumed session)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        "tls.hello_retry_request" => out.push((
+            Fact,
+            format!(
+                "TLS HelloRetryRequest: the server asks for key share {}",
+                s(&v, "group")
+            ),
+        )),
+        "tls.certificate" => out.push((
+            Fact,
+            format!(
+                "TLS Certificate from the {}: {} certificate(s), {} bytes",
+                side_name(&v, "from"),
+                u(&v, "count"),
+                u(&v, "bytes")
+            ),
+        )),
+        "tls.certificate_hidden" => out.push((
+            Fact,
+            format!(
+                "{}: the certificate is encrypted and cannot be seen passively",
+                s(&v, "version")
+            ),
+        )),
+        "tls.certificate_request" => {
+            out.push((Fact, "the server asks for a client certificate".into()))
+        }
+        "tls.change_cipher_spec" => {}
+        "tls.alert" => {
+            let kind = if s(&v, "description") == "close_notify" {
+                Fact
+            } else {
+                Problem
+            };
+            out.push((
+                kind,
+                format!(
+                    "TLS alert from the {}: {} {}{}",
+                    side_name(&v, "from"),
+                    s(&v, "level"),
+                    s(&v, "description"),
+                    if b(&v, "encrypted") {
+                        " (encrypted)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        "tls.established" => out.push((
+            Fact,
+            format!(
+                "TLS established: {}, {}",
+                s(&v, "version"),
+                s(&v, "cipher_suite")
+            ),
+        )),
+        "cert.info" => {
+            out.push((
+                Fact,
+                format!(
+                    "{} certificate #{}: {}",
+                    side_name(&v, "role"),
+                    u(&v, "index"),
+                    s(&v, "subject")
+                ),
+            ));
+            let mut names = list(&v, "san_dns");
+            names.extend(list(&v, "san_ip"));
+            out.push((
+                Fact,
+                format!(
+                    "    names: {}",
+                    if names.is_empty() {
+                        "(no SAN)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+            out.push((Fact, format!("    issuer: {}", s(&v, "issuer"))));
+            let days = v.get("days_left").and_then(Value::as_i64).unwrap_or(0);
+            let validity = format!(
+                "    valid {} to {} ({} days left)",
+                s(&v, "not_before"),
+                s(&v, "not_after"),
+                days
+            );
+            out.push((
+                if b(&v, "expired") || b(&v, "not_yet_valid") {
+                    Problem
+                } else {
+                    Fact
+                },
+                validity,
+            ));
+            out.push((
+                Fact,
+                format!(
+                    "    key {} {} bits, {}; SHA-1 thumbprint {}",
+                    s(&v, "key_type"),
+                    u(&v, "key_bits"),
+                    s(&v, "signature_algorithm"),
+                    s(&v, "sha1_thumbprint")
+                ),
+            ));
+        }
+        "cert.parse_error" => out.push((
+            Problem,
+            format!(
+                "{} certificate #{} cannot be parsed: {}",
+                side_name(&v, "role"),
+                u(&v, "index"),
+                s(&v, "reason")
+            ),
+        )),
+        "cert.chain" => {
+            if b(&v, "trusted") {
+                out.push((
+                    Fact,
+                    format!(
+                        "{} chain trusted (anchor {})",
+                        side_name(&v, "role"),
+                        s(&v, "anchor")
+                    ),
+                ));
+            } else {
+                out.push((
+                    Problem,
+                    format!(
+                        "{} chain NOT trusted: {}{}",
+                        side_name(&v, "role"),
+                        s(&v, "error"),
+                        opt(&v, "detail")
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        "cert.names" => {
+            for c in v
+                .get("checks")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                let matched = b(&c, "matched");
+                out.push((
+                    if matched { Fact } else { Problem },
+                    format!(
+                        "name {} ({}): {}",
+                        s(&c, "name"),
+                        s(&c, "source"),
+                        if matched {
+                            format!("matches {}", s(&c, "by"))
+                        } else {
+                            "NOT on the certificate".to_string()
+                        }
+                    ),
+                ));
+            }
+        }
+        "capture.file" => out.push((
+            Fact,
+            format!("capture file {}: {}", s(&v, "reason"), s(&v, "path")),
+        )),
         "smtp.masked" => out.push((
             Problem,
             format!(
