@@ -49,48 +49,9 @@ pub use record::{MAX_HANDSHAKE, MAX_RECORD};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event")]
 pub enum TlsEvent {
-    /// The client's ClientHello.
+    /// The client's ClientHello (boxed: it is by far the largest event).
     #[serde(rename = "tls.client_hello")]
-    ClientHello {
-        /// Version in the record header carrying the hello (`SSLv2` for the old format).
-        record_version: String,
-        /// The hello's own (legacy) version field.
-        legacy_version: String,
-        /// The supported_versions extension, in order (GREASE shown as `GREASE`).
-        supported_versions: Vec<String>,
-        /// The highest version offered, considering supported_versions.
-        max_version: String,
-        /// Cipher suites by IANA name, in the client's order.
-        cipher_suites: Vec<String>,
-        /// Server Name Indication: the host name the client asked for.
-        sni: Option<String>,
-        /// ALPN protocols offered.
-        alpn: Vec<String>,
-        /// supported_groups, by name.
-        supported_groups: Vec<String>,
-        /// signature_algorithms, by name.
-        signature_algorithms: Vec<String>,
-        /// Groups with a key share in the hello (TLS 1.3).
-        key_share_groups: Vec<String>,
-        /// ec_point_formats (numbers).
-        ec_point_formats: Vec<u8>,
-        /// The session_ticket extension is present.
-        session_ticket: bool,
-        /// The pre_shared_key extension is present (TLS 1.3 resumption attempt).
-        psk: bool,
-        /// The early_data extension is present (0-RTT).
-        early_data: bool,
-        /// Extension numbers in the client's order (GREASE included).
-        extensions: Vec<u16>,
-        /// The hello used the old SSLv2-compatible record format.
-        sslv2_format: bool,
-        /// JA3 fingerprint (md5 hex of `ja3_string`).
-        ja3: String,
-        /// The JA3 input string.
-        ja3_string: String,
-        /// JA4 fingerprint.
-        ja4: String,
-    },
+    ClientHello(Box<ClientHelloInfo>),
     /// The server's ServerHello.
     #[serde(rename = "tls.server_hello")]
     ServerHello {
@@ -204,6 +165,49 @@ pub enum TlsEvent {
         /// Byte offset in that direction's TLS stream.
         offset: u64,
     },
+}
+
+/// The facts of one ClientHello (the `tls.client_hello` event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientHelloInfo {
+    /// Version in the record header carrying the hello (`SSLv2` for the old format).
+    pub record_version: String,
+    /// The hello's own (legacy) version field.
+    pub legacy_version: String,
+    /// The supported_versions extension, in order (GREASE shown as `GREASE`).
+    pub supported_versions: Vec<String>,
+    /// The highest version offered, considering supported_versions.
+    pub max_version: String,
+    /// Cipher suites by IANA name, in the client's order.
+    pub cipher_suites: Vec<String>,
+    /// Server Name Indication: the host name the client asked for.
+    pub sni: Option<String>,
+    /// ALPN protocols offered.
+    pub alpn: Vec<String>,
+    /// supported_groups, by name.
+    pub supported_groups: Vec<String>,
+    /// signature_algorithms, by name.
+    pub signature_algorithms: Vec<String>,
+    /// Groups with a key share in the hello (TLS 1.3).
+    pub key_share_groups: Vec<String>,
+    /// ec_point_formats (numbers).
+    pub ec_point_formats: Vec<u8>,
+    /// The session_ticket extension is present.
+    pub session_ticket: bool,
+    /// The pre_shared_key extension is present (TLS 1.3 resumption attempt).
+    pub psk: bool,
+    /// The early_data extension is present (0-RTT).
+    pub early_data: bool,
+    /// Extension numbers in the client's order (GREASE included).
+    pub extensions: Vec<u16>,
+    /// The hello used the old SSLv2-compatible record format.
+    pub sslv2_format: bool,
+    /// JA3 fingerprint (md5 hex of `ja3_string`).
+    pub ja3: String,
+    /// The JA3 input string.
+    pub ja3_string: String,
+    /// JA4 fingerprint.
+    pub ja4: String,
 }
 
 /// Record and byte counts of one direction.
@@ -478,7 +482,7 @@ impl TlsObserver {
             ch.ciphers.iter().map(|c| suite_name(*c)).collect()
         };
         self.client_session_id = ch.session_id.clone();
-        out.push(TlsEvent::ClientHello {
+        out.push(TlsEvent::ClientHello(Box::new(ClientHelloInfo {
             record_version,
             legacy_version: version_name(ch.legacy_version),
             supported_versions: ch
@@ -506,7 +510,7 @@ impl TlsObserver {
             ja3,
             ja3_string,
             ja4,
-        });
+        })));
     }
 
     fn on_handshake(
