@@ -36,6 +36,9 @@ pub(crate) enum Unit {
     },
 }
 
+/// Bytes of non-TLS input gathered (or up to a line end) before reporting a desync.
+pub(crate) const NON_TLS_CONTEXT: usize = 32;
+
 /// A framing failure: the reason in plain words and the stream offset.
 pub(crate) type FrameError = (String, u64);
 
@@ -59,7 +62,7 @@ impl RecordReader {
         allow_sslv2: bool,
     ) -> Option<Result<Unit, FrameError>> {
         loop {
-            let need = match self.needed(allow_sslv2, data) {
+            let need = match self.needed(allow_sslv2) {
                 Ok(n) => n,
                 Err(e) => return Some(Err(e)),
             };
@@ -81,7 +84,7 @@ impl RecordReader {
     }
 
     /// How many bytes the current unit needs in total, or a framing error.
-    fn needed(&self, allow_sslv2: bool, next: &[u8]) -> Result<usize, FrameError> {
+    fn needed(&self, allow_sslv2: bool) -> Result<usize, FrameError> {
         let Some(&b0) = self.buf.first() else {
             return Ok(1);
         };
@@ -92,9 +95,13 @@ impl RecordReader {
             });
         }
         if !(20..=24).contains(&b0) {
-            let mut seen = self.buf.clone();
-            seen.extend(next.iter().take(48));
-            return Err((describe_non_tls(&seen), self.offset));
+            // Not TLS. Gather a little context first, one byte at a time so that
+            // the reason does not depend on how the stream was split: up to the
+            // first line end, or NON_TLS_CONTEXT bytes.
+            if self.buf.len() >= NON_TLS_CONTEXT || self.buf.contains(&b'\n') {
+                return Err((describe_non_tls(&self.buf), self.offset));
+            }
+            return Ok(self.buf.len() + 1);
         }
         let (Some(&major), Some(&minor), Some(&l0), Some(&l1)) = (
             self.buf.get(1),

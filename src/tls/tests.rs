@@ -728,9 +728,18 @@ fn oversized_handshake_message_desyncs() {
 
 #[test]
 fn cleartext_smtp_after_starttls_desyncs() {
+    // split anywhere, with more commands after it: the same single desync
+    let text = b"EHLO x\r\nMAIL FROM:<a@example>\r\n";
     let mut o = TlsObserver::new();
     let mut ev = Vec::new();
-    o.feed(Side::Client, b"EHLO x\r\n", &mut ev);
+    o.feed(Side::Client, text, &mut ev);
+    for cut in 0..text.len() {
+        let mut o2 = TlsObserver::new();
+        let mut ev2 = Vec::new();
+        o2.feed(Side::Client, &text[..cut], &mut ev2);
+        o2.feed(Side::Client, &text[cut..], &mut ev2);
+        assert_eq!(ev2, ev, "cut {cut}");
+    }
     assert!(o.is_desynced() && o.is_done());
     match &ev[..] {
         [TlsEvent::Desync {
@@ -764,9 +773,14 @@ fn cleartext_reply_and_garbage_desync() {
     let mut ev = Vec::new();
     o.feed(Side::Server, &record(22, &server_hello_12()), &mut ev);
     o.feed(Side::Server, &[0x00, 0x01, 0xfe], &mut ev);
+    // binary garbage: the observer gathers 32 bytes of context before saying so
+    assert_eq!(ev.len(), 1);
+    assert!(!o.is_desynced());
+    o.feed(Side::Server, &[0xee; 40], &mut ev);
+    assert!(o.is_desynced());
     assert!(
         matches!(&ev[..], [TlsEvent::ServerHello { .. }, TlsEvent::Desync { offset, reason, .. }]
-        if *offset == 5 + 42 && reason.contains("00 01 fe") && reason.contains("not a TLS content type"))
+        if *offset == 5 + 42 && reason.contains("00 01 fe ee") && reason.contains("not a TLS content type"))
     );
 
     let mut o = TlsObserver::new();
