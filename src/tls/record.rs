@@ -99,7 +99,7 @@ impl RecordReader {
             // the reason does not depend on how the stream was split: up to the
             // first line end, or NON_TLS_CONTEXT bytes.
             if self.buf.len() >= NON_TLS_CONTEXT || self.buf.contains(&b'\n') {
-                return Err((describe_non_tls(&self.buf), self.offset));
+                return Err((describe_non_tls(&self.buf, allow_sslv2), self.offset));
             }
             return Ok(self.buf.len() + 1);
         }
@@ -155,8 +155,9 @@ impl RecordReader {
     }
 }
 
-/// Says in plain words what non-TLS bytes look like.
-pub(crate) fn describe_non_tls(bytes: &[u8]) -> String {
+/// Says in plain words what non-TLS bytes sent by the client (`from_client`)
+/// or the server look like.
+pub(crate) fn describe_non_tls(bytes: &[u8], from_client: bool) -> String {
     let head: Vec<u8> = bytes.iter().take(40).copied().collect();
     let printable = !head.is_empty()
         && head
@@ -172,12 +173,17 @@ pub(crate) fn describe_non_tls(bytes: &[u8]) -> String {
                 b => shown.push(b as char),
             }
         }
-        let looks = if head.len() >= 3 && head.iter().take(3).all(u8::is_ascii_digit) {
-            "an SMTP reply in cleartext: the server answered without TLS"
-        } else if head.first().is_some_and(u8::is_ascii_alphabetic) {
-            "an SMTP command in cleartext: the client carried on without starting TLS"
-        } else {
-            "cleartext, not TLS"
+        let reply = head.len() >= 3 && head.iter().take(3).all(u8::is_ascii_digit);
+        let command = head.iter().take(4).all(u8::is_ascii_alphabetic);
+        let looks = match (from_client, reply, command) {
+            (false, true, _) => {
+                "looks like an SMTP reply in cleartext: the server answered without TLS"
+            }
+            (true, _, true) => {
+                "looks like an SMTP command in cleartext: the client carried on without starting TLS"
+            }
+            (true, _, _) => "cleartext from the client, not TLS",
+            (false, _, _) => "cleartext from the server, not TLS",
         };
         format!("expected a TLS record, got '{shown}' ({looks})")
     } else {

@@ -751,7 +751,7 @@ fn cleartext_smtp_after_starttls_desyncs() {
             assert_eq!(*offset, 0);
             assert_eq!(
                 reason,
-                "expected a TLS record, got 'EHLO x\\r\\n' (an SMTP command in cleartext: \
+                "expected a TLS record, got 'EHLO x\\r\\n' (looks like an SMTP command in cleartext: \
                  the client carried on without starting TLS)"
             );
         }
@@ -948,4 +948,81 @@ fn events_round_trip_through_json() {
     let json = serde_json::to_value(&ev[1]).unwrap();
     assert_eq!(json["event"], "tls.server_hello");
     assert_eq!(json["version"], "TLSv1.2");
+}
+
+const ZEEK_HRR: &str = include_str!("fixtures/zeek-hrr.hex");
+const ZEEK_SSLV2_HELLO: &str = include_str!("fixtures/zeek-sslv2-hello.hex");
+
+#[test]
+fn zeek_capture_hello_retry_request() {
+    let t = fixture(ZEEK_HRR);
+    let (ev, o) = observe(&t);
+    assert_eq!(
+        names(&ev),
+        [
+            "tls.client_hello",
+            "tls.hello_retry_request",
+            "tls.client_hello",
+            "tls.server_hello",
+            "tls.certificate_hidden",
+            "tls.established"
+        ]
+    );
+    assert!(matches!(&ev[0], TlsEvent::ClientHello(ch) if ch.key_share_groups == ["secp224r1"]));
+    assert_eq!(
+        ev[1],
+        TlsEvent::HelloRetryRequest {
+            version: "TLSv1.3".into(),
+            cipher_suite: "TLS_AES_256_GCM_SHA384".into(),
+            group: Some("secp256r1".into())
+        }
+    );
+    assert!(matches!(&ev[2], TlsEvent::ClientHello(ch) if ch.key_share_groups == ["secp256r1"]));
+    assert_eq!(
+        ev[5],
+        TlsEvent::Established {
+            version: "TLSv1.3".into(),
+            cipher_suite: "TLS_AES_256_GCM_SHA384".into()
+        }
+    );
+    assert!(o.is_done() && !o.is_desynced());
+    assert_split_invariant(&t);
+}
+
+#[test]
+fn zeek_capture_sslv2_format_hello() {
+    let t = fixture(ZEEK_SSLV2_HELLO);
+    let (ev, o) = observe(&t);
+    assert_eq!(
+        names(&ev),
+        [
+            "tls.client_hello",
+            "tls.server_hello",
+            "tls.certificate",
+            "tls.change_cipher_spec",
+            "tls.change_cipher_spec",
+            "tls.established"
+        ]
+    );
+    match &ev[0] {
+        TlsEvent::ClientHello(ch) => {
+            assert!(ch.sslv2_format);
+            assert_eq!(ch.record_version, "SSLv2");
+            assert_eq!(ch.legacy_version, "TLSv1.0");
+            assert!(ch
+                .cipher_suites
+                .contains(&"TLS_RSA_WITH_RC4_128_MD5".to_string()));
+            // 60 bytes of 3-byte specs, all of them TLS suites (first byte 0)
+            assert_eq!(ch.cipher_suites.len(), 20);
+            assert_eq!(ch.cipher_suites[0], "TLS_DHE_RSA_WITH_AES_256_CBC_SHA");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert!(
+        matches!(&ev[1], TlsEvent::ServerHello { version, cipher_suite, .. }
+        if version == "TLSv1.0" && cipher_suite == "TLS_RSA_WITH_RC4_128_MD5")
+    );
+    assert!(matches!(&ev[2], TlsEvent::Certificate { count: 2, .. }));
+    assert!(o.is_done());
+    assert_split_invariant(&t);
 }
