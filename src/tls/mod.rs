@@ -283,7 +283,10 @@ impl TlsObserver {
             match unit {
                 None => break,
                 Some(Err((reason, offset))) => self.desync(side, reason, offset, out),
-                Some(Ok(u)) => self.on_unit(side, u, out),
+                Some(Ok(u)) => {
+                    self.on_unit(side, &u, out);
+                    self.state_mut(side).reader.recycle(u.into_raw());
+                }
             }
         }
     }
@@ -333,19 +336,19 @@ impl TlsObserver {
             .unwrap_or_else(|| "unknown".into())
     }
 
-    fn on_unit(&mut self, side: Side, unit: Unit, out: &mut Vec<TlsEvent>) {
+    fn on_unit(&mut self, side: Side, unit: &Unit, out: &mut Vec<TlsEvent>) {
         self.state_mut(side).stats.records += 1;
         match unit {
-            Unit::Sslv2Hello { body, offset } => match hello::parse_sslv2_client_hello(&body) {
+            Unit::Sslv2Hello { offset, .. } => match hello::parse_sslv2_client_hello(unit.body()) {
                 Ok(ch) => self.on_client_hello(ch, "SSLv2".into(), out),
-                Err(e) => self.desync(side, e, offset, out),
+                Err(e) => self.desync(side, e, *offset, out),
             },
             Unit::Record {
                 ctype,
                 version,
-                body,
                 offset,
-            } => self.on_record(side, ctype, version, &body, offset, out),
+                ..
+            } => self.on_record(side, *ctype, *version, unit.body(), *offset, out),
         }
     }
 

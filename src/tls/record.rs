@@ -13,27 +13,45 @@ pub const MAX_RECORD: usize = 16384 + 2048;
 /// fits; beyond it the observer stops with a desync).
 pub const MAX_HANDSHAKE: usize = 1 << 20;
 
-/// One framed unit of a direction.
+/// One framed unit of a direction. `raw` holds the whole record, header
+/// included, so that its buffer can be handed back ([`RecordReader::recycle`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unit {
-    /// A TLS record.
+    /// A TLS record (5-byte header).
     Record {
         /// Content type (20..=24).
         ctype: u8,
         /// The record header's version.
         version: u16,
-        /// The record body.
-        body: Vec<u8>,
+        /// Header and body.
+        raw: Vec<u8>,
         /// Stream offset of the record header.
         offset: u64,
     },
-    /// An SSLv2-format ClientHello record body (after its 2-byte header).
+    /// An SSLv2-format ClientHello record (2-byte header).
     Sslv2Hello {
-        /// The body, starting with the message type.
-        body: Vec<u8>,
+        /// Header and body; the body starts with the message type.
+        raw: Vec<u8>,
         /// Stream offset of the record header.
         offset: u64,
     },
+}
+
+impl Unit {
+    /// The record body (after the header).
+    pub(crate) fn body(&self) -> &[u8] {
+        match self {
+            Unit::Record { raw, .. } => raw.get(5..).unwrap_or_default(),
+            Unit::Sslv2Hello { raw, .. } => raw.get(2..).unwrap_or_default(),
+        }
+    }
+
+    /// Gives the buffer back for reuse.
+    pub(crate) fn into_raw(self) -> Vec<u8> {
+        match self {
+            Unit::Record { raw, .. } | Unit::Sslv2Hello { raw, .. } => raw,
+        }
+    }
 }
 
 /// Bytes of non-TLS input gathered (or up to a line end) before reporting a desync.
@@ -136,10 +154,7 @@ impl RecordReader {
         self.offset += buf.len() as u64;
         self.framed += 1;
         if sslv2 {
-            return Unit::Sslv2Hello {
-                body: buf.get(2..).unwrap_or_default().to_vec(),
-                offset,
-            };
+            return Unit::Sslv2Hello { raw: buf, offset };
         }
         let ctype = buf.first().copied().unwrap_or_default();
         let version = u16::from_be_bytes([
@@ -149,8 +164,16 @@ impl RecordReader {
         Unit::Record {
             ctype,
             version,
-            body: buf.get(5..).unwrap_or_default().to_vec(),
+            raw: buf,
             offset,
+        }
+    }
+
+    /// Takes back a unit's buffer to avoid one allocation per record.
+    pub(crate) fn recycle(&mut self, mut raw: Vec<u8>) {
+        if self.buf.is_empty() {
+            raw.clear();
+            self.buf = raw;
         }
     }
 }
