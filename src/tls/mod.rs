@@ -374,7 +374,9 @@ impl TlsObserver {
                 out.push(TlsEvent::ChangeCipherSpec { from: side });
             }
             21 => {
-                if encrypted {
+                // TLS 1.3 wraps encrypted alerts in application-data records, so an
+                // alert record there is always cleartext.
+                if encrypted && !self.tls13 {
                     self.state_mut(side).stats.encrypted_records += 1;
                     out.push(TlsEvent::Alert {
                         from: side,

@@ -1026,3 +1026,41 @@ fn zeek_capture_sslv2_format_hello() {
     assert!(o.is_done());
     assert_split_invariant(&t);
 }
+
+#[test]
+fn tls13_cleartext_alert_after_server_hello_is_read() {
+    let mut sh = vec![3, 3];
+    sh.extend([5u8; 32]);
+    sh.extend([0, 0x13, 0x01, 0]);
+    sh.extend([0, 6, 0, 43, 0, 2, 3, 4]);
+    let mut o = TlsObserver::new();
+    let mut ev = Vec::new();
+    o.feed(Side::Server, &record(22, &handshake(2, &sh)), &mut ev);
+    o.feed(Side::Client, &record(21, &[2, 47]), &mut ev);
+    assert_eq!(
+        names(&ev),
+        ["tls.server_hello", "tls.certificate_hidden", "tls.alert"]
+    );
+    assert_eq!(
+        ev[2],
+        TlsEvent::Alert {
+            from: Side::Client,
+            level: "fatal".into(),
+            description: "illegal_parameter".into(),
+            code: 47,
+            encrypted: false,
+            note: None
+        }
+    );
+    // an encrypted TLS 1.3 record of alert size is reported as a likely alert
+    o.feed(Side::Server, &record(23, &[0u8; 19]), &mut ev);
+    assert!(matches!(
+        &ev[3],
+        TlsEvent::Alert {
+            from: Side::Server,
+            encrypted: true,
+            note: Some(_),
+            ..
+        }
+    ));
+}
