@@ -46,6 +46,16 @@ pub use record::{MAX_HANDSHAKE, MAX_RECORD};
 /// sent an encrypted record (its Finished), and then the server sent another
 /// encrypted record (a session ticket or an application-data reply), which it
 /// only does once it has accepted the client's Finished.
+///
+/// Other rules worth knowing when reading a log:
+/// - In TLS 1.3 a ChangeCipherSpec is a compatibility no-op and is not
+///   reported; encrypted alerts there travel in application-data records, so an
+///   encrypted record of exactly 19 bytes (2 + 1 + 16-byte tag) during the
+///   handshake is reported as a likely `tls.alert` with `encrypted: true` and a
+///   `note`, and does not count towards `tls.established`.
+/// - Bytes that are not TLS are described once enough context has arrived (up
+///   to a line end, or 32 bytes), so the `tls.desync` reason is the same
+///   however the stream was split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event")]
 pub enum TlsEvent {
