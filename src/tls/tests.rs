@@ -1064,3 +1064,44 @@ fn tls13_cleartext_alert_after_server_hello_is_read() {
         }
     ));
 }
+
+#[test]
+fn rustls_tls13_with_client_certificate_is_established() {
+    let pki = pki();
+    let t = rustls_transcript(
+        &pki,
+        &Setup {
+            client_auth: true,
+            ..Setup::default()
+        },
+    );
+    let (ev, o) = observe(&t);
+    assert_eq!(
+        names(&ev),
+        [
+            "tls.client_hello",
+            "tls.server_hello",
+            "tls.certificate_hidden",
+            "tls.established"
+        ]
+    );
+    assert!(o.is_done());
+}
+
+#[test]
+fn ja4_is_stable_while_rustls_shuffles_extensions() {
+    let pki = pki();
+    let hello = |t: &Transcript| match observe(t).0.into_iter().next() {
+        Some(TlsEvent::ClientHello(ch)) => *ch,
+        e => panic!("{e:?}"),
+    };
+    let first = hello(&rustls_transcript(&pki, &Setup::default()));
+    let mut orders = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let h = hello(&rustls_transcript(&pki, &Setup::default()));
+        assert_eq!(h.ja4, first.ja4);
+        orders.insert(h.extensions.clone());
+    }
+    // rustls randomises extension order: JA3 (order-sensitive) varies, JA4 does not
+    assert!(orders.len() > 1, "extension order never changed");
+}
