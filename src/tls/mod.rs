@@ -1,35 +1,633 @@
-//! Stub (replaced by the tls work package): the API the session task uses.
+//! The sans-IO TLS observer: fed the bytes of both directions after STARTTLS
+//! (or from the first byte for implicit TLS), it reports the handshake as
+//! [`TlsEvent`]s: ClientHello (with JA3/JA4), ServerHello or
+//! HelloRetryRequest, certificates (visible up to TLS 1.2), key exchange,
+//! alerts, and when encrypted traffic is established.
+//!
+//! It owns TLS record framing, handshake reassembly and the meaning of the
+//! cleartext handshake. It must not touch sockets, block, alter bytes or
+//! decrypt anything; on bytes it cannot follow it emits one `tls.desync` and
+//! goes quiet. Memory is bounded: one record per direction and one handshake
+//! message of at most 1 MiB per direction.
+//!
+//! ```text
+//!  feed(side, bytes) ─▶ record::RecordReader (per side) ─▶ record
+//!        ┌──────────────────────────────┬──────────────┬──────────┐
+//!   handshake (22)                 CCS (20)        alert (21)  app data (23)
+//!        ▼                              │              │          │
+//!  HandshakeAssembler ─▶ hello.rs       ▼              ▼          ▼
+//!  ClientHello ─▶ ja.rs          side encrypted    tls.alert   establishment
+//!        └──────────────▶ TlsEvent ◀───────────────────────────────┘
+//! ```
+
+mod hello;
+mod ja;
+pub mod names;
+mod record;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
+use tls_parser::{TlsCipherKx, TlsCipherSuite};
 
 use crate::event::Side;
+use hello::ClientHello;
+use names::{group_name, suite_name, version_name};
+use record::{HandshakeAssembler, RecordReader, Unit};
 
-/// Events of this module (placeholder).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+pub use record::{MAX_HANDSHAKE, MAX_RECORD};
+
+/// Facts about a TLS handshake seen on the wire.
+///
+/// `tls.established` rule: TLS ≤ 1.2: both sides sent ChangeCipherSpec and
+/// then an encrypted handshake record (their Finished), and then an
+/// application-data record flowed from either side. TLS 1.3: after the
+/// ServerHello, the server sent encrypted records (its flight), then the client
+/// sent an encrypted record (its Finished), and then the server sent another
+/// encrypted record (a session ticket or an application-data reply), which it
+/// only does once it has accepted the client's Finished.
+///
+/// Other rules worth knowing when reading a log:
+/// - In TLS 1.3 a ChangeCipherSpec is a compatibility no-op and is not
+///   reported; encrypted alerts there travel in application-data records, so an
+///   encrypted record of exactly 19 bytes (2 + 1 + 16-byte tag) during the
+///   handshake is reported as a likely `tls.alert` with `encrypted: true` and a
+///   `note`, and does not count towards `tls.established`.
+/// - Bytes that are not TLS are described once enough context has arrived (up
+///   to a line end, or 32 bytes), so the `tls.desync` reason is the same
+///   however the stream was split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event")]
 pub enum TlsEvent {
-    /// Placeholder.
-    #[serde(rename = "tls.placeholder")]
-    Placeholder {},
+    /// The client's ClientHello (boxed: it is by far the largest event).
+    #[serde(rename = "tls.client_hello")]
+    ClientHello(Box<ClientHelloInfo>),
+    /// The server's ServerHello.
+    #[serde(rename = "tls.server_hello")]
+    ServerHello {
+        /// Negotiated version (supported_versions extension if present).
+        version: String,
+        /// The hello's legacy version field.
+        legacy_version: String,
+        /// The chosen cipher suite.
+        cipher_suite: String,
+        /// Key-share group (TLS 1.3).
+        group: Option<String>,
+        /// The chosen ALPN protocol.
+        alpn: Option<String>,
+        /// Extension numbers in the server's order.
+        extensions: Vec<u16>,
+        /// The session is resumed (TLS ≤ 1.2: a non-empty ClientHello session id
+        /// echoed; TLS 1.3: pre_shared_key accepted).
+        resumed: bool,
+    },
+    /// A TLS 1.3 HelloRetryRequest: the server wants another ClientHello.
+    #[serde(rename = "tls.hello_retry_request")]
+    HelloRetryRequest {
+        /// Version selected.
+        version: String,
+        /// Cipher suite selected.
+        cipher_suite: String,
+        /// The group the server asks a key share for.
+        group: Option<String>,
+    },
+    /// A Certificate message seen in cleartext (TLS ≤ 1.2).
+    #[serde(rename = "tls.certificate")]
+    Certificate {
+        /// Who sent it (server chain, or a client certificate).
+        from: Side,
+        /// Number of certificates.
+        count: usize,
+        /// Total DER bytes.
+        bytes: usize,
+        /// The DER certificates as sent, leaf first (not serialized).
+        #[serde(skip)]
+        ders: Vec<Vec<u8>>,
+    },
+    /// TLS 1.3 was negotiated: the certificate cannot be seen passively.
+    #[serde(rename = "tls.certificate_hidden")]
+    CertificateHidden {
+        /// The negotiated version.
+        version: String,
+        /// Plain-words explanation.
+        note: String,
+    },
+    /// The server asked the client for a certificate (TLS ≤ 1.2).
+    #[serde(rename = "tls.certificate_request")]
+    CertificateRequest {
+        /// The negotiated version.
+        version: String,
+        /// Accepted certificate types.
+        cert_types: Vec<String>,
+        /// Accepted signature algorithms (TLS 1.2).
+        signature_algorithms: Vec<String>,
+        /// Number of acceptable CA names listed.
+        ca_names: usize,
+    },
+    /// The server's key exchange parameters (TLS ≤ 1.2).
+    #[serde(rename = "tls.server_key_exchange")]
+    ServerKeyExchange {
+        /// Key exchange kind (`ECDHE`, `DHE`, …).
+        kind: String,
+        /// The ECDHE group.
+        group: Option<String>,
+        /// The DHE prime's size in bits.
+        dh_bits: Option<u32>,
+    },
+    /// A ChangeCipherSpec (TLS ≤ 1.2): that side encrypts from now on.
+    #[serde(rename = "tls.change_cipher_spec")]
+    ChangeCipherSpec {
+        /// Who sent it.
+        from: Side,
+    },
+    /// A TLS alert.
+    #[serde(rename = "tls.alert")]
+    Alert {
+        /// Who sent it.
+        from: Side,
+        /// `warning`, `fatal` or `unknown`.
+        level: String,
+        /// RFC name (`handshake_failure`, `unknown_ca`, …) or `encrypted`.
+        description: String,
+        /// The description code (0 when encrypted).
+        code: u8,
+        /// Sent after encryption started: level and description are not visible.
+        encrypted: bool,
+        /// Extra explanation when the alert is inferred.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// Both sides switched to encrypted traffic and it flowed (rule in the enum doc).
+    #[serde(rename = "tls.established")]
+    Established {
+        /// Negotiated version.
+        version: String,
+        /// Negotiated cipher suite.
+        cipher_suite: String,
+    },
+    /// The observer could not follow the stream and stopped.
+    #[serde(rename = "tls.desync")]
+    Desync {
+        /// The direction that confused it.
+        side: Side,
+        /// What was wrong, in plain words.
+        reason: String,
+        /// Byte offset in that direction's TLS stream.
+        offset: u64,
+    },
 }
 
-/// Observer stub.
+/// The facts of one ClientHello (the `tls.client_hello` event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientHelloInfo {
+    /// Version in the record header carrying the hello (`SSLv2` for the old format).
+    pub record_version: String,
+    /// The hello's own (legacy) version field.
+    pub legacy_version: String,
+    /// The supported_versions extension, in order (GREASE shown as `GREASE`).
+    pub supported_versions: Vec<String>,
+    /// The highest version offered, considering supported_versions.
+    pub max_version: String,
+    /// Cipher suites by IANA name, in the client's order.
+    pub cipher_suites: Vec<String>,
+    /// Server Name Indication: the host name the client asked for.
+    pub sni: Option<String>,
+    /// ALPN protocols offered.
+    pub alpn: Vec<String>,
+    /// supported_groups, by name.
+    pub supported_groups: Vec<String>,
+    /// signature_algorithms, by name.
+    pub signature_algorithms: Vec<String>,
+    /// Groups with a key share in the hello (TLS 1.3).
+    pub key_share_groups: Vec<String>,
+    /// ec_point_formats (numbers).
+    pub ec_point_formats: Vec<u8>,
+    /// The session_ticket extension is present.
+    pub session_ticket: bool,
+    /// The pre_shared_key extension is present (TLS 1.3 resumption attempt).
+    pub psk: bool,
+    /// The early_data extension is present (0-RTT).
+    pub early_data: bool,
+    /// Extension numbers in the client's order (GREASE included).
+    pub extensions: Vec<u16>,
+    /// The hello used the old SSLv2-compatible record format.
+    pub sslv2_format: bool,
+    /// JA3 fingerprint (md5 hex of `ja3_string`).
+    pub ja3: String,
+    /// The JA3 input string.
+    pub ja3_string: String,
+    /// JA4 fingerprint.
+    pub ja4: String,
+}
+
+/// Record and byte counts of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideStats {
+    /// Bytes fed.
+    pub bytes: u64,
+    /// Complete records framed.
+    pub records: u64,
+    /// Of those, records that were encrypted (not parsed).
+    pub encrypted_records: u64,
+}
+
+/// Per-direction counters, for a session summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStats {
+    /// Client → server.
+    pub client: SideStats,
+    /// Server → client.
+    pub server: SideStats,
+}
+
 #[derive(Debug, Default)]
-pub struct TlsObserver {}
+struct SideState {
+    reader: RecordReader,
+    hs: HandshakeAssembler,
+    /// Records of this side are encrypted (after its CCS, or after a TLS 1.3 ServerHello).
+    encrypted: bool,
+    /// TLS ≤ 1.2: sent ChangeCipherSpec.
+    ccs: bool,
+    /// TLS ≤ 1.2: sent an encrypted handshake record (Finished) after its CCS.
+    finished: bool,
+    stats: SideStats,
+}
+
+/// The sans-IO TLS observer of one connection (both directions).
+#[derive(Debug, Default)]
+pub struct TlsObserver {
+    client: SideState,
+    server: SideState,
+    desynced: bool,
+    established: bool,
+    /// TLS 1.3 is in play (HelloRetryRequest or 1.3 ServerHello): CCS is a no-op.
+    tls13: bool,
+    /// The ClientHello's session id (resumption detection in TLS ≤ 1.2).
+    client_session_id: Vec<u8>,
+    /// Negotiated version and suite from the ServerHello.
+    version: Option<u16>,
+    cipher: Option<u16>,
+    /// TLS 1.3: the server sent its encrypted flight.
+    t13_server_flight: bool,
+    /// TLS 1.3: the client sent an encrypted record after the server's flight.
+    t13_client_finished: bool,
+}
+
+/// Size of a TLS 1.3 encrypted alert record body: 2 bytes + content type + 16-byte tag.
+const TLS13_ALERT_RECORD: usize = 2 + 1 + 16;
 
 impl TlsObserver {
-    /// New.
+    /// A fresh observer, expecting a ClientHello from the client.
     pub fn new() -> Self {
-        TlsObserver {}
+        Self::default()
     }
-    /// Feed.
-    pub fn feed(&mut self, _side: Side, _data: &[u8], _out: &mut Vec<TlsEvent>) {}
-    /// Desynced.
+
+    /// Feed bytes sent by `side` (in relay order, causally interleaved);
+    /// events are appended to `out`.
+    pub fn feed(&mut self, side: Side, data: &[u8], out: &mut Vec<TlsEvent>) {
+        self.state_mut(side).stats.bytes += data.len() as u64;
+        let mut rest = data;
+        while !self.desynced && !rest.is_empty() {
+            let allow_sslv2 = side == Side::Client;
+            let unit = self.state_mut(side).reader.next(&mut rest, allow_sslv2);
+            match unit {
+                None => break,
+                Some(Err((reason, offset))) => self.desync(side, reason, offset, out),
+                Some(Ok(u)) => {
+                    self.on_unit(side, &u, out);
+                    self.state_mut(side).reader.recycle(u.into_raw());
+                }
+            }
+        }
+    }
+
+    /// True once the observer stopped on bytes it could not follow.
     pub fn is_desynced(&self) -> bool {
-        false
+        self.desynced
     }
-    /// Done.
+
+    /// True once nothing more of interest can be seen (established and
+    /// reported, or desynced): the caller may stop feeding.
     pub fn is_done(&self) -> bool {
-        false
+        self.desynced || self.established
+    }
+
+    /// Per-direction record and byte counts so far.
+    pub fn stats(&self) -> TlsStats {
+        TlsStats {
+            client: self.client.stats,
+            server: self.server.stats,
+        }
+    }
+
+    fn state_mut(&mut self, side: Side) -> &mut SideState {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Server => &mut self.server,
+        }
+    }
+
+    fn desync(&mut self, side: Side, reason: String, offset: u64, out: &mut Vec<TlsEvent>) {
+        if !self.desynced {
+            self.desynced = true;
+            self.client.hs.clear();
+            self.server.hs.clear();
+            out.push(TlsEvent::Desync {
+                side,
+                reason,
+                offset,
+            });
+        }
+    }
+
+    fn version_str(&self) -> String {
+        self.version
+            .map(version_name)
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    fn on_unit(&mut self, side: Side, unit: &Unit, out: &mut Vec<TlsEvent>) {
+        self.state_mut(side).stats.records += 1;
+        match unit {
+            Unit::Sslv2Hello { offset, .. } => match hello::parse_sslv2_client_hello(unit.body()) {
+                Ok(ch) => self.on_client_hello(ch, "SSLv2".into(), out),
+                Err(e) => self.desync(side, e, *offset, out),
+            },
+            Unit::Record {
+                ctype,
+                version,
+                offset,
+                ..
+            } => self.on_record(side, *ctype, *version, unit.body(), *offset, out),
+        }
+    }
+
+    fn on_record(
+        &mut self,
+        side: Side,
+        ctype: u8,
+        version: u16,
+        body: &[u8],
+        offset: u64,
+        out: &mut Vec<TlsEvent>,
+    ) {
+        let encrypted = self.state_mut(side).encrypted;
+        match ctype {
+            20 => {
+                if self.tls13 {
+                    return; // middlebox-compatibility CCS: meaningless in TLS 1.3
+                }
+                let st = self.state_mut(side);
+                st.ccs = true;
+                st.encrypted = true;
+                st.hs.clear();
+                out.push(TlsEvent::ChangeCipherSpec { from: side });
+            }
+            21 => {
+                // TLS 1.3 wraps encrypted alerts in application-data records, so an
+                // alert record there is always cleartext.
+                if encrypted && !self.tls13 {
+                    self.state_mut(side).stats.encrypted_records += 1;
+                    out.push(TlsEvent::Alert {
+                        from: side,
+                        level: "unknown".into(),
+                        description: "encrypted".into(),
+                        code: 0,
+                        encrypted: true,
+                        note: None,
+                    });
+                    return;
+                }
+                if body.len() < 2 || body.len() % 2 != 0 {
+                    let reason = format!("alert record of {} bytes (expected 2)", body.len());
+                    return self.desync(side, reason, offset, out);
+                }
+                for a in body.chunks_exact(2) {
+                    out.push(TlsEvent::Alert {
+                        from: side,
+                        level: names::alert_level_name(a[0]).into(),
+                        description: names::alert_name(a[1]),
+                        code: a[1],
+                        encrypted: false,
+                        note: None,
+                    });
+                }
+            }
+            22 => {
+                if encrypted {
+                    let st = self.state_mut(side);
+                    st.stats.encrypted_records += 1;
+                    if st.ccs {
+                        st.finished = true;
+                    }
+                    return;
+                }
+                let msgs = match self.state_mut(side).hs.push(body) {
+                    Ok(m) => m,
+                    Err(e) => return self.desync(side, e, offset, out),
+                };
+                for (ty, msg) in msgs {
+                    if let Err(e) = self.on_handshake(side, ty, &msg, version, out) {
+                        return self.desync(side, e, offset, out);
+                    }
+                    if self.state_mut(side).encrypted {
+                        break; // TLS 1.3 ServerHello: what follows is encrypted
+                    }
+                }
+            }
+            23 => self.on_app_data(side, body.len(), out),
+            _ => {} // heartbeat (24): counted only
+        }
+    }
+
+    fn on_app_data(&mut self, side: Side, len: usize, out: &mut Vec<TlsEvent>) {
+        self.state_mut(side).stats.encrypted_records += 1;
+        if self.established || self.version.is_none() {
+            return; // established already, or 0-RTT data before the ServerHello
+        }
+        if self.tls13 {
+            if len == TLS13_ALERT_RECORD {
+                out.push(TlsEvent::Alert {
+                    from: side,
+                    level: "unknown".into(),
+                    description: "encrypted".into(),
+                    code: 0,
+                    encrypted: true,
+                    note: Some(
+                        "an encrypted TLS 1.3 record exactly the size of an alert (19 bytes): \
+                         most likely an alert; its level and reason are not visible"
+                            .into(),
+                    ),
+                });
+                return;
+            }
+            match side {
+                Side::Server if self.t13_client_finished => self.establish(out),
+                Side::Server => self.t13_server_flight = true,
+                Side::Client if self.t13_server_flight => self.t13_client_finished = true,
+                Side::Client => {}
+            }
+        } else if self.client.finished && self.server.finished {
+            self.establish(out);
+        }
+    }
+
+    fn establish(&mut self, out: &mut Vec<TlsEvent>) {
+        self.established = true;
+        out.push(TlsEvent::Established {
+            version: self.version_str(),
+            cipher_suite: self.cipher.map(suite_name).unwrap_or_default(),
+        });
+    }
+
+    fn on_client_hello(
+        &mut self,
+        ch: ClientHello,
+        record_version: String,
+        out: &mut Vec<TlsEvent>,
+    ) {
+        let (ja3_string, ja3) = ja::ja3(&ch);
+        let ja4 = ja::ja4(&ch);
+        let cipher_suites = if ch.sslv2 {
+            ch.sslv2_specs
+                .iter()
+                .map(|s| names::sslv2_spec_name(*s))
+                .collect()
+        } else {
+            ch.ciphers.iter().map(|c| suite_name(*c)).collect()
+        };
+        self.client_session_id = ch.session_id.clone();
+        out.push(TlsEvent::ClientHello(Box::new(ClientHelloInfo {
+            record_version,
+            legacy_version: version_name(ch.legacy_version),
+            supported_versions: ch
+                .supported_versions
+                .iter()
+                .map(|v| version_name(*v))
+                .collect(),
+            max_version: version_name(ja::max_version(&ch)),
+            cipher_suites,
+            sni: ch.sni.clone(),
+            alpn: ch
+                .alpn
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect(),
+            supported_groups: ch.groups.iter().map(|g| group_name(*g)).collect(),
+            signature_algorithms: ch.sigalgs.iter().map(|s| names::sigalg_name(*s)).collect(),
+            key_share_groups: ch.key_share_groups.iter().map(|g| group_name(*g)).collect(),
+            ec_point_formats: ch.point_formats.clone(),
+            session_ticket: ch.session_ticket,
+            psk: ch.psk,
+            early_data: ch.early_data,
+            extensions: ch.extensions.clone(),
+            sslv2_format: ch.sslv2,
+            ja3,
+            ja3_string,
+            ja4,
+        })));
+    }
+
+    fn on_handshake(
+        &mut self,
+        side: Side,
+        ty: u8,
+        body: &[u8],
+        record_version: u16,
+        out: &mut Vec<TlsEvent>,
+    ) -> Result<(), String> {
+        match (side, ty) {
+            (Side::Client, 1) => {
+                let ch = hello::parse_client_hello(body)?;
+                self.on_client_hello(ch, version_name(record_version), out);
+            }
+            (Side::Server, 2) => {
+                let sh = hello::parse_server_hello(body)?;
+                let v = sh.version();
+                if sh.is_hrr {
+                    self.tls13 = true;
+                    out.push(TlsEvent::HelloRetryRequest {
+                        version: version_name(v),
+                        cipher_suite: suite_name(sh.cipher),
+                        group: sh.key_share_group.map(group_name),
+                    });
+                    return Ok(());
+                }
+                let is13 = v == 0x0304 || (v & 0xff00) == 0x7f00;
+                self.version = Some(v);
+                self.cipher = Some(sh.cipher);
+                let resumed = if is13 {
+                    sh.psk
+                } else {
+                    !sh.session_id.is_empty() && sh.session_id == self.client_session_id
+                };
+                out.push(TlsEvent::ServerHello {
+                    version: version_name(v),
+                    legacy_version: version_name(sh.legacy_version),
+                    cipher_suite: suite_name(sh.cipher),
+                    group: sh.key_share_group.map(group_name),
+                    alpn: sh.alpn.map(|p| String::from_utf8_lossy(&p).into_owned()),
+                    extensions: sh.extensions,
+                    resumed,
+                });
+                if is13 {
+                    self.tls13 = true;
+                    for st in [&mut self.client, &mut self.server] {
+                        st.encrypted = true;
+                        st.hs.clear();
+                    }
+                    out.push(TlsEvent::CertificateHidden {
+                        version: version_name(v),
+                        note: "TLS 1.3 was negotiated: everything after the ServerHello, \
+                               including the server's certificate, is encrypted and cannot be \
+                               seen by a passive observer"
+                            .into(),
+                    });
+                }
+            }
+            (_, 11) => {
+                let ders = hello::parse_certificate_list(body)?;
+                out.push(TlsEvent::Certificate {
+                    from: side,
+                    count: ders.len(),
+                    bytes: ders.iter().map(Vec::len).sum(),
+                    ders,
+                });
+            }
+            (Side::Server, 12) => {
+                let kx = self.cipher.and_then(TlsCipherSuite::from_id).map(|s| s.kx);
+                let (kind, ke) = match kx {
+                    Some(TlsCipherKx::Ecdhe) => ("ECDHE".to_string(), hello::parse_ske_ecdhe(body)),
+                    Some(TlsCipherKx::Dhe) => ("DHE".to_string(), hello::parse_ske_dhe(body)),
+                    Some(other) => (format!("{other:?}").to_uppercase(), Default::default()),
+                    None => ("unknown".to_string(), Default::default()),
+                };
+                out.push(TlsEvent::ServerKeyExchange {
+                    kind,
+                    group: ke.group.map(group_name),
+                    dh_bits: ke.dh_bits,
+                });
+            }
+            (Side::Server, 13) => {
+                let v = self.version.unwrap_or(record_version);
+                let cr = hello::parse_cert_request(body, v >= 0x0303)?;
+                out.push(TlsEvent::CertificateRequest {
+                    version: version_name(v),
+                    cert_types: cr
+                        .cert_types
+                        .iter()
+                        .map(|t| names::cert_type_name(*t))
+                        .collect(),
+                    signature_algorithms: cr
+                        .sigalgs
+                        .iter()
+                        .map(|s| names::sigalg_name(*s))
+                        .collect(),
+                    ca_names: cr.ca_names,
+                });
+            }
+            _ => {} // other messages carry nothing smtptap reports
+        }
+        Ok(())
     }
 }
