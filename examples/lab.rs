@@ -44,10 +44,12 @@ async fn session(
     extra_toml: &str,
     ca_file: &str,
     server_name: &str,
+    pcap: &str,
 ) -> Result<Vec<Event>, String> {
     println!("\n=== {title}\n");
+    let _ = std::fs::remove_file(pcap);
     let text = format!(
-        "listen = [\"127.0.0.1:0\"]\nupstream = \"{upstream}\"\n[log]\njson = \"lab-events.jsonl\"\n[tls]\nca_files = [\"{ca_file}\"]\n{extra_toml}\n"
+        "listen = [\"127.0.0.1:0\"]\nupstream = \"{upstream}\"\n[log]\njson = \"lab-events.jsonl\"\n[capture]\nenabled = true\npath = \"{pcap}\"\n[tls]\nca_files = [\"{ca_file}\"]\n{extra_toml}\n"
     );
     let cfg = RawConfig::from_toml(&text, "lab")
         .and_then(|r| r.resolve("lab"))
@@ -109,9 +111,12 @@ async fn run() -> Result<(), String> {
     let root = Ca::new("smtptap lab root CA").map_err(e)?;
     let issuing = root.intermediate("smtptap lab issuing CA").map_err(e)?;
     let gw = issuing
-        .issue(
-            &LeafSpec::server([GATEWAY.to_string(), format!("*.{GATEWAY}")]).with_cn(Some(GATEWAY)),
-        )
+        .issue(&LeafSpec {
+            // Like a public CA's certificate: revocation locations present.
+            crl_url: Some("http://crl.lab.example.test/issuing.crl".into()),
+            ocsp_url: Some("http://ocsp.lab.example.test".into()),
+            ..LeafSpec::server([GATEWAY.to_string(), format!("*.{GATEWAY}")]).with_cn(Some(GATEWAY))
+        })
         .map_err(e)?;
     let ca_path = std::env::temp_dir().join("smtptap-lab-root-ca.pem");
     std::fs::write(&ca_path, root.pem()).map_err(|x| format!("{}: {x}", ca_path.display()))?;
@@ -130,6 +135,7 @@ async fn run() -> Result<(), String> {
         "",
         &ca_file,
         GATEWAY,
+        "lab.pcapng",
     )
     .await?;
     let s2 = session(
@@ -138,16 +144,21 @@ async fn run() -> Result<(), String> {
         &format!("expect_names = [\"{PARTNER}\"]"),
         &ca_file,
         PARTNER,
+        "lab-mismatch.pcapng",
     )
     .await?;
 
     println!("\n=== Result\n");
     let f1 = findings(&s1);
     let f2 = findings(&s2);
-    let bad1: Vec<_> = f1.iter().filter(|(_, s)| s != "info").collect();
+    let bad1: Vec<_> = f1.iter().collect();
     println!("session 1 findings: {f1:?}");
     println!("session 2 findings: {f2:?}");
     println!("events also written to lab-events.jsonl");
+    println!(
+        "captures: lab.pcapng and lab-mismatch.pcapng; open them in Wireshark, or:\n  tshark -r lab.pcapng -d tcp.port=={},smtp -Y 'smtp || tls.handshake'",
+        server.addr().port()
+    );
     if server.received().len() != 2 {
         return Err(format!(
             "the lab server received {} messages, expected 2",

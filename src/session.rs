@@ -136,7 +136,8 @@ impl Analysis {
             system: cfg.tls.system_roots,
             ca_files: cfg.tls.ca_files.clone(),
         };
-        a.trust = Some(TrustStore::new(&opts).map_err(|e| format!("cannot load the trust store: {e}"))?);
+        a.trust =
+            Some(TrustStore::new(&opts).map_err(|e| format!("cannot load the trust store: {e}"))?);
         if let Some(c) = &cfg.capture {
             a.capture = Some(
                 Capture::start(c.clone()).map_err(|e| format!("cannot start the capture: {e}"))?,
@@ -231,7 +232,8 @@ impl State {
     fn names_for(&self, role: Side) -> Vec<(NameSource, String)> {
         let mut names = Vec::new();
         let tls = &self.analysis.tls;
-        let host_like = |n: &str| n.contains('.') && n.parse::<IpAddr>().is_err() && !n.starts_with('[');
+        let host_like =
+            |n: &str| n.contains('.') && n.parse::<IpAddr>().is_err() && !n.starts_with('[');
         match role {
             Side::Server => {
                 for n in &tls.expect_names {

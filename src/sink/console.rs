@@ -359,6 +359,20 @@ pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
             out.push((Fact, "the server asks for a client certificate".into()))
         }
         "tls.change_cipher_spec" => {}
+        "tls.server_key_exchange" => out.push((
+            Fact,
+            format!(
+                "TLS key exchange: {}{}{}",
+                s(&v, "kind"),
+                opt(&v, "group")
+                    .map(|g| format!(", group {g}"))
+                    .unwrap_or_default(),
+                v.get("dh_bits")
+                    .and_then(Value::as_u64)
+                    .map(|b| format!(", {b}-bit DH"))
+                    .unwrap_or_default()
+            ),
+        )),
         "tls.alert" => {
             let kind = if s(&v, "description") == "close_notify" {
                 Fact
@@ -540,11 +554,15 @@ fn render_summary(v: &Value, out: &mut Vec<(LineKind, String)>) {
         v.get("duration_s").and_then(Value::as_f64).unwrap_or(0.0)
     )];
     if let Some(x) = v.get("messages_accepted").and_then(Value::as_u64) {
-        parts.push(format!(
-            "{} message(s) accepted, {} rejected",
-            x,
-            u(v, "messages_rejected")
-        ));
+        if b(v, "tls_established") && x == 0 && u(v, "messages_rejected") == 0 {
+            parts.push("messages not visible (SMTP is encrypted after STARTTLS)".to_string());
+        } else {
+            parts.push(format!(
+                "{} message(s) accepted, {} rejected",
+                x,
+                u(v, "messages_rejected")
+            ));
+        }
     }
     for (k, label) in [
         ("starttls_offered", "STARTTLS offered"),
@@ -566,7 +584,12 @@ fn render_summary(v: &Value, out: &mut Vec<(LineKind, String)>) {
     ));
     out.push((Fact, format!("summary: {}", parts.join("; "))));
     if let Some(r) = opt(v, "last_reply") {
-        out.push((Fact, format!("last reply: {r}")));
+        let note = if b(v, "starttls_accepted") {
+            " (the last one in cleartext)"
+        } else {
+            ""
+        };
+        out.push((Fact, format!("last reply{note}: {r}")));
     }
     let findings = v
         .get("findings")
