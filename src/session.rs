@@ -283,7 +283,6 @@ impl State {
     }
 
     async fn on_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
-        let _ = &self.analysis;
         match &mut self.stage {
             Stage::Off => {
                 if let Some(c) = self.capture.as_mut() {
