@@ -234,17 +234,20 @@ impl Lab {
     fn stop(&mut self, pid: u32) {
         run(&["kill", "-TERM", &pid.to_string()]);
         let deadline = Instant::now() + Duration::from_secs(40);
-        for c in self.children.iter_mut().filter(|c| c.id() == pid) {
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "smtptap did not stop after SIGTERM"
-                );
-                std::thread::sleep(Duration::from_millis(50));
+        let c = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .expect("smtptap child");
+        loop {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "smtptap did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
