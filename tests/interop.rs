@@ -159,6 +159,7 @@ fn listening(port: u16) -> bool {
 struct Smtptap {
     port: u16,
     log: PathBuf,
+    pcap: PathBuf,
     child: Child,
 }
 
@@ -167,11 +168,15 @@ impl Smtptap {
         let port = free_port();
         let log = bed().dir.join(format!("smtptap-{name}.jsonl"));
         let _ = std::fs::remove_file(&log);
+        let pcap = bed().dir.join(format!("smtptap-{name}.pcapng"));
+        let _ = std::fs::remove_file(&pcap);
         let child = Command::new(env!("CARGO_BIN_EXE_smtptap"))
             .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--upstream", &format!("127.0.0.1:{}", upstream.port())])
             .arg("--log")
             .arg(&log)
+            .arg("--pcap")
+            .arg(&pcap)
             .arg("--ca-file")
             .arg(ca_file())
             .args(["--expect-name", CA_NAME, "--quiet", "--drain-timeout", "5"])
@@ -188,7 +193,12 @@ impl Smtptap {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Smtptap { port, log, child }
+        Smtptap {
+            port,
+            log,
+            pcap,
+            child,
+        }
     }
 
     /// SIGTERM, wait, and read the JSON log.
@@ -231,6 +241,8 @@ struct Outcome {
     delivered: Option<String>,
     /// smtptap's JSON log.
     events: Vec<Value>,
+    /// smtptap's pcapng capture of the scenario.
+    pcap: PathBuf,
 }
 
 fn find_message(profile: Profile, subject: &str, wait: Duration) -> Option<String> {
@@ -277,6 +289,7 @@ fn scenario(
         Duration::from_secs(2)
     };
     let delivered = find_message(profile, &subject, wait);
+    let pcap = tap.pcap.clone();
     let events = tap.stop();
     Outcome {
         upstream_port: profile.port(),
@@ -284,6 +297,7 @@ fn scenario(
         client_out: output_text(&out),
         delivered,
         events,
+        pcap,
     }
 }
 
@@ -720,4 +734,88 @@ fn events_python_and_postfix_senders_are_clean_tls() {
     assert_clean_tls(python_smtplib());
     assert_clean_tls(postfix_may());
     assert_clean_tls(postfix_verify());
+}
+
+// ---------------------------------------------------------------- captures and headers
+
+/// tshark on a scenario's capture, with the upstream port decoded as SMTP.
+fn tshark_fields(o: &Outcome, filter: &str, field: &str) -> Vec<String> {
+    need("tshark", "/usr/bin/tshark");
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&o.pcap)
+        .args(["-d", &format!("tcp.port=={},smtp", o.upstream_port)])
+        .args(["-Y", filter, "-T", "fields", "-e", field])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark failed on {}: {}",
+        o.pcap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .flat_map(|l| l.split(','))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn captures_tshark_dissects_the_swaks_starttls_session() {
+    let o = swaks_tls();
+    let cmds = tshark_fields(o, "smtp.req", "smtp.req.command");
+    assert!(cmds.iter().any(|c| c == "EHLO"), "{cmds:?}");
+    assert!(cmds.iter().any(|c| c.starts_with("STAR")), "{cmds:?}");
+    let codes = tshark_fields(o, "smtp.response", "smtp.response.code");
+    assert!(codes.iter().any(|c| c == "220"), "{codes:?}");
+    let hs = tshark_fields(o, "tls.handshake", "tls.handshake.type");
+    assert!(
+        hs.iter().any(|t| t == "1"),
+        "no ClientHello dissected: {hs:?}"
+    );
+    assert!(
+        hs.iter().any(|t| t == "2"),
+        "no ServerHello dissected: {hs:?}"
+    );
+}
+
+#[test]
+fn captures_tshark_sees_the_530_of_the_tls_required_profile() {
+    let o = swaks_plain_to_c();
+    let codes = tshark_fields(o, "smtp.response", "smtp.response.code");
+    assert!(codes.iter().any(|c| c == "530"), "{codes:?}");
+}
+
+#[test]
+fn headers_reads_the_real_postfix_received_header_of_a_message_relayed_through_smtptap() {
+    let o = postfix_may();
+    let m = o
+        .delivered
+        .as_ref()
+        .expect("message not delivered through smtptap");
+    let report = serde_json::to_value(smtptap::headers::analyze_message(m.as_bytes())).unwrap();
+    let hops = report["hops"].as_array().expect("hops");
+    // The receiving Postfix (profile a) stamped the hop that crossed smtptap.
+    let tls_hops: Vec<&Value> = hops
+        .iter()
+        .filter(|h| h["tls"]["state"] == "tls" && h["tls"]["format"] == "postfix")
+        .collect();
+    assert!(
+        !tls_hops.is_empty(),
+        "no Postfix TLS stamp recognised in:\n{m}\nreport: {report:#}"
+    );
+    let v = tls_hops[0]["tls"]["version"].as_str().unwrap_or("");
+    assert!(v.starts_with("TLSv1."), "{report:#}");
+    assert!(tls_hops[0]["tls"]["cipher"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    let ids: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert!(!ids.contains(&"headers.hop_without_tls"), "{ids:?}");
 }
