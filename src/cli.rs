@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy: listen, relay every connection to the upstream verbatim, report what happened.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Read a delivered message's Received headers: which hops used TLS, and how.
     Headers(crate::headers::HeadersArgs),
 }
@@ -46,9 +46,18 @@ pub struct ProxyArgs {
     /// Address to listen on, IP:PORT (repeatable; IPv4 and IPv6), e.g. 0.0.0.0:25 or [::]:25.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Vec<String>,
-    /// The upstream SMTP server, HOST:PORT (the host name is resolved at each connection).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The upstream SMTP server, HOST:PORT (the host name is resolved at each connection),
+    /// or "original-destination" (transparent interception: see --transparent).
+    #[arg(long, value_name = "HOST:PORT|original-destination")]
     pub upstream: Option<String>,
+    /// With --upstream original-destination: how connections are diverted to smtptap,
+    /// "redirect" (iptables/nft nat REDIRECT) or "tproxy" (mangle TPROXY + policy routing).
+    #[arg(long, value_name = "redirect|tproxy")]
+    pub transparent: Option<String>,
+    /// With --transparent tproxy: connect upstream from the client's own address,
+    /// so the server sees the real client (needs CAP_NET_ADMIN).
+    #[arg(long)]
+    pub spoof_source: bool,
     /// TLS from the first byte (SMTPS, port 465) instead of STARTTLS.
     #[arg(long)]
     pub implicit_tls: bool,
@@ -100,6 +109,12 @@ impl ProxyArgs {
         }
         if let Some(u) = &self.upstream {
             raw.upstream = Some(u.clone());
+        }
+        if let Some(t) = &self.transparent {
+            raw.transparent = Some(t.clone());
+        }
+        if self.spoof_source {
+            raw.spoof_source = Some(true);
         }
         if self.implicit_tls {
             raw.implicit_tls = Some(true);
@@ -204,6 +219,9 @@ fn proxy_main(args: &ProxyArgs) -> ExitCode {
         println!("  log:      {:?}", cfg.log);
         println!("  tls:      {:?}", cfg.tls);
         println!("  capture:  {:?}", cfg.capture);
+        for d in &cfg.destinations {
+            println!("  destination {}: expect_names {:?}", d.net, d.expect_names);
+        }
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

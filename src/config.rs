@@ -15,7 +15,7 @@
 //! connect time, not here).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +76,28 @@ pub struct RawConfig {
     /// `[capture]`.
     #[serde(default)]
     pub capture: crate::capture::CaptureSection,
+    /// With `upstream = "original-destination"`: how connections reach smtptap,
+    /// `"redirect"` (nat REDIRECT/DNAT) or `"tproxy"` (mangle TPROXY).
+    #[serde(default)]
+    pub transparent: Option<String>,
+    /// With `transparent = "tproxy"`: connect upstream from the client's own address.
+    #[serde(default)]
+    pub spoof_source: Option<bool>,
+    /// `[[destination]]`: settings keyed by the upstream's address or network.
+    #[serde(default)]
+    pub destination: Vec<RawDestination>,
+}
+
+/// One `[[destination]]` table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    /// An IP address or CIDR network (`"192.0.2.0/24"`, `"2001:db8::/32"`).
+    #[serde(rename = "match")]
+    pub matches: Option<String>,
+    /// Names the certificate of a server in this network must carry
+    /// (instead of `tls.expect_names`).
+    pub expect_names: Option<Vec<String>>,
 }
 
 /// `[limits]` as written.
@@ -245,13 +267,163 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// How diverted connections reach smtptap (and so how their original
+/// destination is found).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransparentMode {
+    /// iptables/nft nat `REDIRECT` (or DNAT): the destination is rewritten;
+    /// conntrack remembers the original (`SO_ORIGINAL_DST`).
+    Redirect,
+    /// iptables/nft mangle `TPROXY` + policy routing: the packet is not
+    /// rewritten; the listener is `IP_TRANSPARENT` and the accepted socket's
+    /// local address is the original destination.
+    Tproxy,
+}
+
+impl fmt::Display for TransparentMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransparentMode::Redirect => "redirect",
+            TransparentMode::Tproxy => "tproxy",
+        })
+    }
+}
+
+/// Where each session's upstream connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// One configured server for every session.
+    Static(Upstream),
+    /// The server each client dialled (transparent interception).
+    OriginalDestination {
+        /// How the connection was diverted.
+        mode: TransparentMode,
+        /// Connect from the client's own address (TPROXY only), so the server
+        /// sees the real client.
+        spoof_source: bool,
+    },
+}
+
+impl UpstreamTarget {
+    /// The interception mode, if transparent.
+    pub fn transparent(&self) -> Option<TransparentMode> {
+        match self {
+            UpstreamTarget::Static(_) => None,
+            UpstreamTarget::OriginalDestination { mode, .. } => Some(*mode),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamTarget::Static(u) => u.fmt(f),
+            UpstreamTarget::OriginalDestination { mode, spoof_source } => write!(
+                f,
+                "original destination ({mode}{})",
+                if *spoof_source {
+                    ", source spoofed"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+/// An IP network (`192.0.2.0/24`) or a single address (`/32`, `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address (host bits cleared).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `IP` or `IP/LEN`; host bits must be zero (a typo like
+    /// `192.0.2.1/24` is refused rather than silently widened).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| {
+            format!("{s:?} is not an IP address or CIDR network (e.g. \"192.0.2.0/24\")")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(format!("{s:?}: {l:?} is not a prefix length (0-{max})")),
+            },
+        };
+        let c = Cidr { addr, prefix };
+        if c.network_of(addr) != Some(addr) {
+            return Err(format!(
+                "{s:?} has host bits set (did you mean {}/{prefix}?)",
+                c.network_of(addr)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(c)
+    }
+
+    fn network_of(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(v4) if self.addr.is_ipv4() => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                Some(IpAddr::V4((u32::from(v4) & mask).into()))
+            }
+            IpAddr::V6(v6) if self.addr.is_ipv6() => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                Some(IpAddr::V6((u128::from(v6) & mask).into()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `ip` is inside this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.network_of(ip) == Some(self.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Settings for upstreams whose address is in `net` (`[[destination]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The network the settings apply to.
+    pub net: Cidr,
+    /// Names the server certificate is expected to carry (replaces `tls.expect_names`).
+    pub expect_names: Vec<String>,
+}
+
 /// The validated configuration of `smtptap proxy`.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Listening addresses (at least one).
     pub listen: Vec<SocketAddr>,
-    /// The upstream server.
-    pub upstream: Upstream,
+    /// The upstream server, or the original destination of each connection.
+    pub upstream: UpstreamTarget,
+    /// Per-destination settings, in file order (first match wins: [`ProxyConfig::destination_for`]).
+    pub destinations: Vec<Destination>,
     /// TLS from the first byte.
     pub implicit_tls: bool,
     /// Behaviour when the upstream is unreachable.
@@ -341,7 +513,8 @@ impl RawConfig {
                     .into(),
             )
         })?;
-        let upstream = parse_upstream(up).map_err(|m| err("upstream", m))?;
+        let upstream = self.resolve_upstream(up, file)?;
+        let destinations = self.resolve_destinations(file)?;
 
         let on_upstream_failure = match self.on_upstream_failure.as_deref().unwrap_or("reply") {
             "reply" => {
@@ -496,6 +669,7 @@ impl RawConfig {
         Ok(ProxyConfig {
             listen,
             upstream,
+            destinations,
             implicit_tls: self.implicit_tls.unwrap_or(false),
             on_upstream_failure,
             limits,
@@ -503,6 +677,115 @@ impl RawConfig {
             tls,
             capture,
         })
+    }
+}
+
+/// The value of `upstream` that selects transparent interception.
+pub const ORIGINAL_DESTINATION: &str = "original-destination";
+
+impl RawConfig {
+    /// `upstream` (+ `transparent`, `spoof_source`) into an [`UpstreamTarget`].
+    fn resolve_upstream(&self, up: &str, file: &str) -> Result<UpstreamTarget, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        if up.trim() != ORIGINAL_DESTINATION {
+            if let Some(t) = &self.transparent {
+                return Err(err(
+                    "transparent",
+                    format!("{t:?} only applies with upstream = \"{ORIGINAL_DESTINATION}\""),
+                ));
+            }
+            if self.spoof_source == Some(true) {
+                return Err(err(
+                    "spoof_source",
+                    format!("only applies with upstream = \"{ORIGINAL_DESTINATION}\" and transparent = \"tproxy\""),
+                ));
+            }
+            return parse_upstream(up)
+                .map(UpstreamTarget::Static)
+                .map_err(|m| err("upstream", format!("{m}, or \"{ORIGINAL_DESTINATION}\"")));
+        }
+        let mode = match self.transparent.as_deref() {
+            Some("redirect") => TransparentMode::Redirect,
+            Some("tproxy") => TransparentMode::Tproxy,
+            Some(other) => {
+                return Err(err(
+                    "transparent",
+                    format!("{other:?} is not one of \"redirect\", \"tproxy\""),
+                ))
+            }
+            None => {
+                return Err(err(
+                    "transparent",
+                    format!("upstream = \"{ORIGINAL_DESTINATION}\" needs transparent = \"redirect\" (iptables/nft nat REDIRECT) or \"tproxy\" (mangle TPROXY)"),
+                ))
+            }
+        };
+        let spoof_source = self.spoof_source.unwrap_or(false);
+        if spoof_source && mode != TransparentMode::Tproxy {
+            return Err(err(
+                "spoof_source",
+                "needs transparent = \"tproxy\": the server's replies to the client's address must be routed back to smtptap, which the TPROXY policy route does".into(),
+            ));
+        }
+        if cfg!(not(target_os = "linux")) {
+            return Err(err(
+                "upstream",
+                "transparent interception (REDIRECT/TPROXY) is only available on Linux".into(),
+            ));
+        }
+        Ok(UpstreamTarget::OriginalDestination { mode, spoof_source })
+    }
+
+    /// `[[destination]]` tables into [`Destination`]s, in file order.
+    fn resolve_destinations(&self, file: &str) -> Result<Vec<Destination>, ConfigError> {
+        let mut out = Vec::with_capacity(self.destination.len());
+        for (i, d) in self.destination.iter().enumerate() {
+            let err = |key: &str, message: String| ConfigError {
+                file: file.to_string(),
+                key: format!("destination[{i}]{key}"),
+                message,
+            };
+            let m = d.matches.as_deref().ok_or_else(|| {
+                err(
+                    "",
+                    "missing `match` (an IP address or CIDR network, e.g. \"192.0.2.0/24\")".into(),
+                )
+            })?;
+            let net = Cidr::parse(m).map_err(|e| err(".match", e))?;
+            let mut expect_names = Vec::new();
+            for (j, n) in d.expect_names.iter().flatten().enumerate() {
+                let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+                if n.is_empty() || n.contains(char::is_whitespace) {
+                    return Err(err(
+                        &format!(".expect_names[{j}]"),
+                        format!("{n:?} is not a host name"),
+                    ));
+                }
+                expect_names.push(n);
+            }
+            out.push(Destination { net, expect_names });
+        }
+        Ok(out)
+    }
+}
+
+impl ProxyConfig {
+    /// The first `[[destination]]` whose network contains `ip`, if any.
+    pub fn destination_for(&self, ip: IpAddr) -> Option<&Destination> {
+        self.destinations.iter().find(|d| d.net.contains(ip))
+    }
+
+    /// The names the certificate of the server at `ip` must carry: the
+    /// matching `[[destination]]`'s, else `tls.expect_names`.
+    pub fn expect_names_for(&self, ip: IpAddr) -> &[String] {
+        match self.destination_for(ip) {
+            Some(d) => &d.expect_names,
+            None => &self.tls.expect_names,
+        }
     }
 }
 
@@ -591,8 +874,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.upstream.host, "mx.example.com");
-        assert_eq!(c.upstream.port, 25);
+        assert_eq!(
+            c.upstream,
+            UpstreamTarget::Static(Upstream {
+                host: "mx.example.com".into(),
+                port: 25
+            })
+        );
         assert_eq!(c.limits, Limits::default());
         assert_eq!(
             c.on_upstream_failure,
@@ -671,5 +959,108 @@ mod tests {
         let raw = RawConfig::from_file(&path).unwrap();
         let c = raw.resolve("config.toml").unwrap();
         assert!(!c.listen.is_empty());
+    }
+
+    #[test]
+    fn original_destination_resolves_mode_and_spoofing() {
+        let base = "listen=[\"0.0.0.0:2525\"]\nupstream=\"original-destination\"\n";
+        let c = resolve(&format!("{base}transparent = \"redirect\"\n")).unwrap();
+        assert_eq!(
+            c.upstream,
+            UpstreamTarget::OriginalDestination {
+                mode: TransparentMode::Redirect,
+                spoof_source: false
+            }
+        );
+        let c = resolve(&format!(
+            "{base}transparent = \"tproxy\"\nspoof_source = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.upstream.transparent(), Some(TransparentMode::Tproxy));
+        assert_eq!(
+            c.upstream.to_string(),
+            "original destination (tproxy, source spoofed)"
+        );
+    }
+
+    #[test]
+    fn transparent_keys_are_checked_together() {
+        let base = "listen=[\"0.0.0.0:2525\"]\n";
+        let od = "upstream=\"original-destination\"\n";
+        let e = resolve(&format!("{base}{od}")).unwrap_err();
+        assert_eq!(e.key, "transparent");
+        assert!(e.message.contains("\"redirect\""), "{e}");
+        let e = resolve(&format!("{base}{od}transparent=\"nat\"\n")).unwrap_err();
+        assert_eq!(e.key, "transparent");
+        let e = resolve(&format!(
+            "{base}{od}transparent=\"redirect\"\nspoof_source=true\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "spoof_source");
+        assert!(e.message.contains("tproxy"), "{e}");
+        let e = resolve(&format!(
+            "{base}upstream=\"mx.example.com:25\"\ntransparent=\"tproxy\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "transparent");
+        let e = resolve(&format!("{base}upstream=\"original-dest\"\n")).unwrap_err();
+        assert_eq!(e.key, "upstream");
+        assert!(e.message.contains("original-destination"), "{e}");
+    }
+
+    #[test]
+    fn destinations_first_match_wins_and_fall_back_to_tls_expect_names() {
+        let c = resolve(
+            "listen=[\"0.0.0.0:2525\"]\nupstream=\"original-destination\"\ntransparent=\"redirect\"\n\
+             [tls]\nexpect_names=[\"default.example\"]\n\
+             [[destination]]\nmatch=\"192.0.2.7\"\nexpect_names=[\"One.Example.\"]\n\
+             [[destination]]\nmatch=\"192.0.2.0/24\"\nexpect_names=[\"net.example\"]\n\
+             [[destination]]\nmatch=\"2001:db8::/32\"\nexpect_names=[\"v6.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.destinations.len(), 3);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(c.expect_names_for(ip("192.0.2.7")), ["one.example"]);
+        assert_eq!(c.expect_names_for(ip("192.0.2.8")), ["net.example"]);
+        assert_eq!(c.expect_names_for(ip("::ffff:192.0.2.9")), ["net.example"]);
+        assert_eq!(c.expect_names_for(ip("2001:db8:1::5")), ["v6.example"]);
+        assert_eq!(c.expect_names_for(ip("198.51.100.1")), ["default.example"]);
+        assert!(c.destination_for(ip("198.51.100.1")).is_none());
+    }
+
+    #[test]
+    fn bad_destinations_name_their_key() {
+        let base = "listen=[\"0.0.0.0:2525\"]\nupstream=\"h:25\"\n";
+        let e = resolve(&format!("{base}[[destination]]\nmatch=\"192.0.2.1/24\"\n")).unwrap_err();
+        assert_eq!(e.key, "destination[0].match");
+        assert!(e.message.contains("192.0.2.0/24"), "{e}");
+        let e = resolve(&format!(
+            "{base}[[destination]]\nmatch=\"10.0.0.0/8\"\n[[destination]]\nmatch=\"10.0.0.0/33\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "destination[1].match");
+        let e = resolve(&format!("{base}[[destination]]\nexpect_names=[\"a\"]\n")).unwrap_err();
+        assert_eq!(e.key, "destination[0]");
+        let e = resolve(&format!(
+            "{base}[[destination]]\nmatch=\"::/0\"\nexpect_names=[\"a b\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "destination[0].expect_names[0]");
+        let e = RawConfig::from_toml("[[destination]]\nmatch=\"::/0\"\nmode=\"x\"\n", "c.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `mode`"), "{e}");
+    }
+
+    #[test]
+    fn cidr_edges() {
+        let c = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(c.contains("203.0.113.9".parse().unwrap()));
+        assert!(!c.contains("2001:db8::1".parse().unwrap()));
+        let h = Cidr::parse("2001:db8::1").unwrap();
+        assert_eq!(h.prefix, 128);
+        assert!(h.contains("2001:db8::1".parse().unwrap()));
+        assert!(!h.contains("2001:db8::2".parse().unwrap()));
+        assert!(Cidr::parse("mx.example.com").is_err());
+        assert!(Cidr::parse("10.0.0.0/x").is_err());
     }
 }

@@ -220,7 +220,7 @@ pub fn diagnose(events: &[Event], ctx: &Context) -> Vec<Finding> {
     tls_rules(&v, &mut out);
     cert_rules(&v, ctx, &mut out);
     message_rules(&v, &mut out);
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
@@ -298,7 +298,7 @@ fn smtp_rules(v: &SessionView, out: &mut Vec<Finding>) {
     }
 
     // Observer desync: what it means depends on where.
-    for d in v.named("smtp.desync") {
+    if let Some(d) = v.first("smtp.desync") {
         let reason = s(d, "reason");
         let (id, sev, title, advice) = if reason.contains("ClientHello") {
             (
@@ -339,7 +339,6 @@ fn smtp_rules(v: &SessionView, out: &mut Vec<Finding>) {
             )],
             advice.into(),
         ));
-        break;
     }
 
     let hello = v.hello();

@@ -210,6 +210,16 @@ pub enum SessionEvent {
         /// Name resolution plus TCP connect, in milliseconds.
         connect_ms: f64,
     },
+    /// Transparent mode: the connection's original destination is smtptap
+    /// itself, so connecting there would loop; the session is refused (the
+    /// client gets the `failure_reply`, see `upstream.failed`).
+    #[serde(rename = "upstream.loop_refused")]
+    UpstreamLoopRefused {
+        /// The original destination (`SO_ORIGINAL_DST`, or the TPROXY socket's local address).
+        original_dst: SocketAddr,
+        /// Why it is the proxy itself, and what to check.
+        reason: String,
+    },
     /// The upstream could not be reached.
     #[serde(rename = "upstream.failed")]
     UpstreamFailed {

@@ -89,6 +89,16 @@ pub enum Control {
         /// The reply sent to the client, and whether it was delivered.
         reply: Option<(String, bool)>,
     },
+    /// In transparent mode: the original destination is the proxy itself
+    /// (sent before `UpstreamFailed`).
+    LoopRefused {
+        /// When.
+        ts: Timestamp,
+        /// The original destination.
+        original_dst: SocketAddr,
+        /// Why, and what to check.
+        reason: String,
+    },
     /// The relay ended.
     Closed {
         /// When.
@@ -117,6 +127,8 @@ pub struct Analysis {
     /// Trust anchors for certificate verification (None: certificates are
     /// parsed and name-checked, not verified).
     pub trust: Option<TrustStore>,
+    /// Per-destination settings (`[[destination]]`), first match wins.
+    pub destinations: Vec<crate::config::Destination>,
 }
 
 impl Analysis {
@@ -131,6 +143,7 @@ impl Analysis {
     /// Builds the shared analysis state from a configuration (loads the trust store).
     pub fn from_config(cfg: &crate::config::ProxyConfig) -> Result<Self, String> {
         let mut a = Analysis::new(cfg.tls.clone());
+        a.destinations = cfg.destinations.clone();
         let opts = TrustOptions {
             mozilla: cfg.tls.mozilla_roots,
             system: cfg.tls.system_roots,
@@ -186,6 +199,8 @@ struct State {
     capture: Option<SessionCapture>,
     /// Names learnt from the conversation, to check certificates against.
     names: LearntNames,
+    /// The upstream address connected to (selects `[[destination]]` settings).
+    upstream_addr: Option<SocketAddr>,
 }
 
 /// Host names the conversation announced, for the certificate name checks.
@@ -213,15 +228,13 @@ impl State {
     fn learn(&mut self, kind: &EventKind) {
         match kind {
             EventKind::Smtp(SmtpEvent::Banner { host, .. }) => self.names.banner = host.clone(),
-            EventKind::Smtp(SmtpEvent::Capabilities { host, .. }) => {
-                if self.names.ehlo_reply.is_none() {
-                    self.names.ehlo_reply = host.clone();
-                }
+            EventKind::Smtp(SmtpEvent::Capabilities { host, .. })
+                if self.names.ehlo_reply.is_none() =>
+            {
+                self.names.ehlo_reply = host.clone();
             }
-            EventKind::Smtp(SmtpEvent::Ehlo { name, .. }) => {
-                if self.names.client_ehlo.is_none() {
-                    self.names.client_ehlo = Some(name.clone());
-                }
+            EventKind::Smtp(SmtpEvent::Ehlo { name, .. }) if self.names.client_ehlo.is_none() => {
+                self.names.client_ehlo = Some(name.clone());
             }
             EventKind::Tls(TlsEvent::ClientHello(ch)) => self.names.sni = ch.sni.clone(),
             _ => {}
@@ -236,7 +249,16 @@ impl State {
             |n: &str| n.contains('.') && n.parse::<IpAddr>().is_err() && !n.starts_with('[');
         match role {
             Side::Server => {
-                for n in &tls.expect_names {
+                let expected = match self.upstream_addr.and_then(|a| {
+                    self.analysis
+                        .destinations
+                        .iter()
+                        .find(|d| d.net.contains(a.ip()))
+                }) {
+                    Some(d) => &d.expect_names,
+                    None => &tls.expect_names,
+                };
+                for n in expected {
                     names.push((NameSource::Expected, n.clone()));
                 }
                 if host_like(&self.info.upstream.host) {
@@ -283,7 +305,6 @@ impl State {
     }
 
     async fn on_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
-        let _ = &self.analysis;
         match &mut self.stage {
             Stage::Off => {
                 if let Some(c) = self.capture.as_mut() {
@@ -435,6 +456,7 @@ pub async fn analyze(
         stage,
         capture: None,
         names: LearntNames::default(),
+        upstream_addr: None,
     };
     st.emit(
         info.opened,
@@ -448,7 +470,26 @@ pub async fn analyze(
     .await;
 
     let mut upstream_addr = None;
-    match ctl.recv().await {
+    let first = loop {
+        match ctl.recv().await {
+            Some(Control::LoopRefused {
+                ts,
+                original_dst,
+                reason,
+            }) => {
+                st.emit(
+                    ts,
+                    SessionEvent::UpstreamLoopRefused {
+                        original_dst,
+                        reason,
+                    },
+                )
+                .await;
+            }
+            other => break other,
+        }
+    };
+    match first {
         Some(Control::Connected {
             ts,
             peer,
@@ -456,6 +497,7 @@ pub async fn analyze(
             elapsed,
         }) => {
             upstream_addr = Some(peer);
+            st.upstream_addr = Some(peer);
             if let Some(cap) = &st.analysis.capture {
                 st.capture = cap.session(FlowInfo {
                     session: info.id,
@@ -534,7 +576,7 @@ pub async fn analyze(
             finish(&mut st, ts, None, 0, 0, "upstream_failed").await;
             return;
         }
-        Some(Control::Closed { .. }) | None => {}
+        Some(Control::Closed { .. }) | Some(Control::LoopRefused { .. }) | None => {}
     }
 
     while let Some(msg) = data.recv().await {

@@ -87,7 +87,7 @@ pub fn summarize(
     totals: Totals,
     mut findings: Vec<Finding>,
 ) -> SessionSummary {
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let v = SessionView::new(events);
     let (messages_accepted, messages_rejected) = v.messages();
     let negotiated = v.negotiated();

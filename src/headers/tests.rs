@@ -416,11 +416,11 @@ fn garbage_dates_give_no_delay_and_an_info() {
 #[test]
 fn one_megabyte_header_line() {
     let mut raw = b"Received: from a.example (a.example [192.0.2.1]) (".to_vec();
-    raw.extend(std::iter::repeat(b'x').take(1 << 20));
+    raw.extend(std::iter::repeat_n(b'x', 1 << 20));
     raw.extend_from_slice(
         b") by b.example with ESMTP id X; Mon, 23 Nov 2026 21:07:14 +0000\r\nX-Long: ",
     );
-    raw.extend(std::iter::repeat(b'y').take(1 << 20));
+    raw.extend(std::iter::repeat_n(b'y', 1 << 20));
     raw.extend_from_slice(b"\r\n\r\n");
     let r = analyze_message(&raw);
     assert_eq!(r.hops.len(), 1);

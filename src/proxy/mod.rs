@@ -17,6 +17,7 @@
 //! session still gets its `session.close` and `session.summary`.
 
 pub mod relay;
+pub mod transparent;
 pub mod upstream;
 
 use std::io;
@@ -29,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::config::{ProxyConfig, UpstreamFailure};
+use crate::config::{ProxyConfig, TransparentMode, Upstream, UpstreamFailure, UpstreamTarget};
 use crate::event::Timestamp;
 use crate::session::{self, Analysis, Control, SessionInfo};
 use crate::sink::EventSink;
@@ -55,8 +56,9 @@ impl Proxy {
     /// Binds every listening address. Fails (naming the address) if one cannot be bound.
     pub async fn bind(cfg: ProxyConfig, sink: EventSink, analysis: Analysis) -> io::Result<Proxy> {
         let mut listeners = Vec::new();
+        let tproxy = cfg.upstream.transparent() == Some(TransparentMode::Tproxy);
         for addr in &cfg.listen {
-            let l = bind_listener(*addr)
+            let l = bind_listener(*addr, tproxy)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
@@ -86,8 +88,15 @@ impl Proxy {
         let accepted = Arc::new(AtomicU64::new(0));
 
         let mut accept_tasks = Vec::new();
+        let listen: Arc<Vec<SocketAddr>> = Arc::new(
+            self.listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
+        );
         for listener in self.listeners {
             let ctx = SessionCtx {
+                listen: listen.clone(),
                 cfg: self.cfg.clone(),
                 sink: self.sink.clone(),
                 analysis: self.analysis.clone(),
@@ -138,12 +147,21 @@ impl Proxy {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, tproxy: bool) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if tproxy {
+        // TPROXY hands us packets addressed to other hosts: the listener must be transparent.
+        transparent::set_transparent(&socket, addr.is_ipv6()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("IP_TRANSPARENT for TPROXY (needs CAP_NET_ADMIN): {e}"),
+            )
+        })?;
+    }
     if addr.is_ipv6() {
         // Listen on IPv6 only, so "[::]:25" and "0.0.0.0:25" can be given together.
         socket2::SockRef::from(&socket).set_only_v6(true)?;
@@ -154,6 +172,8 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 
 #[derive(Clone)]
 struct SessionCtx {
+    /// The addresses actually bound (port 0 resolved), for the loop check.
+    listen: Arc<Vec<SocketAddr>>,
     cfg: Arc<ProxyConfig>,
     sink: EventSink,
     analysis: Arc<Analysis>,
@@ -223,11 +243,12 @@ async fn run_session(
 ) {
     let _ = client.set_nodelay(true);
     let cfg = &ctx.cfg;
+    let (upstream, plan) = plan_upstream(&client, client_addr, &ctx).await;
     let info = SessionInfo {
         id,
         client: client_addr,
         listener: listen_addr,
-        upstream: cfg.upstream.clone(),
+        upstream: upstream.clone(),
         opened: Timestamp::now(),
         implicit_tls: cfg.implicit_tls,
     };
@@ -241,7 +262,25 @@ async fn run_session(
         ctx.sink.clone(),
     ));
 
-    match upstream::connect(&cfg.upstream, cfg.limits.connect_timeout).await {
+    let connected = match plan {
+        Plan::Connect => upstream::connect(&upstream, cfg.limits.connect_timeout).await,
+        Plan::Spoofed { dst, source } => {
+            transparent::connect_spoofed(dst, source, cfg.limits.connect_timeout).await
+        }
+        Plan::Refuse(failure, looped) => {
+            if let Some(l) = looped {
+                let _ = ctl_tx
+                    .send(Control::LoopRefused {
+                        ts: Timestamp::now(),
+                        original_dst: l.original_dst,
+                        reason: l.reason,
+                    })
+                    .await;
+            }
+            Err(failure)
+        }
+    };
+    match connected {
         Ok(up) => {
             let _ = ctl_tx
                 .send(Control::Connected {
@@ -271,7 +310,7 @@ async fn run_session(
         }
         Err(failure) => {
             drop(data_tx);
-            tracing::warn!(upstream = %cfg.upstream, error = %failure.error, "upstream unreachable");
+            tracing::warn!(upstream = %upstream, error = %failure.error, "upstream unreachable");
             let mut client = client;
             let reply = match &cfg.on_upstream_failure {
                 UpstreamFailure::Reply(line) => {
@@ -349,4 +388,75 @@ pub async fn spawn(cfg: ProxyConfig, sinks: crate::sink::Sinks) -> Result<Runnin
         stop: Some(tx),
         task,
     })
+}
+
+/// How a session reaches its upstream.
+enum Plan {
+    /// Resolve and connect (static upstream, or the original destination as an IP literal).
+    Connect,
+    /// TPROXY with spoof_source: connect to `dst` from the client's address.
+    Spoofed {
+        /// The original destination.
+        dst: SocketAddr,
+        /// The client's IP, bound before connect.
+        source: std::net::IpAddr,
+    },
+    /// Do not connect (no original destination, or a loop); handled like an unreachable upstream.
+    Refuse(upstream::ConnectFailure, Option<transparent::LoopRefused>),
+}
+
+/// Picks the upstream of one session: the configured one, or the connection's
+/// original destination (checked against loops; a refusal is logged as
+/// `upstream.loop_refused` and then handled like an unreachable upstream).
+async fn plan_upstream(
+    client: &TcpStream,
+    client_addr: SocketAddr,
+    ctx: &SessionCtx,
+) -> (Upstream, Plan) {
+    let (mode, spoof_source) = match &ctx.cfg.upstream {
+        UpstreamTarget::Static(u) => return (u.clone(), Plan::Connect),
+        UpstreamTarget::OriginalDestination { mode, spoof_source } => (*mode, *spoof_source),
+    };
+    let dst = match transparent::original_destination(client, mode) {
+        Ok(d) => d,
+        Err(e) => {
+            let hint = match mode {
+                TransparentMode::Redirect => "is the nat REDIRECT rule in place, and did the client reach smtptap through it?",
+                TransparentMode::Tproxy => "is the listener reached through the TPROXY rule?",
+            };
+            let failure = upstream::ConnectFailure {
+                error: format!("cannot read the original destination ({mode}): {e}; {hint}"),
+                tried: Vec::new(),
+            };
+            let label = Upstream {
+                host: "original-destination".into(),
+                port: 0,
+            };
+            return (label, Plan::Refuse(failure, None));
+        }
+    };
+    let label = Upstream {
+        host: dst.ip().to_string(),
+        port: dst.port(),
+    };
+    if let Err(refused) = transparent::check_loop(dst, mode, &ctx.listen, transparent::is_local_ip)
+    {
+        tracing::warn!(original_dst = %dst, reason = %refused.reason, "loop refused");
+        let failure = upstream::ConnectFailure {
+            error: format!("loop refused: {}", refused.reason),
+            tried: Vec::new(),
+        };
+        return (label, Plan::Refuse(failure, Some(refused)));
+    }
+    if spoof_source {
+        (
+            label,
+            Plan::Spoofed {
+                dst,
+                source: client_addr.ip(),
+            },
+        )
+    } else {
+        (label, Plan::Connect)
+    }
 }

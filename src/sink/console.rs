@@ -535,13 +535,11 @@ fn render_smtp_fact(name: &str, v: &Value, out: &mut Vec<(LineKind, String)>) {
                 out.push((Problem, "STARTTLS not offered in the EHLO reply".into()));
             }
         }
-        "smtp.starttls" => {
-            if !b(v, "accepted") {
-                out.push((
-                    Problem,
-                    format!("STARTTLS refused: {} {}", u(v, "code"), s(v, "text")),
-                ));
-            }
+        "smtp.starttls" if !b(v, "accepted") => {
+            out.push((
+                Problem,
+                format!("STARTTLS refused: {} {}", u(v, "code"), s(v, "text")),
+            ));
         }
         _ => {}
     }

@@ -902,7 +902,7 @@ fn auth_lines_may_exceed_max_line() {
     let (mut ev, mut m) = (Vec::new(), Vec::new());
     obs.feed(Side::Server, b"220 mx ESMTP\r\n", &mut ev, &mut m);
     let mut line = b"AUTH GSSAPI ".to_vec();
-    line.extend(std::iter::repeat(b'Q').take(8000));
+    line.extend(std::iter::repeat_n(b'Q', 8000));
     line.extend_from_slice(b"\r\n");
     obs.feed(Side::Client, &line, &mut ev, &mut m);
     assert!(!obs.is_desynced());

@@ -1,0 +1,284 @@
+//! The binary as a user runs it: `--check`, config errors, `--help`, a real
+//! session through `smtptap proxy`, and SIGTERM with draining.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smtptap"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("smtptap-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let out = bin()
+        .args(["proxy", "--config"])
+        .arg(root().join("config.toml"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+#[test]
+fn check_rejects_a_bad_config_naming_file_and_key() {
+    let d = temp("badcfg");
+    let f = d.join("bad.toml");
+    std::fs::write(
+        &f,
+        "listen = [\"127.0.0.1:25\", \"1.2.3.4:99999\"]\nupstream = \"mx.example.test:25\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["proxy", "--config"])
+        .arg(&f)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml: listen[1]: \"1.2.3.4:99999\" is not a socket address"),
+        "{err}"
+    );
+
+    std::fs::write(&f, "listen = [\"127.0.0.1:25\"]\nupstream = \"mx.example.test:25\"\n[limits]\nidle_timeout = 5\n").unwrap();
+    let out = bin()
+        .args(["proxy", "--config"])
+        .arg(&f)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml: limits") && err.contains("unknown field `idle_timeout`"),
+        "{err}"
+    );
+
+    // A flag is checked like a file value.
+    let out = bin()
+        .args([
+            "proxy",
+            "--listen",
+            "nonsense",
+            "--upstream",
+            "mx:25",
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command line: listen[0]"));
+}
+
+#[test]
+fn help_documents_every_subcommand_and_flag() {
+    let out = bin().args(["proxy", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--check",
+        "--listen",
+        "--upstream",
+        "--implicit-tls",
+        "--log",
+        "--quiet",
+        "--expect-name",
+        "--ca-file",
+        "--pcap",
+        "--idle-timeout",
+        "--connect-timeout",
+        "--max-sessions",
+        "--drain-timeout",
+        "--on-upstream-failure",
+    ] {
+        assert!(help.contains(flag), "proxy --help lacks {flag}");
+    }
+    let out = bin().args(["headers", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--mbox") && help.contains("--json"), "{help}");
+}
+
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Proxy {
+    fn start(upstream: &str, log: &std::path::Path, extra: &[&str]) -> Proxy {
+        let port = free_port();
+        let child = bin()
+            .args([
+                "proxy",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                upstream,
+            ])
+            .arg("--log")
+            .arg(log)
+            .args(["--color", "never"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "smtptap did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // that probe connection is a session of its own (closed at once)
+        Proxy { child, port }
+    }
+
+    fn sigterm(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait(mut self, within: Duration) -> (i32, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                return (st.code().unwrap_or(-1), out);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("smtptap did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_through_the_binary_then_sigterm_flushes_and_exits_zero() {
+    let server = LabServer::start(ServerProfile::new("mx.cli.example.test", None))
+        .await
+        .unwrap();
+    let d = temp("session");
+    let log = d.join("events.jsonl");
+    let mut p = Proxy::start(&server.addr().to_string(), &log, &[]);
+    let opts = ClientOptions {
+        ehlo: "client.cli.example.test".into(),
+        starttls: StartTls::IfOffered,
+        tls: None,
+        server_name: "mx".into(),
+        from: "a@example.test".into(),
+        to: vec!["b@example.test".into()],
+        body: b"Subject: cli\r\n\r\nhello\r\n".to_vec(),
+        helo: false,
+    };
+    let r = lab::send(format!("127.0.0.1:{}", p.port).parse().unwrap(), &opts).await;
+    assert_eq!(r.error, None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.sigterm();
+    let (code, console) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        console.contains(" -> EHLO client.cli.example.test"),
+        "{console}"
+    );
+    assert!(
+        console.contains("<-  250 2.0.0 Ok: queued as LAB1"),
+        "{console}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summaries: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "session.summary")
+        .collect();
+    // the readiness probe + the real session
+    assert_eq!(summaries.len(), 2, "{text}");
+    let real = summaries
+        .iter()
+        .find(|s| s["messages_accepted"] == 1)
+        .expect("the session's summary");
+    assert_eq!(real["starttls_offered"], false);
+    assert_eq!(real["findings"][0]["id"], "starttls.not_offered");
+    for e in &events {
+        let ts = e["ts"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-11-23T21:07:14.123456Z".len(), "{ts}");
+        assert!(e["session"].as_u64().unwrap() >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_aborts_a_session_that_does_not_finish() {
+    let server = LabServer::start(ServerProfile::new("mx.cli.example.test", None))
+        .await
+        .unwrap();
+    let d = temp("drain");
+    let log = d.join("events.jsonl");
+    let mut p = Proxy::start(&server.addr().to_string(), &log, &["--drain-timeout", "1"]);
+    // A client that connects and then just sits there.
+    let idle = tokio::net::TcpStream::connect(("127.0.0.1", p.port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    p.sigterm();
+    let (code, _) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "did not wait for the drain timeout"
+    );
+    drop(idle);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"event\":\"session.close\"")
+                && l.contains("\"reason\":\"shutdown\"")),
+        "no session closed by the shutdown: {text}"
+    );
+}
