@@ -192,7 +192,12 @@ impl SessionView {
 /// A reply as one line: `530 5.7.0 Must issue a STARTTLS command first`.
 pub fn reply_line(v: &Value) -> String {
     let text = s(v, "text");
-    format!("{} {}", u(v, "code"), text).trim_end().to_string()
+    match v.get("enhanced").and_then(Value::as_str) {
+        Some(e) if !e.is_empty() => format!("{} {e} {text}", u(v, "code")),
+        _ => format!("{} {text}", u(v, "code")),
+    }
+    .trim_end()
+    .to_string()
 }
 
 fn f(
@@ -966,7 +971,7 @@ fn message_rules(v: &SessionView, out: &mut Vec<Finding>) {
         if b(m, "accepted") {
             continue;
         }
-        let line = format!("{} {}", u(m, "code"), s(m, "text"));
+        let line = reply_line(m);
         out.push(f(
             if tls {
                 "smtp.rejected_after_tls"

@@ -124,8 +124,9 @@ pub struct Analysis {
     pub recent_tls_failures: Mutex<HashMap<IpAddr, (Instant, SessionId, String)>>,
     /// The pcapng writer, when capture is on.
     pub capture: Option<Capture>,
-    /// Trust anchors for certificate verification (None: certificates are
-    /// parsed and name-checked, not verified).
+    /// Trust anchors for certificate verification; always set by
+    /// [`Analysis::from_config`]. None (a bare `Analysis::new`): certificates
+    /// are not analysed at all.
     pub trust: Option<TrustStore>,
     /// Per-destination settings (`[[destination]]`), first match wins.
     pub destinations: Vec<crate::config::Destination>,

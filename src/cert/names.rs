@@ -22,7 +22,8 @@ pub enum NameSource {
     Upstream,
     /// Announced in the server's 220 banner.
     Banner,
-    /// In the server's EHLO reply.
+    /// In an EHLO exchange: for a server chain, the host name in the server's
+    /// EHLO reply; for a client chain, the name the client gave in its EHLO.
     Ehlo,
     /// Sent by the client as SNI.
     Sni,
