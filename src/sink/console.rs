@@ -70,16 +70,15 @@ impl Console {
 
     /// Writes the transcript lines of one event.
     pub fn write(&mut self, ev: &Event) {
-        let start = *self.opened.entry(ev.session).or_insert(ev.ts);
-        let elapsed = ev.ts.since(start);
+        // Session 0 carries facts about no session (the capture writer's files).
+        let prefix = if ev.session == 0 {
+            "[smtptap]".to_string()
+        } else {
+            let start = *self.opened.entry(ev.session).or_insert(ev.ts);
+            format!("[#{} +{:.3}]", ev.session, ev.ts.since(start))
+        };
         for (kind, text) in render(ev) {
-            let line = format!(
-                "[#{} +{:.3}] {} {}",
-                ev.session,
-                elapsed,
-                kind.marker(),
-                text
-            );
+            let line = format!("{prefix} {} {}", kind.marker(), text);
             let _ = if self.color {
                 writeln!(self.out, "{}{}\x1b[0m", kind.color(), line)
             } else {
