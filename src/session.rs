@@ -213,15 +213,13 @@ impl State {
     fn learn(&mut self, kind: &EventKind) {
         match kind {
             EventKind::Smtp(SmtpEvent::Banner { host, .. }) => self.names.banner = host.clone(),
-            EventKind::Smtp(SmtpEvent::Capabilities { host, .. }) => {
-                if self.names.ehlo_reply.is_none() {
-                    self.names.ehlo_reply = host.clone();
-                }
+            EventKind::Smtp(SmtpEvent::Capabilities { host, .. })
+                if self.names.ehlo_reply.is_none() =>
+            {
+                self.names.ehlo_reply = host.clone();
             }
-            EventKind::Smtp(SmtpEvent::Ehlo { name, .. }) => {
-                if self.names.client_ehlo.is_none() {
-                    self.names.client_ehlo = Some(name.clone());
-                }
+            EventKind::Smtp(SmtpEvent::Ehlo { name, .. }) if self.names.client_ehlo.is_none() => {
+                self.names.client_ehlo = Some(name.clone());
             }
             EventKind::Tls(TlsEvent::ClientHello(ch)) => self.names.sni = ch.sni.clone(),
             _ => {}
@@ -239,7 +237,15 @@ impl State {
                 for n in &tls.expect_names {
                     names.push((NameSource::Expected, n.clone()));
                 }
-                if host_like(&self.info.upstream.host) {
+                // The name the operator configured and dialled is checked even
+                // when it has a single label (`localhost`, an internal
+                // `mailhub`): the sender dials it and verifies against it.
+                // Announced names need a dot: a bare banner word is not a claim.
+                let dialled = &self.info.upstream.host;
+                if !dialled.is_empty()
+                    && dialled.parse::<IpAddr>().is_err()
+                    && !dialled.starts_with('[')
+                {
                     names.push((NameSource::Upstream, self.info.upstream.host.clone()));
                 }
                 if tls.check_announced_names {
