@@ -1312,3 +1312,181 @@ async fn smtp_recipient_rejected() {
         .unwrap();
     assert_eq!(title, "The server rejected 1 recipient(s)");
 }
+
+// ---------------------------------------------------------------------------
+// More variants of the same findings
+
+#[tokio::test]
+async fn starttls_required_451_5_7_3_variant() {
+    // Exchange's wording; the server does not even offer STARTTLS here (masking
+    // aside, a misconfigured receive connector can do this).
+    let up = scripted_server(
+        "220 mx.example.test Microsoft ESMTP MAIL Service ready\r\n",
+        |l| {
+            let verb = l.split(' ').next().unwrap_or("").to_ascii_uppercase();
+            Some(match verb.as_str() {
+                "EHLO" => {
+                    "250-mx.example.test Hello\r\n250-SIZE 37748736\r\n250 8BITMIME\r\n".into()
+                }
+                "MAIL" => "451 5.7.3 STARTTLS is required to send mail\r\n".into(),
+                "QUIT" => "221 2.0.0 Service closing transmission channel\r\n".into(),
+                _ => "500 5.3.3 Unrecognized command\r\n".into(),
+            })
+        },
+    )
+    .await;
+    let proxy = TestProxy::start(&up.to_string(), "").await;
+    let report = lab::send(proxy.addr, &client(StartTls::IfOffered, Some(tls12()))).await;
+    assert!(report.error.unwrap().contains("451"));
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(
+        &f,
+        &[
+            ("starttls.required", "error"),
+            ("starttls.not_offered", "error"),
+        ],
+    );
+    evidence_has(
+        &f,
+        "starttls.required",
+        "server: 451 5.7.3 STARTTLS is required to send mail",
+    );
+    evidence_has(
+        &f,
+        "starttls.required",
+        "STARTTLS was not offered in the EHLO reply",
+    );
+}
+
+/// An RSA leaf for `names` (with CRL and OCSP URLs), signed by the test CA
+/// with openssl (the minting code makes ECDSA keys; static-RSA suites need RSA).
+fn rsa_leaf_with_openssl(p: &Pki, name: &str) -> Issued {
+    let d = &p.dir;
+    std::fs::write(d.join("ca.key"), p.root.key_pem()).unwrap();
+    std::fs::write(
+        d.join("ext.cnf"),
+        format!(
+            "subjectAltName=DNS:{name}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n\
+             crlDistributionPoints=URI:http://crl.example.test/ca.crl\n\
+             authorityInfoAccess=OCSP;URI:http://ocsp.example.test/\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = openssl().current_dir(d).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "rsa.key", "-out", "rsa.csr",
+        "-subj",
+    ]
+    .iter()
+    .copied()
+    .chain([format!("/CN={name}").as_str()])
+    .collect::<Vec<_>>());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "rsa.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "90",
+        "-sha256",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "rsa.pem",
+    ]);
+    run(&[
+        "pkcs8", "-topk8", "-nocrypt", "-in", "rsa.key", "-outform", "DER", "-out", "rsa.p8",
+    ]);
+    run(&[
+        "x509", "-in", "rsa.pem", "-outform", "DER", "-out", "rsa.der",
+    ]);
+    Issued {
+        chain_der: vec![std::fs::read(d.join("rsa.der")).unwrap()],
+        key_der: std::fs::read(d.join("rsa.p8")).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn tls_weak_cipher_static_rsa_key_exchange_with_openssl() {
+    let p = pki("static-rsa");
+    let issued = rsa_leaf_with_openssl(&p, MX);
+    let args = ["-tls1_2", "-cipher", "AES128-GCM-SHA256"];
+    let (_srv, port) = s_server(&p, &issued, &args);
+    let up = starttls_bridge(port).await;
+    let proxy = TestProxy::start(&up.to_string(), &p.toml("")).await;
+    let out = s_client(proxy.addr, &[&args[..], &["-servername", MX][..]].concat()).await;
+    assert!(out.contains("AES128-GCM-SHA256"), "s_client: {out}");
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(&f, &[("tls.weak_cipher", "warning")]);
+    evidence_has(
+        &f,
+        "tls.weak_cipher",
+        "ServerHello: TLSv1.2, TLS_RSA_WITH_AES_128_GCM_SHA256",
+    );
+    let title = finding(&f, "tls.weak_cipher")["title"].as_str().unwrap();
+    assert!(title.contains("static RSA key exchange"), "{title}");
+    assert_eq!(named(&events, 1, "cert.chain")[0]["trusted"], true);
+}
+
+#[tokio::test]
+async fn tls_legacy_client_refused_by_a_tls12_server() {
+    // An old sender (TLS 1.0 only) against a current server (rustls: 1.2+).
+    let p = pki("legacy-client");
+    let issued = p.issue(&leaf(&[MX]));
+    let server = LabServer::start(ServerProfile::new(MX, Some(server_tls(&issued))))
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&server.addr().to_string(), &p.toml("")).await;
+    let out = s_client(
+        proxy.addr,
+        &[
+            "-tls1",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0",
+            "-servername",
+            MX,
+        ],
+    )
+    .await;
+    assert!(!out.contains("Cipher is ECDHE"), "s_client: {out}");
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(
+        &f,
+        &[
+            ("tls.handshake_failed", "error"),
+            ("tls.legacy_version", "warning"),
+        ],
+    );
+    evidence_has(&f, "tls.legacy_version", "ClientHello: up to TLSv1.0");
+    evidence_has(&f, "tls.handshake_failed", "ClientHello: up to TLSv1.0");
+    evidence_has(
+        &f,
+        "tls.handshake_failed",
+        "TLS alert from the server: fatal handshake_failure (40)",
+    );
+    let title = finding(&f, "tls.handshake_failed")["title"]
+        .as_str()
+        .unwrap();
+    assert!(
+        title.contains("no TLS version or cipher suite acceptable"),
+        "{title}"
+    );
+}
