@@ -1490,3 +1490,60 @@ async fn tls_legacy_client_refused_by_a_tls12_server() {
         "{title}"
     );
 }
+
+#[tokio::test]
+async fn cert_announced_name_mismatch_of_the_sending_server() {
+    // The sender says EHLO client.example.test but presents a client
+    // certificate for another name (Exchange Online checks this).
+    let p = pki("client-announced");
+    let issued = p.issue(&leaf(&[MX]));
+    let client_cert = p.issue(&LeafSpec {
+        crl_url: Some("http://crl.example.test/ca.crl".into()),
+        ocsp_url: Some("http://ocsp.example.test/".into()),
+        ..LeafSpec::client(["relay.other.example"])
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(p.root.der()))
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(issued.rustls_chain(), issued.rustls_key())
+        .unwrap();
+    let server = LabServer::start(ServerProfile::new(MX, Some(Arc::new(cfg))))
+        .await
+        .unwrap();
+    let client_cfg =
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+            .with_root_certificates({
+                let mut r = rustls::RootCertStore::empty();
+                r.add(rustls::pki_types::CertificateDer::from(p.root.der()))
+                    .unwrap();
+                r
+            })
+            .with_client_auth_cert(client_cert.rustls_chain(), client_cert.rustls_key())
+            .unwrap();
+    let opts = client(StartTls::Required, Some(Arc::new(client_cfg)));
+    let (events, report) = through_proxy(&server, &opts, &p.toml("")).await;
+    assert!(report.tls && report.error.is_none(), "{report:?}");
+    let f = findings_of(&events, 1);
+    check(&f, &[("cert.announced_name_mismatch", "warning")]);
+    let m = finding(&f, "cert.announced_name_mismatch");
+    assert_eq!(
+        m["title"],
+        "The sending server announces itself as client.example.test but its certificate does not carry that name"
+    );
+    evidence_has(
+        &f,
+        "cert.announced_name_mismatch",
+        "presented: relay.other.example",
+    );
+    let chains = named(&events, 1, "cert.chain");
+    assert!(chains
+        .iter()
+        .any(|c| c["role"] == "client" && c["trusted"] == true));
+}
