@@ -189,7 +189,8 @@ impl SessionView {
     }
 }
 
-/// A reply as one line: `530 5.7.0 Must issue a STARTTLS command first`.
+/// A reply as one line: `530 5.7.0 Must issue a STARTTLS command first`
+/// (the enhanced status code is kept: the events carry it apart from the text).
 pub fn reply_line(v: &Value) -> String {
     let text = s(v, "text");
     match v.get("enhanced").and_then(Value::as_str) {
@@ -455,9 +456,12 @@ fn smtp_rules(v: &SessionView, out: &mut Vec<Finding>) {
         }
     }
 
-    // Offered but not used.
+    // Offered but not used (unless the server refused the cleartext MAIL:
+    // starttls.required already says it, as an error).
+    let required = out.iter().any(|f| f.id == "starttls.required");
     if v.starttls_offered() == Some(true)
         && !attempted
+        && !required
         && v.named("smtp.command").any(|c| s(c, "verb") == "MAIL")
     {
         out.push(f(
@@ -517,6 +521,11 @@ fn alert_meaning(desc: &str, from: &str) -> String {
         "certificate_required" => format!("the {from} requires a client certificate and none was sent"),
         "unrecognized_name" => format!("the {from} has no certificate for the name (SNI) the client asked for"),
         "no_application_protocol" => "no common ALPN protocol".into(),
+        // TLS 1.3 encrypts alerts; the observer reports a record the size of
+        // an alert. From the client, after the server's encrypted flight
+        // (certificate included), it is almost always a rejected certificate.
+        "encrypted" if from == "client" => "the client sent an encrypted alert after the server's certificate (TLS 1.3 hides its reason): most likely it rejected the certificate (untrusted issuer, wrong name or expired)".into(),
+        "encrypted" => format!("the {from} sent an encrypted alert (TLS 1.3 hides its reason)"),
         _ => format!("the {from} aborted the handshake"),
     }
 }
@@ -551,10 +560,11 @@ fn tls_rules(v: &SessionView, out: &mut Vec<Finding>) {
             ev.push(format!(
                 "ClientHello: up to {}, {} cipher suites, SNI {}",
                 s(ch, "max_version"),
-                ch.get("cipher_suites")
-                    .and_then(Value::as_array)
-                    .map(|a| a.len())
-                    .unwrap_or(0),
+                // Signalling values (renegotiation/fallback SCSV) and GREASE are not suites.
+                strs(ch, "cipher_suites")
+                    .iter()
+                    .filter(|n| !n.contains("SCSV") && n.as_str() != "GREASE")
+                    .count(),
                 ch.get("sni").and_then(Value::as_str).unwrap_or("(none)")
             ));
         } else {
@@ -783,6 +793,16 @@ fn cert_rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
             continue;
         }
         let role = s(ch, "role");
+        // A chain that fails only because a certificate it carries is expired
+        // or not yet valid is already reported by cert.expired/not_yet_valid
+        // (with dates and thumbprint); a second error would say it again.
+        let error = s(ch, "error");
+        if matches!(error, "expired" | "not_yet_valid")
+            && v.named("cert.info")
+                .any(|c| s(c, "role") == role && (b(c, "expired") || b(c, "not_yet_valid")))
+        {
+            continue;
+        }
         let leaf = v
             .named("cert.info")
             .find(|c| s(c, "role") == role && u(c, "index") == 0);
@@ -988,7 +1008,7 @@ fn message_rules(v: &SessionView, out: &mut Vec<Finding>) {
                 }
             ),
             vec![
-                format!("server: {}", line.trim_end()),
+                format!("server: {line}"),
                 format!("size: {} bytes", u(m, "size")),
             ],
             "TLS worked; the rejection is about the message or the sender (read the reply: \
@@ -1013,5 +1033,23 @@ fn message_rules(v: &SessionView, out: &mut Vec<Finding>) {
              policy (the reply text says why)."
                 .into(),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_line_keeps_the_enhanced_status_code() {
+        let with = serde_json::json!({"code": 454, "enhanced": "4.7.0", "text": "TLS not available due to local problem"});
+        assert_eq!(
+            reply_line(&with),
+            "454 4.7.0 TLS not available due to local problem"
+        );
+        let without = serde_json::json!({"code": 250, "enhanced": null, "text": "mx.example.test"});
+        assert_eq!(reply_line(&without), "250 mx.example.test");
+        let bare = serde_json::json!({"code": 221, "text": ""});
+        assert_eq!(reply_line(&bare), "221");
     }
 }

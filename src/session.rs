@@ -262,7 +262,15 @@ impl State {
                 for n in expected {
                     names.push((NameSource::Expected, n.clone()));
                 }
-                if host_like(&self.info.upstream.host) {
+                // The name the operator configured and dialled is checked even
+                // when it has a single label (`localhost`, an internal
+                // `mailhub`): the sender dials it and verifies against it.
+                // Announced names need a dot: a bare banner word is not a claim.
+                let dialled = &self.info.upstream.host;
+                if !dialled.is_empty()
+                    && dialled.parse::<IpAddr>().is_err()
+                    && !dialled.starts_with('[')
+                {
                     names.push((NameSource::Upstream, self.info.upstream.host.clone()));
                 }
                 if tls.check_announced_names {
