@@ -91,6 +91,13 @@ pub struct ProxyArgs {
     /// Extra trust anchors, PEM (repeatable), e.g. a partner's private CA.
     #[arg(long = "ca-file", value_name = "FILE")]
     pub ca_file: Vec<String>,
+    /// A CRL file (PEM or DER; repeatable): certificates it revokes are reported revoked.
+    #[arg(long = "crl-file", value_name = "FILE")]
+    pub crl_file: Vec<String>,
+    /// Fetch the CRLs that certificates name (http://, cached per run) and report revoked
+    /// certificates and unreachable CRLs. Off by default: it makes network requests.
+    #[arg(long)]
+    pub check_revocation: bool,
     /// Write what crossed the proxy as pcapng: a file (rotated: -1, -2…) or a directory
     /// (one file per run, or per session with capture.per_session). Opens in Wireshark/tshark.
     #[arg(long, value_name = "FILE|DIR")]
@@ -154,6 +161,15 @@ impl ProxyArgs {
                 .ca_files
                 .get_or_insert_with(Vec::new)
                 .extend(self.ca_file.iter().cloned());
+        }
+        if !self.crl_file.is_empty() {
+            raw.tls
+                .crl_files
+                .get_or_insert_with(Vec::new)
+                .extend(self.crl_file.iter().cloned());
+        }
+        if self.check_revocation {
+            raw.tls.check_revocation = Some(true);
         }
         if let Some(p) = &self.pcap {
             raw.capture.enabled = true;

@@ -140,8 +140,10 @@ pub struct RawTls {
     pub system_roots: Option<bool>,
     /// Extra trust anchors (PEM files).
     pub ca_files: Option<Vec<String>>,
-    /// Fetch CRLs/OCSP (network) — off by default.
+    /// Fetch the CRLs named in certificates (network, http://) — off by default.
     pub check_revocation: Option<bool>,
+    /// CRL files (PEM or DER) checked for every chain.
+    pub crl_files: Option<Vec<String>>,
     /// Warn when a certificate expires within this many days.
     pub expiry_warning_days: Option<u32>,
     /// Compare the certificate with the host name announced in the banner and EHLO reply.
@@ -215,8 +217,10 @@ pub struct TlsSettings {
     pub system_roots: bool,
     /// Extra PEM anchors.
     pub ca_files: Vec<PathBuf>,
-    /// Network revocation checks.
+    /// Fetch the CRLs named in certificates (network).
     pub check_revocation: bool,
+    /// CRL files checked for every chain.
+    pub crl_files: Vec<PathBuf>,
     /// Expiry warning horizon in days.
     pub expiry_warning_days: u32,
     /// Compare the certificate with the banner/EHLO host names.
@@ -231,6 +235,7 @@ impl Default for TlsSettings {
             system_roots: false,
             ca_files: Vec::new(),
             check_revocation: false,
+            crl_files: Vec::new(),
             expiry_warning_days: 30,
             check_announced_names: true,
         }
@@ -626,7 +631,19 @@ impl RawConfig {
             }
             ca_files.push(p);
         }
+        let mut crl_files = Vec::new();
+        for (i, f) in t.crl_files.iter().flatten().enumerate() {
+            let p = PathBuf::from(f);
+            if !p.is_file() {
+                return Err(err(
+                    &format!("tls.crl_files[{i}]"),
+                    format!("{f:?} is not a readable file"),
+                ));
+            }
+            crl_files.push(p);
+        }
         let tls = TlsSettings {
+            crl_files,
             expect_names,
             mozilla_roots: t.mozilla_roots.unwrap_or(td.mozilla_roots),
             system_roots: t.system_roots.unwrap_or(td.system_roots),
@@ -635,12 +652,6 @@ impl RawConfig {
             expiry_warning_days: t.expiry_warning_days.unwrap_or(td.expiry_warning_days),
             check_announced_names: t.check_announced_names.unwrap_or(td.check_announced_names),
         };
-        if tls.check_revocation {
-            return Err(err(
-                "tls.check_revocation",
-                "network revocation checking is not implemented yet; CRL/OCSP URLs are always reported (set it to false)".into(),
-            ));
-        }
         if !tls.mozilla_roots && !tls.system_roots && tls.ca_files.is_empty() {
             return Err(err(
                 "tls",

@@ -846,6 +846,13 @@ fn cert_rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
                  smtpd_tls_chain_files with the intermediates; on Windows import the intermediate \
                  into the Intermediate Certification Authorities store of the server.",
             ),
+            "revoked" => (
+                "cert.revoked",
+                format!("A certificate of the {role}'s chain is revoked by its CA"),
+                "The CA revoked this certificate (the CRL lists its serial): verifying peers refuse it. \
+                 Install a new certificate and bind it to the SMTP service (Exchange: \
+                 Enable-ExchangeCertificate -Services SMTP; Postfix: smtpd_tls_chain_files).",
+            ),
             "wrong_usage" => (
                 "cert.untrusted",
                 format!("The {role}'s certificate is not valid for this use (extended key usage)"),
@@ -963,6 +970,26 @@ fn cert_rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
                     .into(),
             ));
         }
+    }
+
+    let failed_crls: Vec<&Value> = v.named("cert.crl").filter(|c| !b(c, "ok")).collect();
+    if !failed_crls.is_empty() {
+        out.push(f(
+            "cert.crl_unavailable",
+            Severity::Warning,
+            format!(
+                "{} CRL location(s) named by the certificates could not be fetched",
+                failed_crls.len()
+            ),
+            failed_crls
+                .iter()
+                .map(|c| format!("{}: {}", s(c, "url"), s(c, "error")))
+                .collect(),
+            "Exchange and Exchange Online do not trust a certificate whose CRL they cannot read. \
+             Check that the CRL URL is reachable from the receiving servers (firewall, proxy, DNS) \
+             and that the CA still publishes it. (smtptap fetched it from this machine.)"
+                .into(),
+        ));
     }
 
     if let Some(l) = v.server_leaf() {

@@ -130,7 +130,18 @@ pub struct Analysis {
     pub trust: Option<TrustStore>,
     /// Per-destination settings (`[[destination]]`), first match wins.
     pub destinations: Vec<crate::config::Destination>,
+    /// CRLs fetched this run (`check_revocation`), by URL: when, and the result.
+    pub crl_cache: Mutex<HashMap<String, CachedCrl>>,
 }
+
+/// A fetched CRL (or the error), with when it was fetched.
+pub type CachedCrl = (Instant, Result<Vec<Vec<u8>>, String>);
+
+/// How long a fetched CRL is reused; failures are retried sooner.
+const CRL_TTL: Duration = Duration::from_secs(3600);
+const CRL_RETRY: Duration = Duration::from_secs(300);
+/// CRL distribution points fetched per chain, at most.
+const MAX_CRL_URLS: usize = 8;
 
 impl Analysis {
     /// Settings only (trust store and capture are added by the caller).
@@ -150,8 +161,12 @@ impl Analysis {
             system: cfg.tls.system_roots,
             ca_files: cfg.tls.ca_files.clone(),
         };
-        a.trust =
-            Some(TrustStore::new(&opts).map_err(|e| format!("cannot load the trust store: {e}"))?);
+        let mut store =
+            TrustStore::new(&opts).map_err(|e| format!("cannot load the trust store: {e}"))?;
+        store
+            .add_crl_files(&cfg.tls.crl_files)
+            .map_err(|e| format!("cannot load the CRL files: {e}"))?;
+        a.trust = Some(store);
         if let Some(c) = &cfg.capture {
             a.capture = Some(
                 Capture::start(c.clone()).map_err(|e| format!("cannot start the capture: {e}"))?,
@@ -298,14 +313,79 @@ impl State {
         names
     }
 
+    /// `check_revocation`: fetches (or takes from the run's cache) the CRLs the
+    /// chain names, reporting each as `cert.crl`. Blocks only this analysis task.
+    async fn fetch_crls(&mut self, ts: Timestamp, role: Side, ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut urls: Vec<String> = Vec::new();
+        for der in ders.iter().take(cert::MAX_CHAIN) {
+            if let Ok(info) = cert::parse_cert(der) {
+                for u in info.crl_urls {
+                    if !urls.contains(&u) && urls.len() < MAX_CRL_URLS {
+                        urls.push(u);
+                    }
+                }
+            }
+        }
+        let mut crls = Vec::new();
+        for url in urls {
+            let cached = self.analysis.crl_cache.lock().ok().and_then(|c| {
+                c.get(&url).and_then(|(when, r)| {
+                    let ttl = if r.is_ok() { CRL_TTL } else { CRL_RETRY };
+                    (when.elapsed() < ttl).then(|| r.clone())
+                })
+            });
+            let result = match cached {
+                Some(r) => r,
+                None => {
+                    let u = url.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        cert::fetch::fetch_crl(&u, Duration::from_secs(5))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+                    if let Ok(mut c) = self.analysis.crl_cache.lock() {
+                        if c.len() < 1000 {
+                            c.insert(url.clone(), (Instant::now(), r.clone()));
+                        }
+                    }
+                    r
+                }
+            };
+            let (ok, error, bytes) = match &result {
+                Ok(d) => (true, None, d.iter().map(Vec::len).sum()),
+                Err(e) => (false, Some(e.clone()), 0),
+            };
+            self.emit(
+                ts,
+                cert::CertEvent::Crl {
+                    role,
+                    url,
+                    ok,
+                    error,
+                    bytes,
+                },
+            )
+            .await;
+            if let Ok(d) = result {
+                crls.extend(d);
+            }
+        }
+        crls
+    }
+
     async fn on_certificates(&mut self, ts: Timestamp, role: Side, ders: &[Vec<u8>]) {
         let ctx = CheckContext {
             names: self.names_for(role),
             expiry_warning_days: self.analysis.tls.expiry_warning_days,
             now: ts.0,
         };
+        let crls = if self.analysis.tls.check_revocation {
+            self.fetch_crls(ts, role, ders).await
+        } else {
+            Vec::new()
+        };
         let events = match &self.analysis.trust {
-            Some(store) => cert::analyze_chain(ders, role, &ctx, store),
+            Some(store) => cert::analyze_chain_with_crls(ders, role, &ctx, store, &crls),
             None => return,
         };
         for e in events {

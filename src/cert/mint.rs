@@ -261,6 +261,33 @@ fn ca_params(common_name: &str) -> CertificateParams {
 }
 
 impl Ca {
+    /// A CRL signed by this CA revoking the given serials (lower-case hex, as
+    /// `cert.info` shows them), valid from one day ago for seven days. DER.
+    pub fn crl(&self, revoked_serials_hex: &[&str]) -> Result<Vec<u8>, CertError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut revoked = Vec::new();
+        for hex in revoked_serials_hex {
+            let bytes = hex_bytes(hex)
+                .ok_or_else(|| CertError::Mint(format!("{hex:?} is not a hex serial")))?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: now - time::Duration::hours(1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::days(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.cert, &self.key).map_err(mint_err)?;
+        Ok(crl.der().to_vec())
+    }
+
     /// A new self-signed root CA (P-256, valid from two days ago for ten years).
     pub fn new(common_name: &str) -> Result<Ca, CertError> {
         Ca::with_key(common_name, KeyKind::default())
@@ -564,4 +591,17 @@ fn base64_encode(data: &[u8]) -> String {
 
 fn mint_err(e: rcgen::Error) -> CertError {
     CertError::Mint(e.to_string())
+}
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    let hex = hex.trim();
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len() / 2)
+        .map(|i| {
+            hex.get(2 * i..2 * i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
 }

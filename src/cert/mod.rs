@@ -36,7 +36,9 @@ mod tests;
 
 pub use info::{parse_cert, CertInfo, Validity};
 pub use names::{check_names, name_matches, NameCheck, NameSource};
-pub use trust::{TrustOptions, TrustStore};
+pub use trust::{crl_ders, TrustOptions, TrustStore};
+
+pub mod fetch;
 
 /// Errors of this module (loading anchors, parsing, minting).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,20 @@ pub enum CertEvent {
         /// Number of certificates sent.
         chain_len: usize,
     },
+    /// A CRL named by a certificate was fetched (`check_revocation = true`), or not.
+    #[serde(rename = "cert.crl")]
+    Crl {
+        /// Whose chain named it.
+        role: Side,
+        /// The CRL distribution point.
+        url: String,
+        /// Whether a CRL was obtained (from the network, or this run's cache).
+        ok: bool,
+        /// Why not, when not.
+        error: Option<String>,
+        /// Size of the CRL(s) obtained.
+        bytes: usize,
+    },
     /// Expected names checked against the leaf.
     #[serde(rename = "cert.names")]
     Names {
@@ -191,6 +207,23 @@ pub fn analyze_chain(
     ctx: &CheckContext,
     store: &TrustStore,
 ) -> Vec<CertEvent> {
+    analyze_chain_with_crls(all_ders, role, ctx, store, &[])
+}
+
+/// [`analyze_chain`] with extra CRLs (DER, e.g. fetched from the chain's CRL
+/// distribution points) besides the store's own; unparsable ones are skipped.
+pub fn analyze_chain_with_crls(
+    all_ders: &[Vec<u8>],
+    role: Side,
+    ctx: &CheckContext,
+    store: &TrustStore,
+    crl_ders: &[Vec<u8>],
+) -> Vec<CertEvent> {
+    let extra_crls: Vec<webpki::CertRevocationList<'static>> = crl_ders
+        .iter()
+        .filter_map(|d| trust::parse_crl(d).ok())
+        .collect();
+    let extra_crls = extra_crls.as_slice();
     let ders = all_ders.get(..MAX_CHAIN).unwrap_or(all_ders);
     let mut events = Vec::with_capacity(ders.len() + 3);
     let mut raws = Vec::with_capacity(ders.len());
@@ -245,7 +278,7 @@ pub fn analyze_chain(
             .first()
             .and_then(Option::as_ref)
             .is_some_and(|r| store.has_subject(&r.subject));
-    let verdict = trust::verify(ders, role, ctx.now, store, leaf_self_signed);
+    let verdict = trust::verify(ders, role, ctx.now, store, leaf_self_signed, extra_crls);
     let missing = !verdict.trusted && trust::missing_intermediate(&raws, store);
     events.push(CertEvent::Chain {
         role,

@@ -42,6 +42,8 @@ impl Default for TrustOptions {
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
     anchors: Vec<TrustAnchor<'static>>,
+    /// CRLs given as files (`tls.crl_files`), checked for every chain.
+    crls: Vec<std::sync::Arc<webpki::CertRevocationList<'static>>>,
 }
 
 impl TrustStore {
@@ -73,7 +75,10 @@ impl TrustStore {
         for path in &opts.ca_files {
             anchors.extend(load_ca_file(path)?);
         }
-        Ok(TrustStore { anchors })
+        Ok(TrustStore {
+            anchors,
+            crls: Vec::new(),
+        })
     }
 
     /// A store of exactly these DER certificates (tests, lab).
@@ -89,7 +94,43 @@ impl TrustStore {
                 })?;
             out.push(a.to_owned());
         }
-        Ok(TrustStore { anchors: out })
+        Ok(TrustStore {
+            anchors: out,
+            crls: Vec::new(),
+        })
+    }
+
+    /// Adds CRLs from files (PEM `X509 CRL` blocks, or one DER CRL), checked
+    /// for every chain from then on. Errors name the file and why.
+    pub fn add_crl_files(&mut self, paths: &[PathBuf]) -> Result<(), CertError> {
+        for p in paths {
+            let path = p.display().to_string();
+            let bytes = std::fs::read(p).map_err(|e| CertError::Io {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let ders = crl_ders(&bytes);
+            if ders.is_empty() {
+                return Err(CertError::Io {
+                    path,
+                    reason: "no CRL in the file (expected PEM \"X509 CRL\" blocks or one DER CRL)"
+                        .into(),
+                });
+            }
+            for der in ders {
+                let crl = parse_crl(&der).map_err(|reason| CertError::Io {
+                    path: path.clone(),
+                    reason,
+                })?;
+                self.crls.push(std::sync::Arc::new(crl));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of CRLs loaded from files.
+    pub fn crl_count(&self) -> usize {
+        self.crls.len()
     }
 
     /// Number of anchors.
@@ -160,6 +201,29 @@ fn unix_time(t: SystemTime) -> UnixTime {
     UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }
 
+/// The DER CRLs in `bytes`: PEM `X509 CRL` blocks, or the whole input as DER.
+pub fn crl_ders(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut reader = bytes;
+    let pems: Vec<Vec<u8>> = rustls_pemfile::crls(&mut reader)
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    if !pems.is_empty() {
+        pems
+    } else if bytes.first() == Some(&0x30) {
+        vec![bytes.to_vec()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Parses one DER CRL for webpki.
+pub(crate) fn parse_crl(der: &[u8]) -> Result<webpki::CertRevocationList<'static>, String> {
+    webpki::OwnedCertRevocationList::from_der(der)
+        .map(webpki::CertRevocationList::from)
+        .map_err(|e| format!("not a valid CRL: {e:?}"))
+}
+
 /// Verifies `ders` (leaf first) for `role` at `now`, without any name check.
 /// `leaf_self_signed` (self-signed and its subject is not an anchor) picks
 /// "self_signed" over "unknown_issuer" / "ca_used_as_leaf".
@@ -169,6 +233,7 @@ pub(crate) fn verify(
     now: SystemTime,
     store: &TrustStore,
     leaf_self_signed: bool,
+    extra_crls: &[webpki::CertRevocationList<'static>],
 ) -> Verdict {
     let Some((leaf_der, rest)) = ders.split_first() else {
         return Verdict {
@@ -198,13 +263,29 @@ pub(crate) fn verify(
         Side::Server => KeyUsage::server_auth(),
         Side::Client => KeyUsage::client_auth(),
     };
+    // Revocation: every CRL we have (files and fetched); a certificate whose
+    // issuer published no CRL here is not judged (unknown status allowed).
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = store
+        .crls
+        .iter()
+        .map(|c| c.as_ref())
+        .chain(extra_crls.iter())
+        .collect();
+    let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+        .ok()
+        .map(|b| {
+            b.with_depth(webpki::RevocationCheckDepth::Chain)
+                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                .build()
+        });
     match ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &store.anchors,
         &intermediates,
         unix_time(now),
         usage,
-        None,
+        revocation,
         None,
     ) {
         Ok(path) => Verdict {

@@ -1,0 +1,223 @@
+//! Revocation, for real: a CA publishes a CRL revoking a server's certificate,
+//! given to smtptap as a file (`tls.crl_files`) or fetched from the
+//! certificate's own CRL distribution point over HTTP on loopback
+//! (`tls.check_revocation`).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{named, temp_dir, TestProxy};
+use smtptap::cert::mint::{Ca, Issued, LeafSpec};
+use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NAME: &str = "mx.revocation.example.test";
+
+fn leaf(ca: &Ca, crl_url: &str) -> Issued {
+    ca.issue(&LeafSpec {
+        crl_url: Some(crl_url.into()),
+        ..LeafSpec::server([NAME.to_string()])
+    })
+    .unwrap()
+}
+
+fn serial_of(issued: &Issued) -> String {
+    smtptap::cert::parse_cert(&issued.chain_der[0])
+        .unwrap()
+        .serial
+}
+
+/// Serves `body` over HTTP/1.0 to every request, `n` times at most.
+async fn http_server(body: Vec<u8>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut req = vec![0u8; 4096];
+                let _ = s.read(&mut req).await;
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/pkix-crl\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn session_through(issued: &Issued, extra: &str) -> Vec<smtptap::event::Event> {
+    let tls = lab::server_config(issued.chain_der.clone(), issued.key_der.clone()).unwrap();
+    let server = LabServer::start(ServerProfile::new(NAME, Some(tls)))
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&server.addr().to_string(), extra).await;
+    let opts = ClientOptions {
+        ehlo: "client.revocation.example.test".into(),
+        starttls: StartTls::Required,
+        tls: Some(lab::client_config_opportunistic_with(&[
+            &rustls::version::TLS12,
+        ])),
+        server_name: NAME.into(),
+        from: "a@example.test".into(),
+        to: vec!["b@example.test".into()],
+        body: b"Subject: r\r\n\r\nhi\r\n".to_vec(),
+        helo: false,
+    };
+    let r = lab::send(proxy.addr, &opts).await;
+    assert_eq!(r.error, None);
+    proxy.wait_summaries(1).await;
+    proxy.stop().await
+}
+
+fn finding_ids(events: &[smtptap::event::Event]) -> Vec<String> {
+    named(events, 1, "session.summary")[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_file_marks_a_revoked_server_certificate() {
+    let dir = temp_dir("crl-file");
+    let ca = Ca::new("revocation test CA").unwrap();
+    let revoked = leaf(&ca, "http://crl.invalid/ca.crl");
+    let good = leaf(&ca, "http://crl.invalid/ca.crl");
+    let crl = ca.crl(&[&serial_of(&revoked)]).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("ca.crl"), &crl).unwrap();
+    let extra = format!(
+        "[tls]\nca_files = [\"{0}/ca.pem\"]\ncrl_files = [\"{0}/ca.crl\"]\n",
+        dir.display()
+    );
+
+    let events = session_through(&revoked, &extra).await;
+    let chain = named(&events, 1, "cert.chain");
+    assert_eq!(chain[0]["trusted"], false);
+    assert_eq!(chain[0]["error"], "revoked");
+    let ids = finding_ids(&events);
+    assert_eq!(ids, vec!["cert.revoked".to_string()], "{ids:?}");
+
+    let events = session_through(&good, &extra).await;
+    assert_eq!(named(&events, 1, "cert.chain")[0]["trusted"], true);
+    assert!(finding_ids(&events).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_revocation_fetches_the_crl_the_certificate_names() {
+    let dir = temp_dir("crl-fetch");
+    let ca = Ca::new("revocation fetch CA").unwrap();
+    // The leaf must name the CRL's URL, and the CRL must name the leaf's
+    // serial: pick a free port first, mint, then serve the CRL on that port.
+    let probe_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = probe_server.local_addr().unwrap().port();
+    drop(probe_server);
+    let url = format!("http://127.0.0.1:{port}/issuing.crl");
+    let revoked = leaf(&ca, &url);
+    let crl = ca.crl(&[&serial_of(&revoked)]).unwrap();
+    // Serve the CRL on that very port.
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let body = crl.clone();
+            tokio::spawn(async move {
+                let mut req = vec![0u8; 4096];
+                let _ = s.read(&mut req).await;
+                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let extra = format!(
+        "[tls]\nca_files = [\"{}/ca.pem\"]\ncheck_revocation = true\n",
+        dir.display()
+    );
+    let events = session_through(&revoked, &extra).await;
+    let crl_ev = named(&events, 1, "cert.crl");
+    assert_eq!(crl_ev.len(), 1, "{crl_ev:?}");
+    assert_eq!(crl_ev[0]["url"], url.as_str());
+    assert_eq!(crl_ev[0]["ok"], true, "{}", crl_ev[0]);
+    assert_eq!(named(&events, 1, "cert.chain")[0]["error"], "revoked");
+    assert_eq!(finding_ids(&events), vec!["cert.revoked".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_crl_is_reported() {
+    let dir = temp_dir("crl-unreachable");
+    let ca = Ca::new("revocation unreachable CA").unwrap();
+    let port = common::closed_port();
+    let url = format!("http://127.0.0.1:{port}/gone.crl");
+    let issued = leaf(&ca, &url);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let extra = format!(
+        "[tls]\nca_files = [\"{}/ca.pem\"]\ncheck_revocation = true\n",
+        dir.display()
+    );
+    let events = session_through(&issued, &extra).await;
+    let crl_ev = named(&events, 1, "cert.crl");
+    assert_eq!(crl_ev[0]["ok"], false);
+    assert!(
+        crl_ev[0]["error"].as_str().unwrap().contains("refused"),
+        "{}",
+        crl_ev[0]
+    );
+    // Still trusted (no CRL, unknown status allowed), but the warning says why it matters.
+    assert_eq!(named(&events, 1, "cert.chain")[0]["trusted"], true);
+    assert_eq!(
+        finding_ids(&events),
+        vec!["cert.crl_unavailable".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_crl_response_is_an_error_not_a_pass() {
+    let dir = temp_dir("crl-garbage");
+    let ca = Ca::new("revocation garbage CA").unwrap();
+    let addr = http_server(b"<html>not a crl</html>".to_vec()).await;
+    let url = format!("http://{addr}/ca.crl");
+    let issued = leaf(&ca, &url);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let extra = format!(
+        "[tls]\nca_files = [\"{}/ca.pem\"]\ncheck_revocation = true\n",
+        dir.display()
+    );
+    let events = session_through(&issued, &extra).await;
+    let crl_ev = named(&events, 1, "cert.crl");
+    assert_eq!(crl_ev[0]["ok"], false);
+    assert!(
+        crl_ev[0]["error"].as_str().unwrap().contains("not a CRL"),
+        "{}",
+        crl_ev[0]
+    );
+}
+
+#[test]
+fn a_bad_crl_file_is_a_clear_config_error() {
+    let dir = temp_dir("crl-bad");
+    let f = dir.join("bad.crl");
+    std::fs::write(&f, "garbage").unwrap();
+    let cfg = smtptap::config::RawConfig::from_toml(
+        &format!(
+            "listen=[\"127.0.0.1:0\"]\nupstream=\"127.0.0.1:25\"\n[tls]\ncrl_files=[\"{}\"]\n",
+            f.display()
+        ),
+        "t.toml",
+    )
+    .unwrap()
+    .resolve("t.toml")
+    .unwrap();
+    let err = smtptap::session::Analysis::from_config(&cfg).unwrap_err();
+    assert!(err.contains("bad.crl") && err.contains("no CRL"), "{err}");
+}
