@@ -43,7 +43,7 @@ pub struct ProxyArgs {
     /// Validate the configuration, print it resolved, and exit: 0 if valid, 2 if not.
     #[arg(long)]
     pub check: bool,
-    /// Address to listen on, IP:PORT (repeatable; IPv4 and IPv6), e.g. 0.0.0.0:25 or [::]:25.
+    /// Address to listen on, IP:PORT (repeatable; IPv4 and IPv6), e.g. `0.0.0.0:25` or `[::]:25`.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Vec<String>,
     /// The upstream SMTP server, HOST:PORT (the host name is resolved at each connection),

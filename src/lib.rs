@@ -5,32 +5,34 @@
 //! Data flows one way; each arrow is a module boundary:
 //!
 //! ```text
-//!  client ──▶ proxy::accept ──▶ proxy::upstream ──▶ server
-//!               │ (one task per session)
+//!  client ──▶ proxy (accept; transparent: original destination) ──▶ proxy::upstream ──▶ server
+//!               │ one controller task per session
 //!               ▼
-//!         proxy::relay ── Chunk{side, ts, Bytes} ──▶ proxy::tap
-//!                                                      ├─▶ session (analysis task)
-//!                                                      │     ├─▶ smtp::SmtpObserver  (cleartext, sans-IO)
-//!                                                      │     ├─▶ tls::TlsObserver    (after STARTTLS, sans-IO)
-//!                                                      │     └─▶ cert (chain, trust, names)
-//!                                                      └─▶ capture (pcapng frames, own writer task)
-//!         session ──▶ Event ──▶ sink::Hub ──▶ json lines, console transcript
-//!                         └──▶ diagnose (pure) ──▶ findings in session.summary
+//!         proxy::relay ── TapMsg{Chunk{side, ts, Bytes} | Eof} ──try_send──▶ session (analysis task)
+//!               (never waits; on overflow the tap stops and says so)          ├─▶ smtp::SmtpObserver (cleartext, sans-IO)
+//!                                                                              ├─▶ tls::TlsObserver   (after STARTTLS, sans-IO)
+//!                                                                              ├─▶ cert (chain, trust, names, CRLs)
+//!                                                                              └─▶ capture::SessionCapture ──▶ writer thread ──▶ pcapng
+//!         session ──▶ Event ──▶ sink (writer thread) ──▶ JSON lines, console transcript
+//!                      └──▶ diagnose (pure) ──▶ findings ──▶ summary ──▶ session.summary
 //! ```
 //!
 //! | module | owns | must not |
 //! |---|---|---|
-//! | [`proxy`] | sockets: listeners, upstream connect, the relay, shutdown | parse protocols, wait on analysis |
-//! | [`smtp`] | the sans-IO SMTP observer (commands, replies, DATA/BDAT, STARTTLS) | touch sockets |
+//! | [`proxy`] | sockets: listeners, upstream connect, transparent interception, the relay, shutdown | parse protocols, wait on analysis |
+//! | [`session`] | one analysis task per session: observers → events → summary | touch sockets, block the relay |
+//! | [`smtp`] | the sans-IO SMTP observer (commands, replies, DATA/BDAT, AUTH redaction, STARTTLS) | touch sockets |
 //! | [`tls`] | the sans-IO TLS record/handshake observer, JA3/JA4 | touch sockets |
-//! | [`cert`] | X.509 fields, chain trust (webpki), RFC 6125 name checks | touch sockets |
-//! | [`session`] | one analysis task per session: observers → events → summary | block the relay |
+//! | [`cert`] | X.509 fields, chain trust (webpki), RFC 6125 name checks, CRLs, minting | touch the relay |
 //! | [`diagnose`] | findings as a pure function of a session's events | do I/O |
+//! | [`summary`] | the `session.summary` fields, derived from the events | do I/O |
 //! | [`event`] | the event envelope and session-level events | do I/O |
-//! | [`sink`] | JSON lines and console transcript writers | block the relay |
-//! | [`capture`] | pcapng synthesis and its writer task | block the relay |
+//! | [`sink`] | JSON lines and console transcript writers (own thread) | block the relay |
+//! | [`capture`] | pcapng synthesis (sans-IO flows) and its writer thread | block the relay |
 //! | [`config`] | `config.toml` parsing and validation into resolved types | guess defaults silently |
+//! | [`cli`] | argument parsing and wiring for the binary | hold logic the library lacks |
 //! | [`headers`] | `smtptap headers`: TLS facts from Received headers | — |
+//! | [`lab`] | a real SMTP server and client for the lab demo and tests | be used by the proxy |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

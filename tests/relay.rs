@@ -310,3 +310,32 @@ async fn garbage_client_does_not_disturb_a_concurrent_good_session() {
     proxy.wait_summaries(2).await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn listens_on_ipv6_and_ipv4_at_once() {
+    let server = LabServer::start(ServerProfile::new("up.example.test", None))
+        .await
+        .unwrap();
+    let cfg = smtptap::config::RawConfig::from_toml(
+        &format!(
+            "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nupstream = \"{}\"\n[log]\nconsole = false\n",
+            server.addr()
+        ),
+        "t",
+    )
+    .unwrap()
+    .resolve("t")
+    .unwrap();
+    let running = smtptap::proxy::spawn(cfg, smtptap::sink::Sinks::default())
+        .await
+        .unwrap();
+    let addrs = running.addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+    for a in &addrs {
+        let r = lab::send(*a, &plain_client()).await;
+        assert_eq!(r.error, None, "via {a}");
+    }
+    running.stop().await;
+    assert_eq!(server.received().len(), 2);
+}
