@@ -29,6 +29,7 @@
 //! | [`event`] | the event envelope and session-level events | do I/O |
 //! | [`sink`] | JSON lines and console transcript writers (own thread) | block the relay |
 //! | [`capture`] | pcapng synthesis (sans-IO flows) and its writer thread | block the relay |
+//! | [`net`] | IP networks (CIDR) for filters and per-destination settings | — |
 //! | [`config`] | `config.toml` parsing and validation into resolved types | guess defaults silently |
 //! | [`cli`] | argument parsing and wiring for the binary | hold logic the library lacks |
 //! | [`headers`] | `smtptap headers`: TLS facts from Received headers | — |
@@ -44,6 +45,7 @@ pub mod diagnose;
 pub mod event;
 pub mod headers;
 pub mod lab;
+pub mod net;
 pub mod proxy;
 pub mod session;
 pub mod sink;

@@ -71,7 +71,7 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -233,71 +233,7 @@ impl Default for CaptureSection {
     }
 }
 
-/// An address block (`10.0.0.0/8`, `2001:db8::/32`, or a bare address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The network address (host bits cleared).
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address; error says why.
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let s = s.trim();
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("prefix length must be 0-{max}")),
-            },
-        };
-        Ok(Cidr {
-            addr: mask(addr, prefix),
-            prefix,
-        })
-    }
-
-    /// True if `ip` is inside this block (IPv4-mapped IPv6 addresses match
-    /// IPv4 blocks).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = flow::canonical_ip(ip);
-        match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                mask(ip, self.prefix) == self.addr
-            }
-            _ => false,
-        }
-    }
-}
-
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let m = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((bits & m).into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let m = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6((bits & m).into())
-        }
-    }
-}
+pub use crate::net::Cidr;
 
 /// Where files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +276,7 @@ pub struct CaptureConfig {
 
 impl CaptureSection {
     /// Validates the section; errors name the key, e.g.
-    /// `capture.clients[1]: "10.0.0.0/33" is not a CIDR (prefix length must be 0-32)`.
+    /// `capture.clients[1]: "10.0.0.0/33": "33" is not a prefix length (0-32)`.
     /// `key_prefix` is the table name as the user wrote it (`capture`).
     pub fn resolve(&self, key_prefix: &str) -> Result<CaptureConfig, String> {
         let path = self.path.trim();
@@ -358,9 +294,7 @@ impl CaptureSection {
             list.iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    Cidr::parse(s).map_err(|why| {
-                        format!("{key_prefix}.{key}[{i}]: {s:?} is not a CIDR ({why})")
-                    })
+                    Cidr::parse(s).map_err(|why| format!("{key_prefix}.{key}[{i}]: {why}"))
                 })
                 .collect()
         };

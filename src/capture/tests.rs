@@ -255,8 +255,10 @@ fn mixed_families_become_mapped_ipv6_and_mapped_clients_become_ipv4() {
 
 #[test]
 fn cidr_parse_and_contains() {
-    let c = Cidr::parse("10.1.2.3/8").unwrap();
-    assert_eq!(c.addr, "10.0.0.0".parse::<IpAddr>().unwrap());
+    // Host bits set: refused (a typo must not silently widen a filter).
+    assert!(Cidr::parse("10.1.2.3/8").is_err());
+    let c = Cidr::parse("10.0.0.0/8").unwrap();
+    assert_eq!(c.addr, "10.0.0.0".parse::<std::net::IpAddr>().unwrap());
     assert!(c.contains("10.200.0.1".parse().unwrap()));
     assert!(c.contains("::ffff:10.9.9.9".parse().unwrap()));
     assert!(!c.contains("11.0.0.1".parse().unwrap()));
@@ -281,7 +283,7 @@ fn resolve_errors_name_the_key() {
     };
     assert_eq!(
         s.resolve("capture").unwrap_err(),
-        "capture.clients[1]: \"10.0.0.0/33\" is not a CIDR (prefix length must be 0-32)"
+        "capture.clients[1]: \"10.0.0.0/33\": \"33\" is not a prefix length (0-32)"
     );
     let s = CaptureSection {
         upstreams: vec!["nope".into()],
@@ -289,7 +291,7 @@ fn resolve_errors_name_the_key() {
     };
     assert_eq!(
         s.resolve("capture").unwrap_err(),
-        "capture.upstreams[0]: \"nope\" is not a CIDR (\"nope\" is not an IP address)"
+        "capture.upstreams[0]: \"nope\" is not an IP address or CIDR network (e.g. \"192.0.2.0/24\")"
     );
     let s = CaptureSection {
         ports: vec![25, 0],
