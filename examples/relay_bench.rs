@@ -1,8 +1,9 @@
 //! End-to-end relay benchmark: the same SMTP load sent directly to a lab
-//! server, through smtptap, and through smtptap with pcapng capture on — in
-//! one run, side by side.
+//! server, through the `smtptap` binary (a separate process), through it with
+//! pcapng capture on, and through haproxy — in one run, side by side.
 //!
 //! ```sh
+//! cargo build --release    # the smtptap binary the benchmark runs
 //! cargo run --release --example relay_bench -- [MESSAGES] [SIZE_BYTES] [CONCURRENCY]
 //! cargo run --release --example relay_bench -- 2000 10240 16
 //! ```
@@ -10,15 +11,16 @@
 //! Each message is one full SMTP session (banner, EHLO, MAIL, RCPT, DATA,
 //! QUIT) in cleartext, so the figures include connection setup. Results go to
 //! stdout as a Markdown table (see docs/performance.md).
+//!
+//! When `haproxy` is on the PATH (`apt-get install haproxy`), the same load
+//! also goes through haproxy in `mode tcp`, the usual reference for a plain TCP
+//! relay; otherwise that row says it was not run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use smtptap::config::RawConfig;
 use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
-use smtptap::proxy;
-use smtptap::sink::Sinks;
 
 async fn load(addr: SocketAddr, messages: usize, size: usize, conc: usize) -> (f64, usize) {
     let mut body = Vec::with_capacity(size);
@@ -62,6 +64,8 @@ async fn load(addr: SocketAddr, messages: usize, size: usize, conc: usize) -> (f
     (started.elapsed().as_secs_f64(), failed)
 }
 
+/// Runs the load through the release `smtptap` binary, as a separate process
+/// (like haproxy), optionally capturing to `capture`.
 async fn through_proxy(
     upstream: SocketAddr,
     capture: Option<&str>,
@@ -69,19 +73,78 @@ async fn through_proxy(
     size: usize,
     conc: usize,
 ) -> Result<(f64, usize), String> {
-    let mut text =
-        format!("listen = [\"127.0.0.1:0\"]\nupstream = \"{upstream}\"\n[log]\nconsole = false\n");
-    if let Some(dir) = capture {
-        text.push_str(&format!("[capture]\nenabled = true\npath = \"{dir}\"\n"));
-    }
-    let cfg = RawConfig::from_toml(&text, "bench")
-        .and_then(|r| r.resolve("bench"))
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("smtptap"))
+        .filter(|p| p.exists())
+        .ok_or("target/release/smtptap not found: run `cargo build --release` first")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
         .map_err(|e| e.to_string())?;
-    let running = proxy::spawn(cfg, Sinks::default()).await?;
-    let addr = running.addrs()[0];
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &upstream.to_string(), "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(dir) = capture {
+        cmd.args(["--pcap", dir]);
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    if !up {
+        let _ = child.kill();
+        return Err("smtptap did not start listening".into());
+    }
     let r = load(addr, messages, size, conc).await;
-    running.stop().await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
     Ok(r)
+}
+
+/// Starts haproxy in `mode tcp` in front of `up`; returns the child and its port.
+async fn haproxy(up: SocketAddr) -> Result<(std::process::Child, u16), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())?;
+    let cfg = format!(
+        "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend smtp\n  bind 127.0.0.1:{port}\n  default_backend up\nbackend up\n  server s1 {up}\n"
+    );
+    let path =
+        std::env::temp_dir().join(format!("smtptap-bench-haproxy-{}.cfg", std::process::id()));
+    std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
+    let child = std::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("haproxy not available ({e})"))?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok((child, port));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err("haproxy did not start listening".into())
 }
 
 #[tokio::main]
@@ -120,6 +183,22 @@ async fn main() -> Result<(), String> {
     row("through smtptap", p, f1);
     let (pc, f2) = through_proxy(up, Some(&cap), messages, size, conc).await?;
     row("through smtptap, capture on", pc, f2);
+    match haproxy(up).await {
+        Ok(mut child) => {
+            let port = child.1;
+            let (h, f3) = load(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                messages,
+                size,
+                conc,
+            )
+            .await;
+            row("through haproxy 'mode tcp' (reference)", h, f3);
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
+        Err(e) => println!("| through haproxy (reference) | not run: {e} | | | | |"),
+    }
     let bytes: u64 = std::fs::read_dir(&cap_dir)
         .map(|d| {
             d.filter_map(|e| e.ok()?.metadata().ok())

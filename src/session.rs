@@ -217,6 +217,8 @@ struct State {
     names: LearntNames,
     /// The upstream address connected to (selects `[[destination]]` settings).
     upstream_addr: Option<SocketAddr>,
+    /// Events not yet handed to the sinks (flushed after each message from the relay).
+    pending: Vec<Event>,
 }
 
 /// Host names the conversation announced, for the certificate name checks.
@@ -238,7 +240,16 @@ impl State {
         } else {
             self.not_kept += 1;
         }
-        self.sink.send(ev).await;
+        self.pending.push(ev);
+        if self.pending.len() >= 64 {
+            self.flush().await;
+        }
+    }
+
+    /// Hands the events produced so far to the sinks, as one batch.
+    async fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        self.sink.send_batch(batch).await;
     }
 
     fn learn(&mut self, kind: &EventKind) {
@@ -546,6 +557,7 @@ pub async fn analyze(
         capture: None,
         names: LearntNames::default(),
         upstream_addr: None,
+        pending: Vec::new(),
     };
     st.emit(
         info.opened,
@@ -668,6 +680,7 @@ pub async fn analyze(
         Some(Control::Closed { .. }) | Some(Control::LoopRefused { .. }) | None => {}
     }
 
+    st.flush().await;
     while let Some(msg) = data.recv().await {
         match msg {
             TapMsg::Data(chunk) => st.on_data(chunk.side, chunk.ts, &chunk.bytes).await,
@@ -678,6 +691,7 @@ pub async fn analyze(
                 st.emit(ts, SessionEvent::HalfClose { side }).await;
             }
         }
+        st.flush().await;
     }
 
     let (ts, outcome, loss) = match ctl.recv().await {
@@ -715,10 +729,9 @@ pub async fn analyze(
             st.emit(ts, e).await;
         }
     }
+    st.flush().await;
     if let Some(cap) = &st.analysis.capture {
-        for e in cap.take_events() {
-            st.sink.send(e).await;
-        }
+        st.sink.send_batch(cap.take_events()).await;
     }
     if let Some((side, bytes)) = loss {
         st.emit(
@@ -787,7 +800,10 @@ async fn finish(
         expiry_warning_days: st.analysis.tls.expiry_warning_days,
     };
     let findings: Vec<Finding> = diagnose::diagnose(&st.kept, &ctx);
-    let started = st.kept.iter().any(|e| e.name() == "tls.started");
+    let started = st
+        .kept
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::Session(SessionEvent::TlsStarted { .. })));
     if started {
         let failed = findings
             .iter()
@@ -810,4 +826,5 @@ async fn finish(
         findings,
     );
     st.emit(ts, SessionEvent::Summary(Box::new(summary))).await;
+    st.flush().await;
 }

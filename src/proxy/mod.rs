@@ -136,9 +136,7 @@ impl Proxy {
             let late = c.clone();
             let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
             // Writer events (errors, drops) that no session reported yet.
-            for e in late.take_events() {
-                self.sink.send(e).await;
-            }
+            self.sink.send_batch(late.take_events()).await;
         }
         RunStats {
             sessions: accepted.load(Ordering::Relaxed),

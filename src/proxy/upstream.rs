@@ -36,26 +36,33 @@ pub async fn connect(up: &Upstream, timeout: Duration) -> Result<Connected, Conn
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let target = (up.host.as_str(), up.port);
-    let addrs: Vec<SocketAddr> =
-        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(target)).await {
-            Ok(Ok(a)) => a.collect(),
-            Ok(Err(e)) => {
-                return Err(ConnectFailure {
-                    error: format!("cannot resolve {}: {e}", up.host),
-                    tried: Vec::new(),
-                })
-            }
-            Err(_) => {
-                return Err(ConnectFailure {
-                    error: format!(
-                        "resolving {} timed out after {}s",
-                        up.host,
-                        timeout.as_secs()
-                    ),
-                    tried: Vec::new(),
-                })
-            }
-        };
+    // An IP literal needs no resolver (tokio's lookup_host would still hop to
+    // the blocking pool for it).
+    let resolved = match up.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(Ok(vec![SocketAddr::new(ip, up.port)])),
+        Err(_) => tokio::time::timeout_at(deadline, tokio::net::lookup_host(target))
+            .await
+            .map(|r| r.map(|it| it.collect::<Vec<_>>())),
+    };
+    let addrs: Vec<SocketAddr> = match resolved {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            return Err(ConnectFailure {
+                error: format!("cannot resolve {}: {e}", up.host),
+                tried: Vec::new(),
+            })
+        }
+        Err(_) => {
+            return Err(ConnectFailure {
+                error: format!(
+                    "resolving {} timed out after {}s",
+                    up.host,
+                    timeout.as_secs()
+                ),
+                tried: Vec::new(),
+            })
+        }
+    };
     if addrs.is_empty() {
         return Err(ConnectFailure {
             error: format!("no address for {}", up.host),

@@ -18,24 +18,33 @@ use tokio::sync::mpsc;
 
 use crate::event::Event;
 
-/// Events queued to the writer thread before analysis tasks wait.
-pub const QUEUE: usize = 8192;
+/// Batches of events queued to the writer thread before analysis tasks wait.
+pub const QUEUE: usize = 2048;
 
-/// A cheap, clonable handle to send events to every sink.
+/// A cheap, clonable handle to send events to every sink. Events travel in
+/// batches (an analysis task sends what one chunk of traffic produced), so the
+/// writer thread is woken once per batch, not once per event.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Vec<Event>>,
 }
 
 impl EventSink {
     /// Queues one event; waits (asynchronously) when the writer is behind.
     pub async fn send(&self, ev: Event) {
-        let _ = self.tx.send(ev).await;
+        let _ = self.tx.send(vec![ev]).await;
+    }
+
+    /// Queues several events, in order; waits when the writer is behind.
+    pub async fn send_batch(&self, evs: Vec<Event>) {
+        if !evs.is_empty() {
+            let _ = self.tx.send(evs).await;
+        }
     }
 
     /// Queues one event from synchronous code (e.g. the CLI); drops it if the queue is full.
     pub fn try_send(&self, ev: Event) {
-        let _ = self.tx.try_send(ev);
+        let _ = self.tx.try_send(vec![ev]);
     }
 }
 
@@ -69,7 +78,7 @@ impl SinkHandle {
 
 /// Starts the writer thread.
 pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
-    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Vec<Event>>(QUEUE);
     let thread = std::thread::Builder::new()
         .name("smtptap-sinks".into())
         .spawn(move || {
@@ -79,12 +88,11 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
                 memory,
             } = sinks;
             let mut json_failed = false;
-            while let Some(ev) = rx.blocking_recv() {
-                let mut batch = vec![ev];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                    if batch.len() >= 256 {
-                        break;
+            while let Some(mut batch) = rx.blocking_recv() {
+                while batch.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
                     }
                 }
                 for ev in &batch {
