@@ -219,6 +219,12 @@ struct State {
     upstream_addr: Option<SocketAddr>,
     /// Events not yet handed to the sinks (flushed after each message from the relay).
     pending: Vec<Event>,
+    /// The SMTP observer desynced in cleartext: secrets can no longer be marked.
+    smtp_blind: bool,
+    /// Bytes fed so far per side (`[client, server]`), to place observer offsets in a chunk.
+    fed: [u64; 2],
+    /// The capture already says why the rest of the session is left out.
+    blind_noted: bool,
 }
 
 /// Host names the conversation announced, for the certificate name checks.
@@ -405,10 +411,26 @@ impl State {
     }
 
     async fn on_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
+        self.on_data_inner(side, ts, bytes).await;
+        self.fed[side_index(side)] += bytes.len() as u64;
+    }
+
+    async fn on_data_inner(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
         match &mut self.stage {
             Stage::Off => {
                 if let Some(c) = self.capture.as_mut() {
-                    c.data(side, ts, bytes);
+                    if self.smtp_blind && c.policy().1 {
+                        // The SMTP observer lost track of the cleartext
+                        // conversation, so AUTH secrets can no longer be found:
+                        // with redact_auth on, keep them out of the file.
+                        if !self.blind_noted {
+                            c.comment("smtptap: the SMTP observer stopped here; the rest of this cleartext session is left out of the capture because AUTH credentials could not be redacted (capture.redact_auth)");
+                            self.blind_noted = true;
+                        }
+                        c.skip(side, ts, bytes.len());
+                    } else {
+                        c.data(side, ts, bytes);
+                    }
                 }
             }
             Stage::Smtp(obs) => {
@@ -416,8 +438,33 @@ impl State {
                 let mut marks = Vec::new();
                 let progress = obs.feed(side, bytes, &mut out, &mut marks);
                 let desynced = obs.is_desynced();
+                let start = self.fed[side_index(side)];
                 if let Some(c) = self.capture.as_mut() {
-                    capture_marked(c, side, ts, bytes, &marks);
+                    // When the observer gives up inside this chunk, what follows
+                    // the point of desync cannot be checked for AUTH secrets.
+                    let cut = out.iter().find_map(|e| match e {
+                        SmtpEvent::Desync {
+                            side: s, offset, ..
+                        } if *s == side => Some(
+                            usize::try_from(offset.saturating_sub(start)).unwrap_or(usize::MAX),
+                        ),
+                        _ => None,
+                    });
+                    match cut {
+                        Some(cut) if c.policy().1 && cut < bytes.len() => {
+                            let head = bytes.get(..cut).unwrap_or(bytes);
+                            let head_marks: Vec<Mark> = marks
+                                .iter()
+                                .filter(|m| m.range.end <= cut)
+                                .cloned()
+                                .collect();
+                            capture_marked(c, side, ts, head, &head_marks);
+                            c.comment("smtptap: the SMTP observer stopped here; the rest of this cleartext session is left out of the capture because AUTH credentials could not be redacted (capture.redact_auth)");
+                            self.blind_noted = true;
+                            c.skip(side, ts, bytes.len() - cut);
+                        }
+                        _ => capture_marked(c, side, ts, bytes, &marks),
+                    }
                 }
                 for e in out {
                     self.emit(ts, e).await;
@@ -445,6 +492,7 @@ impl State {
                     Progress::Continue => {
                         if desynced {
                             self.stage = Stage::Off;
+                            self.smtp_blind = true;
                         }
                     }
                 }
@@ -480,6 +528,13 @@ impl State {
         if stop {
             self.stage = Stage::Off;
         }
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
     }
 }
 
@@ -558,6 +613,9 @@ pub async fn analyze(
         names: LearntNames::default(),
         upstream_addr: None,
         pending: Vec::new(),
+        smtp_blind: false,
+        blind_noted: false,
+        fed: [0, 0],
     };
     st.emit(
         info.opened,

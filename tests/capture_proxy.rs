@@ -266,3 +266,63 @@ async fn a_failing_capture_disk_does_not_disturb_the_relay() {
         .collect();
     assert_eq!(errors.len(), 1, "exactly one capture.error expected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_smtp_desync_credentials_stay_out_of_the_capture() {
+    let dir = temp_dir("capture-blind");
+    let file = dir.join("blind.pcapng");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"220 up.example.test ESMTP\r\n").await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let proxy = TestProxy::start(
+        &up.to_string(),
+        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+    )
+    .await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut banner = [0u8; 27];
+    c.read_exact(&mut banner).await.unwrap();
+    // An over-long line makes the SMTP observer give up; then credentials follow.
+    let mut sent = b"EHLO c.example.test\r\n".to_vec();
+    sent.extend(std::iter::repeat_n(b'A', 6000));
+    sent.extend_from_slice(b"\r\nAUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n");
+    c.write_all(&sent).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest).await;
+    // The relay is untouched: the upstream got every byte, secret included.
+    assert!(server.await.unwrap() == sent);
+    let events = {
+        proxy.wait_summaries(1).await;
+        proxy.stop().await
+    };
+    assert_eq!(named(&events, 1, "smtp.desync").len(), 1);
+    let (from_client, _) = follow_raw(&file.display().to_string(), up.port());
+    let text = String::from_utf8_lossy(&from_client);
+    assert!(
+        text.starts_with("EHLO c.example.test"),
+        "{}",
+        &text[..40.min(text.len())]
+    );
+    assert!(
+        !text.contains("AHVzZXIAc2VjcmV0cGFzcw"),
+        "the credential reached the capture"
+    );
+    let comments = tshark(&[
+        "-r",
+        &file.display().to_string(),
+        "-Y",
+        "frame.comment",
+        "-T",
+        "fields",
+        "-e",
+        "frame.comment",
+    ]);
+    assert!(comments.contains("could not be redacted"), "{comments}");
+}
