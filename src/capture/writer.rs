@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::pcapng::{self, NgWriter};
 use super::{CaptureConfig, CaptureError, CaptureEvent, CaptureStats, Legs, Target};
@@ -387,6 +387,9 @@ struct Writer {
     last_flush: Instant,
 }
 
+/// How long the writer lets frames gather after draining its queue.
+const COALESCE: Duration = Duration::from_millis(5);
+
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
         loop {
@@ -402,7 +405,28 @@ impl Writer {
                     self.close_all();
                     return;
                 }
-                Ok(m) => self.handle(m),
+                Ok(m) => {
+                    self.handle(m);
+                    // Drain what is queued, then let frames gather for a
+                    // moment: the relay-side senders then queue without
+                    // waking this thread for every session chunk.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Msg::Shutdown) => {
+                                while let Ok(m) = rx.try_recv() {
+                                    if !matches!(m, Msg::Shutdown) {
+                                        self.handle(m);
+                                    }
+                                }
+                                self.close_all();
+                                return;
+                            }
+                            Ok(m) => self.handle(m),
+                            Err(_) => break,
+                        }
+                    }
+                    std::thread::sleep(COALESCE);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if self.last_flush.elapsed() >= interval {
