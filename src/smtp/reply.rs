@@ -145,7 +145,14 @@ pub(crate) fn is_x_masked(word: &str) -> bool {
 /// Builds `smtp.capabilities` from a 250 reply to EHLO/LHLO.
 pub(crate) fn capabilities(reply: &Reply) -> SmtpEvent {
     let host = reply.texts.first().and_then(|t| host_of(t));
-    let caps: Vec<String> = reply.texts.iter().skip(1).cloned().collect();
+    // Keyword lines as sent; an empty one (a bare "250 " closing line) is not a capability.
+    let caps: Vec<String> = reply
+        .texts
+        .iter()
+        .skip(1)
+        .filter(|t| !t.trim().is_empty())
+        .cloned()
+        .collect();
     let mut ev = CapsBuilder::default();
     for cap in &caps {
         let mut words = cap.split_whitespace();

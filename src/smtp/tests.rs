@@ -1105,8 +1105,9 @@ fn recorded_swaks_pipelined_session() {
             starttls,
             ..
         }) => {
-            assert_eq!(capabilities.len(), 8);
-            assert_eq!(capabilities.last().map(String::as_str), Some(""));
+            // smtp-sink closes its EHLO reply with a bare "250 ": no capability.
+            assert_eq!(capabilities.len(), 7);
+            assert!(capabilities.iter().all(|c| !c.is_empty()));
             assert_eq!(auth, &["PLAIN", "LOGIN"]);
             assert!(!starttls);
         }

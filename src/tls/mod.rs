@@ -154,7 +154,7 @@ pub enum TlsEvent {
         /// Sent after encryption started: level and description are not visible.
         encrypted: bool,
         /// Extra explanation when the alert is inferred.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default)]
         note: Option<String>,
     },
     /// Both sides switched to encrypted traffic and it flowed (rule in the enum doc).
