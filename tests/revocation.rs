@@ -28,10 +28,8 @@ fn serial_of(issued: &Issued) -> String {
         .serial
 }
 
-/// Serves `body` over HTTP/1.0 to every request, `n` times at most.
-async fn http_server(body: Vec<u8>) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+/// Serves `body` over HTTP/1.0 to every request on `l`.
+fn serve_http(l: tokio::net::TcpListener, body: Vec<u8>) {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let body = body.clone();
@@ -48,6 +46,13 @@ async fn http_server(body: Vec<u8>) -> SocketAddr {
             });
         }
     });
+}
+
+/// Serves `body` over HTTP/1.0 on a fresh loopback port.
+async fn http_server(body: Vec<u8>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    serve_http(l, body);
     addr
 }
 
@@ -126,19 +131,7 @@ async fn check_revocation_fetches_the_crl_the_certificate_names() {
     let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let body = crl.clone();
-            tokio::spawn(async move {
-                let mut req = vec![0u8; 4096];
-                let _ = s.read(&mut req).await;
-                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
+    serve_http(l, crl);
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     let extra = format!(
         "[tls]\nca_files = [\"{}/ca.pem\"]\ncheck_revocation = true\n",
