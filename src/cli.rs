@@ -294,10 +294,20 @@ pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let stats = proxy.run(shutdown_signal()).await;
     tracing::info!(sessions = stats.sessions, "stopped");
-    // Every EventSink clone is gone with the proxy: the writer thread drains and exits.
-    tokio::task::spawn_blocking(move || handle.finish())
-        .await
-        .map_err(|e| e.to_string())?;
+    // Every EventSink clone is gone with the proxy: the writer thread drains and
+    // exits. A writer blocked for good (a pipe nobody reads) must not keep the
+    // process from exiting.
+    let finished = tokio::time::timeout(
+        crate::sink::FINISH_WAIT,
+        tokio::task::spawn_blocking(move || handle.finish()),
+    )
+    .await;
+    if finished.is_err() {
+        tracing::error!(
+            "the log writer did not finish within {}s; exiting without its last events",
+            crate::sink::FINISH_WAIT.as_secs()
+        );
+    }
     Ok(())
 }
 

@@ -339,3 +339,73 @@ async fn listens_on_ipv6_and_ipv4_at_once() {
     running.stop().await;
     assert_eq!(server.received().len(), 2);
 }
+
+/// A log writer that blocks until released, like a `--log -` pipe nobody reads.
+struct BlockedWriter(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl std::io::Write for BlockedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (lock, cv) = &*self.0;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_log_writer_does_not_stop_mail() {
+    let server = LabServer::start(ServerProfile::new("up.example.test", None))
+        .await
+        .unwrap();
+    // Two session slots: if finished sessions waited on the stuck log, every
+    // later connection would wait in the backlog forever.
+    let cfg = smtptap::config::RawConfig::from_toml(
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\nupstream = \"{}\"\n[limits]\nmax_sessions = 2\n",
+            server.addr()
+        ),
+        "t",
+    )
+    .unwrap()
+    .resolve("t")
+    .unwrap();
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let sinks = smtptap::sink::Sinks {
+        json: Some(Box::new(BlockedWriter(gate.clone()))),
+        ..Default::default()
+    };
+    let running = smtptap::proxy::spawn(cfg, sinks).await.unwrap();
+    let addr = running.addrs()[0];
+    // Enough sessions to fill the writer's queue many times over.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..60 {
+                let r = lab::send(addr, &plain_client()).await;
+                if r.error.is_none() {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        delivered += tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("mail stopped behind a blocked log writer")
+            .unwrap();
+    }
+    assert_eq!(delivered, 240);
+    assert_eq!(server.received().len(), 240);
+    // Let the writer go so the proxy can stop and flush.
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    running.stop().await;
+}

@@ -378,7 +378,11 @@ pub async fn spawn(cfg: ProxyConfig, sinks: crate::sink::Sinks) -> Result<Runnin
                 let _ = rx.await;
             })
             .await;
-        let _ = tokio::task::spawn_blocking(move || handle.finish()).await;
+        let _ = tokio::time::timeout(
+            crate::sink::FINISH_WAIT,
+            tokio::task::spawn_blocking(move || handle.finish()),
+        )
+        .await;
         stats
     });
     Ok(Running {

@@ -6,11 +6,18 @@
 //! The writer thread flushes whenever the queue runs empty, so a reader of the
 //! JSON file sees each event within milliseconds, and at the end everything is
 //! flushed before [`SinkHandle::finish`] returns.
+//!
+//! A writer that stops (a full disk that blocks, a `--log -` pipe nobody
+//! reads) must not stop mail either: a session waits at most [`STALL`] for the
+//! queue, then the sink is marked stalled and events are dropped (counted, and
+//! reported on stderr through `tracing`) until the writer drains the queue
+//! again. Sessions therefore always finish and release their slot.
 
 pub mod console;
 pub mod json;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -24,25 +31,67 @@ pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 /// Batches of events queued to the writer thread before analysis tasks wait.
 pub const QUEUE: usize = 2048;
 
+/// How long an analysis task waits for room in the queue before the sink is
+/// considered stalled and events are dropped instead.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long shutdown waits for the writer thread to write its last events.
+pub const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Shared between senders and the writer thread.
+#[derive(Debug, Default)]
+struct SinkState {
+    /// The writer did not take events for [`STALL`]: drop instead of waiting.
+    stalled: AtomicBool,
+    /// Events dropped since the last report.
+    dropped: AtomicU64,
+}
+
 /// A cheap, clonable handle to send events to every sink. Events travel in
 /// batches (an analysis task sends what one chunk of traffic produced), so the
 /// writer thread is woken once per batch, not once per event.
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Vec<Event>>,
+    state: Arc<SinkState>,
 }
 
 impl EventSink {
-    /// Queues one event; waits (asynchronously) when the writer is behind.
+    /// Queues one event; waits (asynchronously, at most [`STALL`]) when the writer is behind.
     pub async fn send(&self, ev: Event) {
-        let _ = self.tx.send(vec![ev]).await;
+        self.send_batch(vec![ev]).await;
     }
 
-    /// Queues several events, in order; waits when the writer is behind.
+    /// Queues several events, in order; waits at most [`STALL`] when the
+    /// writer is behind, and drops them (counted) while it is stalled.
     pub async fn send_batch(&self, evs: Vec<Event>) {
-        if !evs.is_empty() {
-            let _ = self.tx.send(evs).await;
+        if evs.is_empty() {
+            return;
         }
+        let n = evs.len() as u64;
+        if self.state.stalled.load(Ordering::Acquire) {
+            if self.tx.try_send(evs).is_err() {
+                self.state.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+            return;
+        }
+        if tokio::time::timeout(STALL, self.tx.send(evs))
+            .await
+            .is_err()
+        {
+            self.state.dropped.fetch_add(n, Ordering::Relaxed);
+            if !self.state.stalled.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    "the log writer has not taken events for {}s (blocked disk or pipe?): dropping events until it catches up; mail is not affected",
+                    STALL.as_secs()
+                );
+            }
+        }
+    }
+
+    /// Events dropped because the writer was stalled, not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
     }
 
     /// Queues one event from synchronous code (e.g. the CLI); drops it if the queue is full.
@@ -82,6 +131,8 @@ impl SinkHandle {
 /// Starts the writer thread.
 pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
     let (tx, mut rx) = mpsc::channel::<Vec<Event>>(QUEUE);
+    let state = Arc::new(SinkState::default());
+    let shared = state.clone();
     let thread = std::thread::Builder::new()
         .name("smtptap-sinks".into())
         .spawn(move || {
@@ -124,6 +175,13 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
                     if let Some(c) = console.as_mut() {
                         c.flush();
                     }
+                    if shared.stalled.swap(false, Ordering::AcqRel) {
+                        let n = shared.dropped.swap(0, Ordering::Relaxed);
+                        tracing::error!(
+                            dropped = n,
+                            "the log writer caught up; {n} events were dropped while it was stalled"
+                        );
+                    }
                     // Let events gather for a moment: under load the analysis
                     // tasks then hand over without waking this thread each
                     // time (no one is parked on the queue while it sleeps).
@@ -139,5 +197,5 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
             }
         })
         .ok();
-    (EventSink { tx }, SinkHandle { thread })
+    (EventSink { tx, state }, SinkHandle { thread })
 }
