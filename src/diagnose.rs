@@ -139,6 +139,13 @@ impl SessionView {
         self.has("tls.started")
     }
 
+    /// Whether TLS started from the first byte (configured or detected), not
+    /// after STARTTLS.
+    pub fn implicit_tls(&self) -> bool {
+        self.first("tls.started")
+            .is_some_and(|t| s(t, "after").starts_with("implicit"))
+    }
+
     /// Whether the TLS handshake completed and data flowed.
     pub fn tls_established(&self) -> bool {
         self.has("tls.established")
@@ -313,8 +320,8 @@ fn smtp_rules(v: &SessionView, out: &mut Vec<Finding>) {
                 "The client started TLS immediately, but this port speaks STARTTLS",
                 "The client expects implicit TLS (SMTPS, port 465) while the server expects a \
                  cleartext SMTP greeting followed by STARTTLS (ports 25/587). Point the client at \
-                 the right port or set its TLS mode to STARTTLS; for an implicit-TLS upstream run \
-                 smtptap with --implicit-tls.",
+                 the right port (465 for SMTPS, if the server has one) or set its TLS mode to \
+                 STARTTLS.",
             )
         } else if s(d, "side") == "server" && u(d, "offset") == 0 {
             (

@@ -279,6 +279,8 @@ pub enum StartTls {
     IfOffered,
     /// Always (fail if not offered).
     Required,
+    /// TLS from the first byte (SMTPS, port 465): no STARTTLS.
+    Implicit,
 }
 
 /// What the lab client sends.
@@ -367,6 +369,22 @@ async fn cmd<R: AsyncRead + AsyncWrite + Unpin>(
     read_reply(c, report).await
 }
 
+/// The client side of a TLS handshake on `io`, per `o` (config and SNI).
+async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    o: &ClientOptions,
+    io: S,
+) -> io::Result<tokio_rustls::client::TlsStream<S>> {
+    let cfg = o
+        .tls
+        .clone()
+        .ok_or_else(|| io::Error::other("no client TLS config"))?;
+    let name = rustls::pki_types::ServerName::try_from(o.server_name.clone())
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, io)
+        .await
+}
+
 async fn send_inner(
     addr: SocketAddr,
     o: &ClientOptions,
@@ -374,7 +392,13 @@ async fn send_inner(
 ) -> io::Result<()> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let mut c: BufReader<Box<dyn Stream>> = BufReader::new(Box::new(stream));
+    let mut c: BufReader<Box<dyn Stream>> = if o.starttls == StartTls::Implicit {
+        let s = tls_connect(o, stream).await?;
+        report.tls = true;
+        BufReader::new(Box::new(s))
+    } else {
+        BufReader::new(Box::new(stream))
+    };
     let (code, l) = read_reply(&mut c, report).await?;
     if code != 220 {
         return Err(io::Error::other(format!("banner: {l}")));
@@ -389,7 +413,7 @@ async fn send_inner(
             .is_some_and(|t| t.eq_ignore_ascii_case("STARTTLS"))
     });
     let want = match o.starttls {
-        StartTls::Never => false,
+        StartTls::Never | StartTls::Implicit => false,
         StartTls::IfOffered => offered,
         StartTls::Required => true,
     };
@@ -400,16 +424,7 @@ async fn send_inner(
                 return Err(io::Error::other(format!("STARTTLS refused: {l}")));
             }
         } else {
-            let cfg = o
-                .tls
-                .clone()
-                .ok_or_else(|| io::Error::other("no client TLS config"))?;
-            let name = rustls::pki_types::ServerName::try_from(o.server_name.clone())
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let inner = c.into_inner();
-            let s = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, inner)
-                .await?;
+            let s = tls_connect(o, c.into_inner()).await?;
             report.tls = true;
             c = BufReader::new(Box::new(s));
             let (code, _) = cmd(&mut c, &format!("{hello} {}", o.ehlo), report).await?;

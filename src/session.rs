@@ -10,6 +10,13 @@
 //!                                                         └──────────▶ Stage::Off ◀──────┘
 //! ```
 //!
+//! Implicit TLS is recognised without configuration: when the client's very
+//! first bytes are a TLS handshake record and the server has not spoken yet,
+//! the session waits (`Stage::Sniff`, bounded) for the server's first bytes. A
+//! TLS answer makes it an implicit-TLS session (`tls.started` with
+//! `after = "implicit_detected"`); an SMTP greeting means a TLS client on a
+//! STARTTLS port, reported exactly as when the greeting came first.
+//!
 //! This task may fall behind; the relay never waits for it (see
 //! `proxy::relay`). If it falls so far behind that the tap queue overflows, the
 //! relay stops offering bytes and this task reports `observer.lagged` at the
@@ -35,6 +42,21 @@ use crate::sink::EventSink;
 use crate::smtp::{Mark, MarkKind, Progress, SmtpEvent, SmtpLimits, SmtpObserver};
 use crate::summary::{self, SessionSummary};
 use crate::tls::{TlsEvent, TlsObserver};
+
+/// At most this many bytes of a client that spoke TLS first are held while
+/// the server has not answered; beyond it the session is taken as implicit
+/// TLS (a real ClientHello is a few hundred bytes to a few KB).
+const SNIFF_MAX: usize = 64 * 1024;
+
+/// Whether `bytes` open a TLS handshake record (type 22, version 3.x).
+fn opens_tls_handshake(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x16, 0x03, ..])
+}
+
+/// Whether `bytes` open any TLS record (the server's ServerHello or alert).
+fn opens_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x14..=0x18, 0x03, ..] | [0x14..=0x18])
+}
 
 /// Events kept per session for the diagnosis; later ones are still logged, and
 /// the summary says how many were not kept.
@@ -200,6 +222,9 @@ impl Analysis {
 
 enum Stage {
     Smtp(Box<SmtpObserver>),
+    /// The client spoke TLS first: its chunks wait (at most [`SNIFF_MAX`]
+    /// bytes) for the server's first bytes to say which protocol this is.
+    Sniff(Vec<(Timestamp, Vec<u8>)>),
     Tls(Box<TlsObserver>),
     Off,
 }
@@ -416,7 +441,34 @@ impl State {
     }
 
     async fn on_data_inner(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
+        if matches!(self.stage, Stage::Smtp(_))
+            && side == Side::Client
+            && self.fed == [0, 0]
+            && opens_tls_handshake(bytes)
+        {
+            self.stage = Stage::Sniff(Vec::new());
+        }
+        if let Stage::Sniff(held) = &mut self.stage {
+            if let Some(c) = self.capture.as_mut() {
+                // TLS bytes from the client, or an SMTP greeting: nothing to redact.
+                c.data(side, ts, bytes);
+            }
+            match side {
+                Side::Client => {
+                    held.push((ts, bytes.to_vec()));
+                    if held.iter().map(|(_, b)| b.len()).sum::<usize>() > SNIFF_MAX {
+                        self.sniffed_tls(None).await;
+                    }
+                }
+                Side::Server if opens_tls_record(bytes) => {
+                    self.sniffed_tls(Some((ts, bytes))).await;
+                }
+                Side::Server => self.sniffed_smtp(ts, bytes).await,
+            }
+            return;
+        }
         match &mut self.stage {
+            Stage::Sniff(_) => {}
             Stage::Off => {
                 if let Some(c) = self.capture.as_mut() {
                     if self.smtp_blind && c.policy().1 {
@@ -503,6 +555,67 @@ impl State {
                 }
                 self.feed_tls(side, ts, bytes).await
             }
+        }
+    }
+
+    /// The client spoke TLS first and the server answered in TLS (or never
+    /// answered): an implicit-TLS session. Replays the held client bytes,
+    /// then `server`'s, into a TLS observer.
+    async fn sniffed_tls(&mut self, server: Option<(Timestamp, &[u8])>) {
+        let held = match std::mem::replace(&mut self.stage, Stage::Tls(Box::default())) {
+            Stage::Sniff(held) => held,
+            other => {
+                self.stage = other;
+                return;
+            }
+        };
+        let first = held.first().map(|(t, _)| *t).unwrap_or_else(Timestamp::now);
+        self.emit(
+            first,
+            SessionEvent::TlsStarted {
+                after: "implicit_detected".into(),
+            },
+        )
+        .await;
+        for (t, b) in held {
+            self.feed_tls(Side::Client, t, &b).await;
+        }
+        if let Some((t, b)) = server {
+            self.feed_tls(Side::Server, t, b).await;
+        }
+    }
+
+    /// The client spoke TLS first but the server greeted in cleartext: a TLS
+    /// client on a STARTTLS port. The SMTP observer reads the greeting, then
+    /// the held client bytes, and reports the mismatch as it does when the
+    /// greeting comes first.
+    async fn sniffed_smtp(&mut self, ts: Timestamp, server: &[u8]) {
+        let held = match std::mem::replace(&mut self.stage, Stage::Off) {
+            Stage::Sniff(held) => held,
+            other => {
+                self.stage = other;
+                return;
+            }
+        };
+        let mut obs = Box::new(SmtpObserver::new(SmtpLimits::default()));
+        let mut out = Vec::new();
+        let mut marks = Vec::new();
+        obs.feed(Side::Server, server, &mut out, &mut marks);
+        for ev in std::mem::take(&mut out) {
+            self.emit(ts, ev).await;
+        }
+        for (t, b) in held {
+            obs.feed(Side::Client, &b, &mut out, &mut marks);
+            for ev in std::mem::take(&mut out) {
+                self.emit(t, ev).await;
+            }
+        }
+        if obs.is_desynced() {
+            // The client's TLS bytes held no AUTH secret; what follows is
+            // the same unreadable conversation.
+            self.smtp_blind = true;
+        } else {
+            self.stage = Stage::Smtp(obs);
         }
     }
 
@@ -740,6 +853,10 @@ pub async fn analyze(
 
     st.flush().await;
     while let Some(msg) = data.recv().await {
+        if matches!(msg, TapMsg::Eof { .. }) && matches!(st.stage, Stage::Sniff(_)) {
+            // A side closed before the server spoke: report the ClientHello.
+            st.sniffed_tls(None).await;
+        }
         match msg {
             TapMsg::Data(chunk) => st.on_data(chunk.side, chunk.ts, &chunk.bytes).await,
             TapMsg::Eof { side, ts } => {
@@ -752,6 +869,10 @@ pub async fn analyze(
         st.flush().await;
     }
 
+    if matches!(st.stage, Stage::Sniff(_)) {
+        st.sniffed_tls(None).await;
+        st.flush().await;
+    }
     let (ts, outcome, loss) = match ctl.recv().await {
         Some(Control::Closed { ts, outcome, loss }) => (ts, outcome, loss),
         _ => (

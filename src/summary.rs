@@ -59,6 +59,10 @@ pub struct SessionSummary {
     pub starttls_attempted: bool,
     /// Whether the server accepted it (220) — or the session was implicit TLS.
     pub starttls_accepted: bool,
+    /// Whether the session was TLS from the first byte (SMTPS): configured
+    /// (`implicit_tls`) or detected (the client's first bytes were TLS and the
+    /// server answered in TLS).
+    pub implicit_tls: bool,
     /// Whether the TLS handshake completed and data flowed.
     pub tls_established: bool,
     /// The negotiated TLS version.
@@ -118,6 +122,7 @@ pub fn summarize(
         starttls_offered: v.starttls_offered(),
         starttls_attempted: v.starttls_attempted(),
         starttls_accepted: v.tls_started(),
+        implicit_tls: v.implicit_tls(),
         tls_established: v.tls_established(),
         tls_version: negotiated.as_ref().map(|n| n.0.clone()),
         tls_cipher: negotiated.map(|n| n.1),

@@ -123,3 +123,52 @@ fn readme_shows_the_lab_and_the_test_command() {
     assert!(ci.contains("cargo fmt --check"));
     assert!(ci.contains("cargo clippy --all-targets -- -D warnings"));
 }
+
+/// Every example line in docs/log-schema.md is a real event: it parses as
+/// one, serialises back to the same JSON (the schema is the code's), and the
+/// console renders it as at least one line of its own (not the generic
+/// `name key=value` fallback).
+#[test]
+fn every_schema_example_parses_round_trips_and_renders_on_the_console() {
+    use smtptap::event::Event;
+    use smtptap::sink::console::render;
+    let doc = fs::read_to_string(root().join("docs/log-schema.md")).unwrap();
+    let lines: Vec<&str> = doc.lines().filter(|l| l.starts_with("{\"ts\"")).collect();
+    assert!(lines.len() >= 30, "too few example lines: {}", lines.len());
+    let mut problems = Vec::new();
+    for line in &lines {
+        let ev: Event = match serde_json::from_str(line) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("does not parse ({e}): {line}"));
+                continue;
+            }
+        };
+        let back: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        let doc_value: serde_json::Value = serde_json::from_str(line).unwrap();
+        if back != doc_value {
+            problems.push(format!(
+                "does not round-trip:\n  doc:  {doc_value}\n  code: {back}"
+            ));
+        }
+        let name = doc_value["event"].as_str().unwrap_or("").to_string();
+        let out = render(&ev);
+        // Shown by other lines (see console.rs): the EHLO and BDAT command
+        // lines, the STARTTLS reply, ChangeCipherSpec.
+        let silent = [
+            "smtp.ehlo",
+            "smtp.bdat",
+            "smtp.starttls",
+            "tls.change_cipher_spec",
+        ];
+        if out.is_empty() && !silent.contains(&name.as_str()) {
+            problems.push(format!("renders nothing: {name}"));
+        }
+        if out.iter().any(|(_, t)| t.starts_with(&format!("{name} "))) {
+            problems.push(format!(
+                "renders through the generic fallback: {name}: {out:?}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

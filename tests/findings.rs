@@ -690,7 +690,43 @@ async fn smtp_implicit_tls_mismatch() {
         .await
         .unwrap();
     let proxy = TestProxy::start(&server.addr().to_string(), "").await;
-    // An SMTPS client (port 465 habit) speaks TLS first on a STARTTLS port.
+    // An SMTPS client (port 465 habit) on a STARTTLS port; the greeting comes
+    // first here (the client reads it, then starts TLS anyway).
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let banner = read_until(&mut tcp, b"\r\n").await;
+    assert!(banner.starts_with(b"220 "));
+    let name = rustls::pki_types::ServerName::try_from(MX).unwrap();
+    let r = tokio_rustls::TlsConnector::from(tls12())
+        .connect(name, tcp)
+        .await;
+    assert!(r.is_err(), "TLS cannot succeed against an SMTP server");
+    drop(r);
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(&f, &[("smtp.implicit_tls_mismatch", "error")]);
+    evidence_has(
+        &f,
+        "smtp.implicit_tls_mismatch",
+        "client at byte 0: client sent a TLS ClientHello",
+    );
+}
+
+#[tokio::test]
+async fn smtp_implicit_tls_mismatch_when_the_client_hello_comes_before_the_greeting() {
+    // The upstream greets 300 ms late, so the client's ClientHello is the
+    // first thing the proxy sees: smtptap holds it until the server speaks,
+    // and the SMTP greeting makes it the same finding as above.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = s.write_all(b"220 mx.example.test ESMTP slow\r\n").await;
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+    });
+    let proxy = TestProxy::start(&up.to_string(), "").await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(MX).unwrap();
     let r = tokio_rustls::TlsConnector::from(tls12())
@@ -706,6 +742,86 @@ async fn smtp_implicit_tls_mismatch() {
         &f,
         "smtp.implicit_tls_mismatch",
         "client at byte 0: client sent a TLS ClientHello",
+    );
+    let banner = named(&events, 1, "smtp.banner");
+    assert_eq!(
+        banner[0]["text"], "mx.example.test ESMTP slow",
+        "{banner:?}"
+    );
+    assert!(named(&events, 1, "tls.started").is_empty());
+    let sum = &named(&events, 1, "session.summary")[0];
+    assert_eq!(sum["implicit_tls"], false);
+    assert_eq!(sum["observation"], "desync");
+}
+
+/// An SMTPS session (TLS from the first byte) through a proxy that was not
+/// told: detected from the first bytes of both sides, analysed like any TLS
+/// session, and clean.
+#[tokio::test]
+async fn implicit_tls_is_detected_without_configuration() {
+    let p = pki("implicit-detected");
+    let issued = p.issue(&leaf(&[MX]));
+    let mut profile = ServerProfile::new(MX, Some(server_tls(&issued)));
+    profile.implicit_tls = true;
+    profile.offer_starttls = false;
+    let server = LabServer::start(profile).await.unwrap();
+    let opts = client(StartTls::Implicit, Some(tls12()));
+    let (events, report) = through_proxy(
+        &server,
+        &opts,
+        &p.toml(&format!("expect_names = [\"{MX}\"]")),
+    )
+    .await;
+    assert!(report.tls && report.error.is_none(), "{report:?}");
+    assert_eq!(
+        report.data_reply.as_deref(),
+        Some("250 2.0.0 Ok: queued as LAB1"),
+        "{report:?}"
+    );
+    let f = findings_of(&events, 1);
+    check(&f, &[]);
+    assert!(f.is_empty(), "{}", pretty(&f));
+    let started = named(&events, 1, "tls.started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["after"], "implicit_detected");
+    assert_eq!(named(&events, 1, "tls.client_hello")[0]["sni"], MX);
+    assert_eq!(named(&events, 1, "cert.chain")[0]["trusted"], true);
+    assert_eq!(named(&events, 1, "tls.established").len(), 1);
+    assert!(named(&events, 1, "smtp.banner").is_empty());
+    let sum = &named(&events, 1, "session.summary")[0];
+    assert_eq!(sum["implicit_tls"], true);
+    assert_eq!(sum["tls_established"], true);
+    assert_eq!(sum["observation"], "complete");
+}
+
+/// The same with `implicit_tls = true` configured: `after` says so.
+#[tokio::test]
+async fn implicit_tls_configured() {
+    let p = pki("implicit-configured");
+    let issued = p.issue(&leaf(&[MX]));
+    let mut profile = ServerProfile::new(MX, Some(server_tls(&issued)));
+    profile.implicit_tls = true;
+    profile.offer_starttls = false;
+    let server = LabServer::start(profile).await.unwrap();
+    let opts = client(StartTls::Implicit, Some(tls12()));
+    let (events, report) = through_proxy(
+        &server,
+        &opts,
+        &format!(
+            "implicit_tls = true\n{}",
+            p.toml(&format!("expect_names = [\"{MX}\"]"))
+        ),
+    )
+    .await;
+    assert!(report.tls && report.error.is_none(), "{report:?}");
+    let f = findings_of(&events, 1);
+    check(&f, &[]);
+    assert!(f.is_empty(), "{}", pretty(&f));
+    assert_eq!(named(&events, 1, "tls.started")[0]["after"], "implicit");
+    assert_eq!(named(&events, 1, "tls.established").len(), 1);
+    assert_eq!(
+        named(&events, 1, "session.summary")[0]["implicit_tls"],
+        true
     );
 }
 

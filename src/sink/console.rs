@@ -189,6 +189,10 @@ pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
             Fact,
             match s(&v, "after") {
                 "implicit" => "TLS from the first byte (implicit TLS)".to_string(),
+                "implicit_detected" => {
+                    "the client spoke TLS first and the server answered in TLS: implicit TLS (SMTPS), detected"
+                        .to_string()
+                }
                 _ => "STARTTLS accepted: the connection is TLS from here on".to_string(),
             },
         )),
@@ -252,7 +256,21 @@ pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
             ),
             ))
         }
-        "smtp.ehlo" | "smtp.auth_data" | "smtp.bdat" => {}
+        // Already on the screen: the EHLO and BDAT lines as `smtp.command`,
+        // the server's 334 as `smtp.reply`.
+        "smtp.ehlo" | "smtp.bdat" => {}
+        "smtp.auth_data" => {
+            if s(&v, "side") == "client" {
+                out.push((
+                    Client,
+                    if b(&v, "cancel") {
+                        "*   (the client cancelled AUTH)".to_string()
+                    } else {
+                        format!("[SASL response, {} bytes, redacted]", u(&v, "bytes"))
+                    },
+                ));
+            }
+        }
         "smtp.auth" => out.push((
             Fact,
             format!("AUTH {} (credentials are never logged)", s(&v, "mechanism")),
@@ -507,6 +525,68 @@ pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
                 ));
             }
         }
+        "capture.error" => out.push((
+            Problem,
+            format!(
+                "capture stopped: writing {} failed: {} (mail is not affected)",
+                s(&v, "path"),
+                s(&v, "error")
+            ),
+        )),
+        "capture.truncated" => out.push((
+            Fact,
+            format!(
+                "capture: this session reached max_bytes_per_session ({} bytes); later data is not in the file",
+                u(&v, "limit")
+            ),
+        )),
+        "capture.dropped" => out.push((
+            Problem,
+            format!(
+                "capture: {} frames ({} bytes) of this session not written: {} (the disk could not keep up; mail is not affected)",
+                u(&v, "frames"),
+                u(&v, "bytes"),
+                s(&v, "reason")
+            ),
+        )),
+        "cert.crl" => out.push(if b(&v, "ok") {
+            (
+                Fact,
+                format!(
+                    "CRL for the {} chain: {} ({} bytes)",
+                    s(&v, "role"),
+                    s(&v, "url"),
+                    u(&v, "bytes")
+                ),
+            )
+        } else {
+            (
+                Problem,
+                format!(
+                    "CRL for the {} chain could not be obtained: {}: {}",
+                    s(&v, "role"),
+                    s(&v, "url"),
+                    s(&v, "error")
+                ),
+            )
+        }),
+        "upstream.loop_refused" => out.push((
+            Problem,
+            format!(
+                "refused: the original destination {} is smtptap itself ({})",
+                s(&v, "original_dst"),
+                s(&v, "reason")
+            ),
+        )),
+        "session.prior_tls_failure" => out.push((
+            Problem,
+            format!(
+                "this client's TLS handshake failed {:.1} s ago (session #{}: {})",
+                v.get("seconds_ago").and_then(Value::as_f64).unwrap_or(0.0),
+                u(&v, "prior_session"),
+                s(&v, "reason")
+            ),
+        )),
         "capture.file" => out.push((
             Fact,
             format!("capture file {}: {}", s(&v, "reason"), s(&v, "path")),
@@ -552,7 +632,11 @@ fn render_summary(v: &Value, out: &mut Vec<(LineKind, String)>) {
     )];
     if let Some(x) = v.get("messages_accepted").and_then(Value::as_u64) {
         if b(v, "tls_established") && x == 0 && u(v, "messages_rejected") == 0 {
-            parts.push("messages not visible (SMTP is encrypted after STARTTLS)".to_string());
+            parts.push(if b(v, "implicit_tls") {
+                "messages not visible (SMTP is encrypted from the first byte)".to_string()
+            } else {
+                "messages not visible (SMTP is encrypted after STARTTLS)".to_string()
+            });
         } else {
             parts.push(format!(
                 "{} message(s) accepted, {} rejected",
@@ -561,12 +645,18 @@ fn render_summary(v: &Value, out: &mut Vec<(LineKind, String)>) {
             ));
         }
     }
-    for (k, label) in [
-        ("starttls_offered", "STARTTLS offered"),
-        ("starttls_attempted", "attempted"),
-        ("starttls_accepted", "accepted"),
-        ("tls_established", "TLS established"),
-    ] {
+    let starttls: &[(&str, &str)] = if b(v, "implicit_tls") {
+        parts.push("implicit TLS (SMTPS)".to_string());
+        &[("tls_established", "TLS established")]
+    } else {
+        &[
+            ("starttls_offered", "STARTTLS offered"),
+            ("starttls_attempted", "attempted"),
+            ("starttls_accepted", "accepted"),
+            ("tls_established", "TLS established"),
+        ]
+    };
+    for &(k, label) in starttls {
         if let Some(x) = v.get(k).and_then(Value::as_bool) {
             parts.push(format!("{label}: {}", if x { "yes" } else { "no" }));
         }
