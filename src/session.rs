@@ -469,22 +469,7 @@ impl State {
         }
         match &mut self.stage {
             Stage::Sniff(_) => {}
-            Stage::Off => {
-                if let Some(c) = self.capture.as_mut() {
-                    if self.smtp_blind && c.policy().1 {
-                        // The SMTP observer lost track of the cleartext
-                        // conversation, so AUTH secrets can no longer be found:
-                        // with redact_auth on, keep them out of the file.
-                        if !self.blind_noted {
-                            c.comment("smtptap: the SMTP observer stopped here; the rest of this cleartext session is left out of the capture because AUTH credentials could not be redacted (capture.redact_auth)");
-                            self.blind_noted = true;
-                        }
-                        c.skip(side, ts, bytes.len());
-                    } else {
-                        c.data(side, ts, bytes);
-                    }
-                }
-            }
+            Stage::Off => self.capture_unfollowed(side, ts, bytes),
             Stage::Smtp(obs) => {
                 let mut out = Vec::new();
                 let mut marks = Vec::new();
@@ -503,7 +488,7 @@ impl State {
                         _ => None,
                     });
                     match cut {
-                        Some(cut) if c.policy().1 && cut < bytes.len() => {
+                        Some(cut) if blind_reason(c).is_some() && cut < bytes.len() => {
                             let head = bytes.get(..cut).unwrap_or(bytes);
                             let head_marks: Vec<Mark> = marks
                                 .iter()
@@ -511,7 +496,9 @@ impl State {
                                 .cloned()
                                 .collect();
                             capture_marked(c, side, ts, head, &head_marks);
-                            c.comment("smtptap: the SMTP observer stopped here; the rest of this cleartext session is left out of the capture because AUTH credentials could not be redacted (capture.redact_auth)");
+                            if let Some(why) = blind_reason(c) {
+                                c.comment(&blind_comment(why));
+                            }
                             self.blind_noted = true;
                             c.skip(side, ts, bytes.len() - cut);
                         }
@@ -550,10 +537,10 @@ impl State {
                 }
             }
             Stage::Tls(_) => {
-                if let Some(c) = self.capture.as_mut() {
-                    c.data(side, ts, bytes);
-                }
-                self.feed_tls(side, ts, bytes).await
+                // Analysis first: a chunk in which the TLS observer meets
+                // cleartext is itself left out under the capture policy.
+                self.feed_tls(side, ts, bytes).await;
+                self.capture_unfollowed(side, ts, bytes);
             }
         }
     }
@@ -625,11 +612,15 @@ impl State {
         };
         let mut out = Vec::new();
         obs.feed(side, bytes, &mut out);
-        let stop = obs.is_desynced() || obs.is_done();
-        for e in out {
-            let chain = match &e {
+        let desynced = obs.is_desynced();
+        let stop = desynced || obs.is_done();
+        for mut e in out {
+            // The DER bytes (up to 1 MiB) go to the certificate analysis,
+            // not into the kept events and the sink queue (they are never
+            // serialised anyway).
+            let chain = match &mut e {
                 TlsEvent::Certificate { from, ders, .. } if !ders.is_empty() => {
-                    Some((*from, ders.clone()))
+                    Some((*from, std::mem::take(ders)))
                 }
                 _ => None,
             };
@@ -639,9 +630,54 @@ impl State {
             }
         }
         if stop {
+            if desynced {
+                // Not TLS after all (cleartext after STARTTLS, or a wrong
+                // implicit_tls): what follows may hold AUTH lines or bodies
+                // that no observer will mark.
+                self.smtp_blind = true;
+            }
             self.stage = Stage::Off;
         }
     }
+
+    /// Capture for bytes no SMTP observer marks (TLS, or after an observer
+    /// stopped): written as they are, unless the conversation was lost in
+    /// cleartext and the capture policy asks for redaction, then left out
+    /// (sequence numbers stay consistent) with one comment saying why.
+    fn capture_unfollowed(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        match blind_reason(c) {
+            Some(why) if self.smtp_blind => {
+                if !self.blind_noted {
+                    c.comment(&blind_comment(why));
+                    self.blind_noted = true;
+                }
+                c.skip(side, ts, bytes.len());
+            }
+            _ => c.data(side, ts, bytes),
+        }
+    }
+}
+
+/// Why bytes nobody follows must stay out of `c`'s file, per its policy
+/// (None: they may be written).
+fn blind_reason(c: &SessionCapture) -> Option<&'static str> {
+    match c.policy() {
+        (true, false) => None,
+        (true, true) => Some("AUTH credentials could not be redacted (capture.redact_auth)"),
+        (false, false) => Some("message bodies could not be left out (capture.bodies = false)"),
+        (false, true) => Some(
+            "AUTH credentials could not be redacted (capture.redact_auth) nor message bodies left out (capture.bodies = false)",
+        ),
+    }
+}
+
+fn blind_comment(why: &str) -> String {
+    format!(
+        "smtptap: the conversation could no longer be followed here; the rest of this session is left out of the capture because {why}"
+    )
 }
 
 fn side_index(side: Side) -> usize {

@@ -326,3 +326,97 @@ async fn after_an_smtp_desync_credentials_stay_out_of_the_capture() {
     ]);
     assert!(comments.contains("could not be redacted"), "{comments}");
 }
+
+/// After a 220 to STARTTLS the client carries on in cleartext (a broken
+/// client, or a middlebox that answered STARTTLS itself): the TLS observer
+/// meets cleartext, and the AUTH line that follows stays out of the capture.
+#[tokio::test]
+async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
+    let dir = temp_dir("capture-tls-blind");
+    let file = dir.join("tls-blind.pcapng");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = tokio::io::BufReader::new(s);
+        s.get_mut()
+            .write_all(b"220 up.example.test ESMTP\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+            got.extend_from_slice(line.as_bytes());
+            let reply: &[u8] = if line.starts_with("EHLO") {
+                b"250-up.example.test\r\n250 STARTTLS\r\n"
+            } else if line.starts_with("STARTTLS") {
+                b"220 2.0.0 Ready to start TLS\r\n"
+            } else {
+                b"502 5.5.2 Error\r\n"
+            };
+            let _ = s.get_mut().write_all(reply).await;
+            line.clear();
+        }
+        got
+    });
+    let proxy = TestProxy::start(
+        &up.to_string(),
+        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+    )
+    .await;
+    let c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut c = tokio::io::BufReader::new(c);
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    c.read_line(&mut line).await.unwrap();
+    let mut sent = Vec::new();
+    for (cmd, replies) in [
+        ("EHLO c.example.test\r\n", 2),
+        ("STARTTLS\r\n", 1),
+        ("AUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n", 1),
+        ("QUIT\r\n", 1),
+    ] {
+        c.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+        sent.extend_from_slice(cmd.as_bytes());
+        for _ in 0..replies {
+            line.clear();
+            c.read_line(&mut line).await.unwrap();
+        }
+    }
+    c.get_mut().shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest).await;
+    // The relay is untouched: the upstream got every byte, secret included.
+    assert!(server.await.unwrap() == sent);
+    let events = {
+        proxy.wait_summaries(1).await;
+        proxy.stop().await
+    };
+    let desync = named(&events, 1, "tls.desync");
+    assert_eq!(desync.len(), 1, "{events:?}");
+    let reason = desync[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("'AUTH…'"), "{reason}");
+    assert!(!reason.contains("AHVz"), "{reason}");
+    let (from_client, _) = follow_raw(&file.display().to_string(), up.port());
+    let text = String::from_utf8_lossy(&from_client);
+    assert!(
+        text.starts_with("EHLO c.example.test\r\nSTARTTLS\r\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("AHVzZXIAc2VjcmV0cGFzcw"),
+        "the credential reached the capture"
+    );
+    let comments = tshark(&[
+        "-r",
+        &file.display().to_string(),
+        "-Y",
+        "frame.comment",
+        "-T",
+        "fields",
+        "-e",
+        "frame.comment",
+    ]);
+    assert!(comments.contains("could not be redacted"), "{comments}");
+}

@@ -8,6 +8,12 @@
 /// Longest command text kept to label a reply (`command` field).
 const MAX_LABEL: usize = 256;
 
+/// Word separators on a command line. RFC 5321 says SP, but servers such as
+/// Postfix also split on tabs, so a credential after a tab must be found too.
+fn is_sep(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 /// A client command line, split and redacted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Command {
@@ -20,7 +26,9 @@ pub(crate) struct Command {
 impl Command {
     /// Parses a line (line ending already removed).
     pub fn parse(line: &[u8]) -> Command {
-        let (verb, arg) = match line.iter().position(|&b| b == b' ') {
+        let start = line.iter().position(|&b| !is_sep(b)).unwrap_or(line.len());
+        let line = line.get(start..).unwrap_or_default();
+        let (verb, arg) = match line.iter().position(|&b| is_sep(b)) {
             Some(sp) => (
                 line.get(..sp).unwrap_or_default(),
                 line.get(sp + 1..).unwrap_or_default(),
@@ -29,7 +37,7 @@ impl Command {
         };
         let verb = String::from_utf8_lossy(verb).to_ascii_uppercase();
         let arg = if verb == "AUTH" {
-            let mut words = arg.split(|&b| b == b' ').filter(|w| !w.is_empty());
+            let mut words = arg.split(|&b| is_sep(b)).filter(|w| !w.is_empty());
             let mech =
                 String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
             if words.next().is_some() {
@@ -120,19 +128,31 @@ impl Command {
 /// mechanism is not complete yet. Every byte from there up to the first CR
 /// or LF is secret.
 pub(crate) fn auth_secret_start(buf: &[u8]) -> Option<usize> {
-    let head = buf.get(..5)?;
-    if !head.eq_ignore_ascii_case(b"AUTH ") {
+    let mut i = 0;
+    while buf.get(i).is_some_and(|&b| is_sep(b)) {
+        i += 1;
+    }
+    let head = buf.get(i..i + 5)?;
+    if !(head.get(..4)?.eq_ignore_ascii_case(b"AUTH") && head.get(4).is_some_and(|&b| is_sep(b))) {
         return None;
     }
-    let mut i = 5;
-    while buf.get(i) == Some(&b' ') {
+    i += 5;
+    while buf.get(i).is_some_and(|&b| is_sep(b)) {
         i += 1;
     }
     let mech_start = i;
-    while matches!(buf.get(i), Some(b) if *b != b' ' && *b != b'\r' && *b != b'\n') {
+    while matches!(buf.get(i), Some(&b) if !is_sep(b) && b != b'\r' && b != b'\n') {
         i += 1;
     }
-    (i > mech_start && buf.get(i) == Some(&b' ')).then_some(i + 1)
+    if i == mech_start || !buf.get(i).is_some_and(|&b| is_sep(b)) {
+        return None;
+    }
+    // The secret starts at the first byte after the separators (a line that
+    // ends in separators has none).
+    while buf.get(i).is_some_and(|&b| is_sep(b)) {
+        i += 1;
+    }
+    Some(i)
 }
 
 #[cfg(test)]
@@ -152,6 +172,28 @@ mod unit {
         assert_eq!(auth_secret_start(b"AUTH PLAIN"), None);
         assert_eq!(auth_secret_start(b"AUTH  LOGIN x"), Some(12));
         assert_eq!(auth_secret_start(b"MAIL FROM:<a>"), None);
+    }
+
+    /// Postfix splits command words on tabs as well as spaces: a credential
+    /// after a tab is a credential.
+    #[test]
+    fn auth_redaction_with_tabs_and_leading_blanks() {
+        for line in [
+            &b"AUTH PLAIN\tAGpvZQBzZWNyZXQ="[..],
+            b"AUTH\tPLAIN AGpvZQBzZWNyZXQ=",
+            b"AUTH\tPLAIN\tAGpvZQBzZWNyZXQ=",
+            b" AUTH PLAIN AGpvZQBzZWNyZXQ=",
+            b"auth \t plain \t AGpvZQBzZWNyZXQ=",
+        ] {
+            let c = Command::parse(line);
+            assert_eq!(c.verb, "AUTH", "{line:?}");
+            assert_eq!(c.arg, "PLAIN [redacted]", "{line:?}");
+            assert!(!c.label().contains("AGpv"), "{line:?}");
+            let at = auth_secret_start(line).expect("secret found");
+            assert_eq!(line.get(at..), Some(&b"AGpvZQBzZWNyZXQ="[..]), "{line:?}");
+        }
+        assert_eq!(auth_secret_start(b"AUTH\tLOGIN"), None);
+        assert_eq!(auth_secret_start(b"AUTHX PLAIN x"), None);
     }
 
     #[test]

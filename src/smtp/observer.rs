@@ -106,6 +106,19 @@ struct Pending {
     label: String,
 }
 
+impl Pending {
+    /// A line after this one, sent before its reply, can only be SASL data:
+    /// an AUTH without initial response (its 334 is due) or a SASL response
+    /// other than the `*` that cancels.
+    fn expects_sasl_next(&self) -> bool {
+        match self.kind {
+            PendingKind::Auth => !self.label.ends_with("[redacted]"),
+            PendingKind::Sasl => self.label != "*",
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum PendingKind {
     Ehlo,
@@ -287,7 +300,7 @@ impl SmtpObserver {
         };
         if self.client.line.is_empty() {
             self.client.line_start = self.client.off;
-            self.client.line_sasl = self.sasl_active;
+            self.client.line_sasl = self.sasl_active || self.sasl_pipelined();
         }
         let before = self.client.line.len();
         let mut fail = None;
@@ -455,6 +468,15 @@ impl SmtpObserver {
             _ => PendingKind::Other,
         };
         self.push_pending(kind, cmd.label(), out);
+    }
+
+    /// The client sent a line before the reply that would let it (AUTH is
+    /// not pipelinable, RFC 4954): if the newest unanswered line opened or
+    /// continued a SASL exchange, the next one is treated as a secret. Wrong
+    /// only for a client that breaks the rule, and then it errs towards
+    /// redacting.
+    fn sasl_pipelined(&self) -> bool {
+        self.pending.back().is_some_and(Pending::expects_sasl_next)
     }
 
     fn push_pending(&mut self, kind: PendingKind, label: String, out: &mut Vec<SmtpEvent>) {

@@ -1148,3 +1148,72 @@ fn recorded_swaks_auth_session() {
         .any(|e| matches!(e, SmtpEvent::Command { verb, .. } if verb == "QUIT")));
     assert!(!ev.iter().any(|e| matches!(e, SmtpEvent::AuthData { .. })));
 }
+
+/// Tabs between AUTH's words (Postfix accepts them) and a second AUTH with
+/// leading blanks: every credential is found, redacted and marked.
+#[test]
+fn auth_with_tabs_never_leaks_credentials() {
+    let text = "S: 220 smtp.example.net ESMTP\n\
+                C: EHLO laptop.example.org\n\
+                S: 250-smtp.example.net\n\
+                S: 250 AUTH PLAIN\n\
+                C: AUTH\tPLAIN\tAGFsaWNlAHMzY3JldFBhc3M=\n\
+                S: 535 5.7.8 Error: authentication failed\n\
+                C:  auth plain AGJvYgBzM2NyZXQ=\n\
+                S: 235 2.7.0 Authentication successful\n\
+                C: QUIT\n\
+                S: 221 2.0.0 Bye\n";
+    let chunks = parse_fixture(text);
+    let out = run(&chunks);
+    assert!(!out.desynced);
+    let all = out.events.join("\n");
+    for secret in ["AGFsaWNlAHMzY3JldFBhc3M=", "AGJvYgBzM2NyZXQ="] {
+        assert!(!all.contains(secret), "{secret} leaked into {all}");
+    }
+    assert_eq!(
+        marked(&chunks, &out, MarkKind::Secret),
+        vec![
+            b"AGFsaWNlAHMzY3JldFBhc3M=".to_vec(),
+            b"AGJvYgBzM2NyZXQ=".to_vec()
+        ]
+    );
+}
+
+/// A client that does not wait for the 334 (AUTH is not pipelinable, but a
+/// script can do it): the lines it sent early are still SASL data, never
+/// commands.
+#[test]
+fn pipelined_sasl_lines_are_redacted() {
+    let text = "S: 220 smtp.example.net ESMTP\n\
+                C: EHLO laptop.example.org\n\
+                S: 250-smtp.example.net\n\
+                S: 250 AUTH LOGIN\n\
+                C: AUTH LOGIN\n\
+                C: YWxpY2U=\n\
+                C: czNjcmV0UGFzcw==\n\
+                S: 334 VXNlcm5hbWU6\n\
+                S: 334 UGFzc3dvcmQ6\n\
+                S: 235 2.7.0 Authentication successful\n\
+                C: QUIT\n\
+                S: 221 2.0.0 Bye\n";
+    let chunks = parse_fixture(text);
+    let out = run(&chunks);
+    assert!(!out.desynced);
+    let all = out.events.join("\n");
+    for secret in ["YWxpY2U=", "czNjcmV0UGFzcw==", "VXNlcm5hbWU6"] {
+        assert!(!all.contains(secret), "{secret} leaked into {all}");
+    }
+    assert_eq!(
+        marked(&chunks, &out, MarkKind::Secret),
+        vec![b"YWxpY2U=".to_vec(), b"czNjcmV0UGFzcw==".to_vec()]
+    );
+    let ev = out.decoded();
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        SmtpEvent::Reply { code: 235, command: Some(c), .. } if c == "[redacted]"
+    )));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        SmtpEvent::Command { verb, .. } if verb == "QUIT"
+    )));
+}

@@ -271,6 +271,12 @@ pub struct TlsObserver {
     t13_server_flight: bool,
     /// TLS 1.3: the client sent an encrypted record after the server's flight.
     t13_client_finished: bool,
+    /// Handshake messages seen so far: ClientHello, ServerHello (not HRR),
+    /// HelloRetryRequest, Certificate from the client, from the server. A
+    /// handshake has at most one of each (two ClientHellos around an HRR);
+    /// more is not a handshake this observer can follow, and each would
+    /// otherwise be one more large event kept for the session.
+    seen: [u8; 5],
 }
 
 /// Size of a TLS 1.3 encrypted alert record body: 2 bytes + content type + 16-byte tag.
@@ -536,6 +542,19 @@ impl TlsObserver {
         record_version: u16,
         out: &mut Vec<TlsEvent>,
     ) -> Result<(), String> {
+        let slot = match (side, ty) {
+            (Side::Client, 1) => Some((0, 1 + self.seen[2], "ClientHello")),
+            (_, 11) => Some((if side == Side::Client { 3 } else { 4 }, 1, "Certificate")),
+            _ => None,
+        };
+        if let Some((i, max, what)) = slot {
+            if self.seen[i] >= max {
+                return Err(format!(
+                    "a second {what} from the {side} in one handshake (renegotiation in the clear or garbage): not followed"
+                ));
+            }
+            self.seen[i] += 1;
+        }
         match (side, ty) {
             (Side::Client, 1) => {
                 let ch = hello::parse_client_hello(body)?;
@@ -544,6 +563,18 @@ impl TlsObserver {
             (Side::Server, 2) => {
                 let sh = hello::parse_server_hello(body)?;
                 let v = sh.version();
+                let i = if sh.is_hrr { 2 } else { 1 };
+                if self.seen[i] >= 1 {
+                    return Err(format!(
+                        "a second {} from the server in one handshake: not followed",
+                        if sh.is_hrr {
+                            "HelloRetryRequest"
+                        } else {
+                            "ServerHello"
+                        }
+                    ));
+                }
+                self.seen[i] += 1;
                 if sh.is_hrr {
                     self.tls13 = true;
                     out.push(TlsEvent::HelloRetryRequest {

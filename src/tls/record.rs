@@ -187,14 +187,29 @@ pub(crate) fn describe_non_tls(bytes: &[u8], from_client: bool) -> String {
             .iter()
             .all(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\r' | b'\n' | b'\t'));
     if printable {
+        // From the client only the first word is shown: the rest of a
+        // cleartext line may be an AUTH credential.
+        let shown_bytes: &[u8] = if from_client {
+            let word = head
+                .iter()
+                .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                .unwrap_or(head.len())
+                .min(16);
+            head.get(..word).unwrap_or_default()
+        } else {
+            &head
+        };
         let mut shown = String::new();
-        for &b in &head {
+        for &b in shown_bytes {
             match b {
                 b'\r' => shown.push_str("\\r"),
                 b'\n' => shown.push_str("\\n"),
                 b'\t' => shown.push_str("\\t"),
                 b => shown.push(b as char),
             }
+        }
+        if shown_bytes.len() < head.len() {
+            shown.push('…');
         }
         let reply = head.len() >= 3 && head.iter().take(3).all(u8::is_ascii_digit);
         let command = head.iter().take(4).all(u8::is_ascii_alphabetic);

@@ -751,7 +751,7 @@ fn cleartext_smtp_after_starttls_desyncs() {
             assert_eq!(*offset, 0);
             assert_eq!(
                 reason,
-                "expected a TLS record, got 'EHLO x\\r\\n' (looks like an SMTP command in cleartext: \
+                "expected a TLS record, got 'EHLO…' (looks like an SMTP command in cleartext: \
                  the client carried on without starting TLS)"
             );
         }
@@ -1104,4 +1104,43 @@ fn ja4_is_stable_while_rustls_shuffles_extensions() {
     }
     // rustls randomises extension order: JA3 (order-sensitive) varies, JA4 does not
     assert!(orders.len() > 1, "extension order never changed");
+}
+
+/// A peer repeating handshake messages in the clear (each one a large event
+/// kept for the session) is stopped at the second one.
+#[test]
+fn repeated_handshake_messages_desync() {
+    let cert_list = {
+        let der = vec![0x30u8; 1000];
+        let mut list = u24(der.len()).to_vec();
+        list.extend(&der);
+        let mut body = u24(list.len()).to_vec();
+        body.extend(&list);
+        body
+    };
+    let mut server = record(22, &server_hello_12());
+    for _ in 0..3 {
+        server.extend(record(22, &handshake(11, &cert_list)));
+    }
+    let mut o = TlsObserver::new();
+    let mut ev = Vec::new();
+    o.feed(Side::Server, &server, &mut ev);
+    assert_eq!(
+        names(&ev),
+        ["tls.server_hello", "tls.certificate", "tls.desync"]
+    );
+    match &ev[2] {
+        TlsEvent::Desync { side, reason, .. } => {
+            assert_eq!(*side, Side::Server);
+            assert!(reason.contains("a second Certificate"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+
+    let mut o = TlsObserver::new();
+    let mut ev = Vec::new();
+    let mut s = record(22, &server_hello_12());
+    s.extend(record(22, &server_hello_12()));
+    o.feed(Side::Server, &s, &mut ev);
+    assert_eq!(names(&ev), ["tls.server_hello", "tls.desync"]);
 }
