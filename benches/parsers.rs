@@ -305,8 +305,8 @@ mod smtp_data_body_1m {
     }
 }
 
-/// 200 unpipelined transactions (7 commands, 7 replies each): each read is
-/// one short line or reply.
+/// 200 unpipelined transactions (6 commands, a 4-line body, 7 replies
+/// each): each read is one short line, body or reply.
 mod smtp_commands_200tx {
     use super::*;
 
