@@ -294,7 +294,7 @@ impl SmtpObserver {
         out: &mut Vec<SmtpEvent>,
         marks: &mut Vec<Mark>,
     ) -> usize {
-        let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
+        let (chunk, complete) = match memchr::memchr(b'\n', rest) {
             Some(p) => (rest.get(..p).unwrap_or_default(), true),
             None => (rest, false),
         };
@@ -303,43 +303,48 @@ impl SmtpObserver {
             self.client.line_sasl = self.sasl_active || self.sasl_pipelined();
         }
         let before = self.client.line.len();
+        let start = self.client.line_start;
         let mut fail = None;
-        for (j, &b) in chunk.iter().enumerate() {
-            let pos = before + j;
-            let auth_line = self.client.line_sasl
-                || self
-                    .client
-                    .line
-                    .get(..5)
-                    .is_some_and(|h| h.eq_ignore_ascii_case(b"AUTH "));
-            let limit = if auth_line {
-                self.limits.max_line.max(AUTH_LINE)
-            } else {
-                self.limits.max_line
-            };
-            let start = self.client.line_start;
-            if pos >= limit {
-                let reason = format!("client line longer than {limit} bytes without CRLF");
-                fail = Some((reason, start + limit as u64));
-                break;
-            }
-            if pos == 0 && (0x14..=0x17).contains(&b) {
+        // What the line may hold: up to the first byte that is not text, and
+        // no further than the line-length limit (longer for AUTH lines, whose
+        // initial response can be long). At one position the limit wins.
+        let bad = chunk.iter().position(|&b| is_bad_byte(b));
+        let text_end = bad.unwrap_or(chunk.len());
+        // One past the last line position examined (the bad byte included).
+        let reach = before + bad.map_or(chunk.len(), |k| k + 1);
+        let max_line = self.limits.max_line;
+        let limit = if reach > max_line && self.auth_line(chunk, max_line) {
+            max_line.max(AUTH_LINE)
+        } else {
+            max_line
+        };
+        let mut keep = text_end;
+        if reach > limit {
+            keep = limit.saturating_sub(before);
+            let reason = format!("client line longer than {limit} bytes without CRLF");
+            fail = Some((reason, start + limit as u64));
+        } else if let (0, Some(&b)) = (before, chunk.first()) {
+            if (0x14..=0x17).contains(&b) {
                 let reason = if b == 0x16 {
                     "client sent a TLS ClientHello on a cleartext SMTP connection (implicit TLS / port 465 client?)".to_string()
                 } else {
                     format!("client sent a TLS record (content type {b}) on a cleartext SMTP connection")
                 };
+                keep = 0;
                 fail = Some((reason, start));
-                break;
             }
-            if is_bad_byte(b) {
+        }
+        if fail.is_none() {
+            if let Some(k) = bad {
+                let b = chunk.get(k).copied().unwrap_or_default();
                 let reason =
                     format!("client sent binary data (byte 0x{b:02x}) in command mode: not SMTP");
-                fail = Some((reason, start + pos as u64));
-                break;
+                fail = Some((reason, start + (before + k) as u64));
             }
-            self.client.line.push(b);
         }
+        self.client
+            .line
+            .extend_from_slice(chunk.get(..keep).unwrap_or_default());
         // Secret bytes: the whole SASL line, or the AUTH initial response,
         // up to the first CR.
         let after = self.client.line.len();
@@ -470,6 +475,26 @@ impl SmtpObserver {
         self.push_pending(kind, cmd.label(), out);
     }
 
+    /// Whether the client line being read (`self.client.line` then `chunk`)
+    /// is SASL data or an `AUTH` command, judged on its first bytes within
+    /// the first `max_line` (as when read byte by byte).
+    fn auth_line(&self, chunk: &[u8], max_line: usize) -> bool {
+        if self.client.line_sasl {
+            return true;
+        }
+        let mut head = [0u8; 5];
+        let n = self
+            .client
+            .line
+            .iter()
+            .chain(chunk)
+            .take(5.min(max_line))
+            .zip(head.iter_mut())
+            .map(|(b, h)| *h = *b)
+            .count();
+        n == 5 && head[..4].eq_ignore_ascii_case(b"AUTH") && matches!(head[4], b' ' | b'\t')
+    }
+
     /// The client sent a line before the reply that would let it (AUTH is
     /// not pipelinable, RFC 4954): if the newest unanswered line opened or
     /// continued a SASL exchange, the next one is treated as a secret. Wrong
@@ -503,11 +528,23 @@ impl SmtpObserver {
             return 0;
         };
         let mut end = None;
-        for (j, &b) in rest.iter().enumerate() {
-            body.total += 1;
+        let mut j = 0;
+        while let Some(&b) = rest.get(j) {
+            if matches!(body.state, BodyState::Mid) && b != b'\r' && b != b'\n' {
+                // Inside a line only CR and LF matter: jump to the next one.
+                match memchr::memchr2(b'\r', b'\n', rest.get(j..).unwrap_or_default()) {
+                    Some(k) => j += k,
+                    None => {
+                        j = rest.len();
+                        break;
+                    }
+                }
+                continue;
+            }
+            j += 1;
             body.state = match (body.state, b) {
                 (BodyState::DotCr, b'\n') => {
-                    end = Some(j + 1);
+                    end = Some(j);
                     break;
                 }
                 (BodyState::LineStart, b'.') => BodyState::Dot,
@@ -526,6 +563,7 @@ impl SmtpObserver {
             };
         }
         let consumed = end.unwrap_or(rest.len());
+        body.total += consumed as u64;
         push_mark(marks, base..base + consumed, MarkKind::Body);
         self.client.off += consumed as u64;
         if end.is_some() {
@@ -552,7 +590,7 @@ impl SmtpObserver {
         let mut i = 0;
         while i < data.len() && self.running() {
             let rest = data.get(i..).unwrap_or_default();
-            let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
+            let (chunk, complete) = match memchr::memchr(b'\n', rest) {
                 Some(p) => (rest.get(..p).unwrap_or_default(), true),
                 None => (rest, false),
             };

@@ -1217,3 +1217,51 @@ fn pipelined_sasl_lines_are_redacted() {
         SmtpEvent::Command { verb, .. } if verb == "QUIT"
     )));
 }
+
+/// The line-length limit, a non-text byte and a TLS record at line start,
+/// at and around the limit: the same verdict and offset whatever the split
+/// (the observer scans chunks in bulk; byte by byte is the reference).
+#[test]
+fn line_limit_and_bad_bytes_are_judged_the_same_in_bulk_and_byte_by_byte() {
+    let limits = SmtpLimits {
+        max_line: 8,
+        ..SmtpLimits::default()
+    };
+    let banner = b"220 mx\r\n";
+    let cases: [&[u8]; 8] = [
+        b"NOOPAAAA\x01\r\n", // bad byte exactly at the limit: the limit wins
+        b"NOOPAAA\x01\r\n",  // bad byte just inside
+        b"NOOPAAAAA\r\n",    // one past the limit
+        b"NOOPAAA\r\n",      // exactly the limit (the CR counts): fine
+        b"\x16\x03\x01\x00", // a ClientHello at line start
+        b"\x01NOOP\r\n",     // a bad byte at line start
+        b"AUTH PLAIN AAAAAAAAAAAA\r\nQUIT\r\n", // AUTH may be longer
+        b"AUTH\tPLAIN AAAAAAAAAAAA\r\nQUIT\r\n",
+    ];
+    for case in cases {
+        let verdict = |pieces: &[&[u8]]| {
+            let mut o = SmtpObserver::new(limits);
+            let mut ev = Vec::new();
+            let mut marks = Vec::new();
+            o.feed(Side::Server, banner, &mut ev, &mut marks);
+            for p in pieces {
+                o.feed(Side::Client, p, &mut ev, &mut marks);
+            }
+            (
+                o.is_desynced(),
+                ev.iter()
+                    .map(|e| serde_json::to_string(e).unwrap())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let whole = verdict(&[case]);
+        let bytes: Vec<&[u8]> = case.chunks(1).collect();
+        assert_eq!(verdict(&bytes), whole, "{case:?}");
+        for cut in 0..=case.len() {
+            let (a, b) = case.split_at(cut);
+            assert_eq!(verdict(&[a, b]), whole, "{case:?} cut {cut}");
+        }
+        let expect_desync = !case.starts_with(b"NOOPAAA\r") && !case.starts_with(b"AUTH");
+        assert_eq!(whole.0, expect_desync, "{case:?}: {:?}", whole.1);
+    }
+}
