@@ -534,10 +534,7 @@ impl SmtpObserver {
                 // Inside a line only CR and LF matter: jump to the next one.
                 match memchr::memchr2(b'\r', b'\n', rest.get(j..).unwrap_or_default()) {
                     Some(k) => j += k,
-                    None => {
-                        j = rest.len();
-                        break;
-                    }
+                    None => break, // the chunk ends mid-line
                 }
                 continue;
             }
