@@ -64,7 +64,11 @@ async fn session(
         memory: Some(collected.clone()),
     };
     let running = proxy::spawn(cfg, sinks).await?;
-    let addr = running.addrs()[0];
+    let addr = running
+        .addrs()
+        .first()
+        .copied()
+        .ok_or("the proxy has no listening address")?;
     let opts = ClientOptions {
         ehlo: "exchange.contoso.example.test".into(),
         starttls: StartTls::IfOffered,

@@ -43,6 +43,10 @@ use crate::smtp::{Mark, MarkKind, Progress, SmtpEvent, SmtpLimits, SmtpObserver}
 use crate::summary::{self, SessionSummary};
 use crate::tls::{TlsEvent, TlsObserver};
 
+/// Most bytes of CRLs kept in the run's cache (beyond it, CRLs are fetched
+/// again when needed rather than kept).
+const CRL_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// At most this many bytes of a client that spoke TLS first are held while
 /// the server has not answered; beyond it the session is taken as implicit
 /// TLS (a real ClientHello is a few hundred bytes to a few KB).
@@ -386,7 +390,17 @@ impl State {
                     .await
                     .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
                     if let Ok(mut c) = self.analysis.crl_cache.lock() {
-                        if c.len() < 1000 {
+                        // Bounded in entries and bytes (CRLs can be large and
+                        // their URLs come from peers' certificates).
+                        let size = |r: &Result<Vec<Vec<u8>>, String>| match r {
+                            Ok(d) => d.iter().map(Vec::len).sum::<usize>(),
+                            Err(e) => e.len(),
+                        };
+                        c.retain(|_, (when, r)| {
+                            when.elapsed() < if r.is_ok() { CRL_TTL } else { CRL_RETRY }
+                        });
+                        let held: usize = c.values().map(|(_, r)| size(r)).sum();
+                        if c.len() < 1000 && held + size(&r) <= CRL_CACHE_BYTES {
                             c.insert(url.clone(), (Instant::now(), r.clone()));
                         }
                     }

@@ -13,6 +13,11 @@ pub const MAX_CRL: usize = 20 * 1024 * 1024;
 /// GETs `url` (`http://host[:port]/path`) and returns the CRL(s) as DER.
 /// Errors are one line, fit for an event.
 pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
+    // The URL comes from a certificate a peer sent: nothing in it may end up
+    // as an extra line of the request.
+    if url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("the URL contains spaces or control characters: not fetched".into());
+    }
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| "only http:// CRL locations are fetched".to_string())?;
@@ -62,10 +67,33 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
     );
     s.write_all(req.as_bytes())
         .map_err(|e| format!("sending the request: {e}"))?;
+    // The timeout bounds the whole fetch, not each read: a server trickling
+    // a byte at a time is cut off at the deadline.
+    let cap = MAX_CRL + 64 * 1024;
     let mut resp = Vec::new();
-    s.take(MAX_CRL as u64 + 64 * 1024)
-        .read_to_end(&mut resp)
-        .map_err(|e| format!("reading the response: {e}"))?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "timed out after {}s ({} bytes received)",
+                timeout.as_secs(),
+                resp.len()
+            ));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                resp.extend_from_slice(buf.get(..n).unwrap_or_default());
+                if resp.len() > cap {
+                    return Err(format!("CRL larger than {MAX_CRL} bytes"));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the response: {e}")),
+        }
+    }
     let head_end = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -84,5 +112,76 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
     if ders.is_empty() {
         return Err(format!("the response ({} bytes) is not a CRL", body.len()));
     }
+    // Only what parses as a CRL counts (and is cached) as one.
+    if let Some(e) = ders.iter().find_map(|d| super::trust::parse_crl(d).err()) {
+        return Err(format!("the response ({} bytes) is {e}", body.len()));
+    }
     Ok(ders)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn urls_with_spaces_or_line_breaks_are_not_fetched() {
+        for url in [
+            "http://127.0.0.1:9/a.crl\r\nX-Injected: 1",
+            "http://127.0.0.1:9/a b.crl",
+            "http://127.0.0.1:9/a\t.crl",
+        ] {
+            let e = fetch_crl(url, Duration::from_secs(1)).unwrap_err();
+            assert!(e.contains("control characters"), "{url:?}: {e}");
+        }
+    }
+
+    /// A server that sends one byte every 50 ms never trips a per-read
+    /// timeout; the whole fetch still ends at its deadline.
+    #[test]
+    fn a_trickling_server_is_cut_off_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            for b in b"HTTP/1.0 200 OK\r\n\r\n"
+                .iter()
+                .chain([0x30u8; 200].iter())
+            {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let e = fetch_crl(
+            &format!("http://127.0.0.1:{port}/slow.crl"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("timed out after 1s"), "{e}");
+        server.join().unwrap();
+    }
+
+    /// DER-looking bytes that are not a CRL are an error, not a CRL.
+    #[test]
+    fn der_garbage_is_not_a_crl() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n\x30\x03\x02\x01\x00");
+        });
+        let e = fetch_crl(
+            &format!("http://127.0.0.1:{port}/garbage.crl"),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(e.contains("is not a valid CRL"), "{e}");
+        server.join().unwrap();
+    }
 }
