@@ -66,6 +66,30 @@ fn opens_tls_record(bytes: &[u8]) -> bool {
 /// the summary says how many were not kept.
 pub const MAX_KEPT_EVENTS: usize = 5_000;
 
+/// ... and at most about this many bytes of them: a peer sending thousands of
+/// 64 KiB multi-line replies must not make a session hold hundreds of MB.
+pub const MAX_KEPT_BYTES: usize = 4 * 1024 * 1024;
+
+/// A rough, cheap estimate of an event's memory: exact enough for the events
+/// a peer can make large (reply lines, capabilities, hellos), a flat cost for
+/// the rest.
+fn approx_size(kind: &EventKind) -> usize {
+    let strs = |v: &[String]| v.iter().map(|l| l.len() + 24).sum::<usize>();
+    256 + match kind {
+        EventKind::Smtp(SmtpEvent::Reply { text, lines, .. })
+        | EventKind::Smtp(SmtpEvent::Banner { text, lines, .. }) => text.len() + strs(lines),
+        EventKind::Smtp(SmtpEvent::Capabilities { capabilities, .. }) => strs(capabilities),
+        EventKind::Tls(TlsEvent::ClientHello(ch)) => {
+            ch.ja3_string.len() * 4
+                + strs(&ch.cipher_suites)
+                + strs(&ch.supported_groups)
+                + strs(&ch.signature_algorithms)
+                + ch.extensions.len() * 2
+        }
+        _ => 0,
+    }
+}
+
 /// Facts known when the session starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -238,6 +262,8 @@ struct State {
     analysis: Arc<Analysis>,
     sink: EventSink,
     kept: Vec<Event>,
+    /// Rough memory of `kept` ([`approx_size`]), bounded by [`MAX_KEPT_BYTES`].
+    kept_bytes: usize,
     not_kept: u64,
     stage: Stage,
     /// This session's pcapng flow(s), when capture is on and the filters select it.
@@ -269,8 +295,10 @@ impl State {
     async fn emit(&mut self, ts: Timestamp, kind: impl Into<EventKind>) {
         let kind = kind.into();
         self.learn(&kind);
+        let size = approx_size(&kind);
         let ev = Event::new(ts, self.info.id, kind);
-        if self.kept.len() < MAX_KEPT_EVENTS {
+        if self.kept.len() < MAX_KEPT_EVENTS && self.kept_bytes + size <= MAX_KEPT_BYTES {
+            self.kept_bytes += size;
             self.kept.push(ev.clone());
         } else {
             self.not_kept += 1;
@@ -770,6 +798,7 @@ pub async fn analyze(
         analysis,
         sink,
         kept: Vec::new(),
+        kept_bytes: 0,
         not_kept: 0,
         stage,
         capture: None,

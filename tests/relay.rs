@@ -409,3 +409,72 @@ async fn a_blocked_log_writer_does_not_stop_mail() {
     gate.1.notify_all();
     running.stop().await;
 }
+
+/// A server answering every NOOP with a ~40 KB multi-line reply: all of it
+/// is relayed and logged, but the session keeps at most a few MB of events
+/// for its diagnosis (the summary counts the rest).
+#[tokio::test]
+async fn huge_replies_are_relayed_and_logged_but_not_all_kept() {
+    const N: usize = 200;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let mut reply = String::new();
+    for i in 0..399 {
+        reply.push_str(&format!("250-{i:04} {}\r\n", "x".repeat(90)));
+    }
+    reply.push_str("250 2.0.0 Ok\r\n");
+    let reply_len = reply.len();
+    assert!(reply_len > 38_000);
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = tokio::io::BufReader::new(s);
+        s.get_mut().write_all(b"220 up ESMTP\r\n").await.unwrap();
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+            if line.starts_with("QUIT") {
+                let _ = s.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
+                return;
+            }
+            let answer = reply.clone();
+            if s.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            line.clear();
+        }
+    });
+    let proxy = TestProxy::start(&up.to_string(), "").await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut got = vec![0u8; 14];
+    c.read_exact(&mut got).await.unwrap();
+    let mut total = 0;
+    for _ in 0..N {
+        c.write_all(b"NOOP\r\n").await.unwrap();
+        let mut buf = vec![0u8; reply_len];
+        c.read_exact(&mut buf).await.unwrap();
+        assert!(buf.ends_with(b"250 2.0.0 Ok\r\n"));
+        total += buf.len();
+    }
+    c.write_all(b"QUIT\r\n").await.unwrap();
+    let mut bye = Vec::new();
+    c.read_to_end(&mut bye).await.unwrap();
+    assert_eq!(bye, b"221 2.0.0 Bye\r\n");
+    drop(c);
+    assert_eq!(total, N * reply_len);
+    server.await.unwrap();
+    proxy.wait_summaries(1).await;
+    let events = proxy.stop().await;
+    // Every reply reached the log ...
+    assert_eq!(named(&events, 1, "smtp.reply").len(), N + 1);
+    // ... but not every one was kept for the diagnosis: ~8 MB of replies
+    // against a 4 MiB budget.
+    let sum = &named(&events, 1, "session.summary")[0];
+    let not_kept = sum["events_not_kept"].as_u64().unwrap();
+    assert!(
+        not_kept > (N / 4) as u64 && not_kept < N as u64,
+        "events_not_kept = {not_kept}"
+    );
+    // Small events still fit after the big ones no longer do.
+    assert_eq!(sum["commands"], N + 1);
+    assert_eq!(sum["last_reply"], "221 2.0.0 Bye");
+}
