@@ -1,6 +1,6 @@
 //! smtptap between real mail software: Postfix upstream profiles
 //! (`scripts/testbed`: a = STARTTLS with a test-CA certificate, b = no STARTTLS,
-//! c = TLS required) and real clients (swaks, `openssl s_client`,
+//! c = TLS required, s = SMTPS, TLS from the first byte) and real clients (swaks, `openssl s_client`,
 //! posttls-finger, Python's smtplib, Postfix as the sending MTA), all on
 //! loopback. Each scenario runs once (memoised) and two kinds of test read it:
 //!
@@ -112,6 +112,8 @@ enum Profile {
     B,
     /// TLS required.
     C,
+    /// SMTPS: TLS from the first byte (`smtpd_tls_wrappermode`).
+    S,
 }
 
 impl Profile {
@@ -121,6 +123,7 @@ impl Profile {
                 Profile::A => 0,
                 Profile::B => 1,
                 Profile::C => 2,
+                Profile::S => 3,
             }
     }
     fn name(self) -> &'static str {
@@ -128,6 +131,7 @@ impl Profile {
             Profile::A => "a",
             Profile::B => "b",
             Profile::C => "c",
+            Profile::S => "s",
         }
     }
     fn maildir(self) -> PathBuf {
@@ -410,6 +414,49 @@ print("sent")
                 .args(["-c", &code])
                 .output()
                 .expect("python3")
+        })
+    })
+}
+
+/// Python's `smtplib.SMTP_SSL` (TLS from the first byte, verifying the test
+/// CA and the name) to the SMTPS profile, through an smtptap that was not
+/// told about implicit TLS.
+fn python_smtps() -> &'static Outcome {
+    static O: OnceLock<Outcome> = OnceLock::new();
+    O.get_or_init(|| {
+        let ca = ca_file();
+        scenario("python-smtps", Profile::S, true, |p, s| {
+            let code = format!(
+                r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+class Named(smtplib.SMTP_SSL):
+    # connect to 127.0.0.1 but verify (and send SNI) for the certificate's name
+    def _get_socket(self, host, port, timeout):
+        sock = __import__("socket").create_connection((host, port), timeout)
+        return self.context.wrap_socket(sock, server_hostname="{CA_NAME}")
+with Named("127.0.0.1", {p}, local_hostname="client.test", timeout=20, context=ctx) as c:
+    c.ehlo()
+    c.sendmail("alice@client.test", ["{RCPT}"], "Subject: {s}\r\n\r\nhello over smtps\r\n")
+print("sent")
+"#,
+                ca = ca.to_str().unwrap()
+            );
+            Command::new("python3")
+                .args(["-c", &code])
+                .output()
+                .expect("python3")
+        })
+    })
+}
+
+/// swaks with TLS on connect (`--tlsc`, the SMTPS habit) to the STARTTLS
+/// profile: the server greets in cleartext, the TLS client gives up.
+fn swaks_tlsc_to_a() -> &'static Outcome {
+    static O: OnceLock<Outcome> = OnceLock::new();
+    O.get_or_init(|| {
+        scenario("swaks-tlsc-a", Profile::A, false, |p, s| {
+            swaks(p, s, &["--tlsc"])
         })
     })
 }
@@ -727,6 +774,74 @@ fn events_openssl_client_hello_carries_the_sni() {
     let ch = named(o, "tls.client_hello");
     assert_eq!(ch[0]["sni"], CA_NAME, "{}", ch[0]);
     assert!(ch[0]["ja4"].as_str().is_some_and(|j| j.starts_with('t')));
+}
+
+#[test]
+fn peers_python_smtps_delivers_through_smtptap_without_configuration() {
+    let o = python_smtps();
+    assert!(o.client_ok, "python SMTP_SSL failed:\n{}", o.client_out);
+    let m = o
+        .delivered
+        .as_ref()
+        .expect("message not in profile s's Maildir");
+    assert!(m.contains("hello over smtps"), "{m}");
+    assert!(
+        m.contains("(using TLSv1."),
+        "Postfix did not stamp TLS:\n{m}"
+    );
+    assert_relayed(o);
+}
+
+#[test]
+fn peers_swaks_tls_on_connect_to_a_starttls_server_fails() {
+    let o = swaks_tlsc_to_a();
+    assert!(
+        !o.client_ok,
+        "swaks --tlsc cannot work here:\n{}",
+        o.client_out
+    );
+    assert!(o.delivered.is_none());
+    assert_relayed(o);
+}
+
+#[test]
+fn events_smtps_is_detected_and_clean() {
+    let o = python_smtps();
+    let started = named(o, "tls.started");
+    assert_eq!(started.len(), 1, "{:#?}", o.events);
+    assert_eq!(started[0]["after"], "implicit_detected");
+    assert!(
+        named(o, "smtp.banner").is_empty(),
+        "the greeting is encrypted"
+    );
+    let ch = named(o, "tls.client_hello");
+    assert_eq!(ch[0]["sni"], CA_NAME, "{}", ch[0]);
+    assert_eq!(named(o, "tls.established").len(), 1, "{:#?}", o.events);
+    // TLS 1.3 hides the certificate; with TLS 1.2 it is checked: either way
+    // nothing is wrong.
+    for c in named(o, "cert.chain") {
+        assert_eq!(c["trusted"], true, "{c}");
+    }
+    let sum = named(o, "session.summary");
+    assert_eq!(sum[0]["implicit_tls"], true, "{}", sum[0]);
+    let bad: Vec<_> = findings(o)
+        .into_iter()
+        .filter(|(_, s)| s == "warning" || s == "error")
+        .collect();
+    assert!(bad.is_empty(), "an SMTPS session has findings: {bad:?}");
+}
+
+#[test]
+fn events_tls_client_on_starttls_server_is_a_mismatch() {
+    let o = swaks_tlsc_to_a();
+    assert!(
+        has_finding(o, "smtp.implicit_tls_mismatch"),
+        "findings: {:?}\n{:#?}",
+        findings(o),
+        o.events
+    );
+    assert!(named(o, "tls.started").is_empty());
+    assert!(!named(o, "smtp.banner").is_empty());
 }
 
 #[test]
