@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{named, scripted_upstream, temp_dir, tshark, TestProxy};
+use common::{frame_comments, named, scripted_upstream, temp_dir, tshark, TestProxy};
 use smtptap::cert::mint::{Ca, LeafSpec};
 use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -314,16 +314,7 @@ async fn after_an_smtp_desync_credentials_stay_out_of_the_capture() {
         !text.contains("AHVzZXIAc2VjcmV0cGFzcw"),
         "the credential reached the capture"
     );
-    let comments = tshark(&[
-        "-r",
-        &file.display().to_string(),
-        "-Y",
-        "frame.comment",
-        "-T",
-        "fields",
-        "-e",
-        "frame.comment",
-    ]);
+    let comments = frame_comments(&file);
     assert!(comments.contains("could not be redacted"), "{comments}");
 }
 
@@ -408,15 +399,6 @@ async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
         !text.contains("AHVzZXIAc2VjcmV0cGFzcw"),
         "the credential reached the capture"
     );
-    let comments = tshark(&[
-        "-r",
-        &file.display().to_string(),
-        "-Y",
-        "frame.comment",
-        "-T",
-        "fields",
-        "-e",
-        "frame.comment",
-    ]);
+    let comments = frame_comments(&file);
     assert!(comments.contains("could not be redacted"), "{comments}");
 }

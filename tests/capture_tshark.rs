@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 mod common;
 
-use common::{temp_dir, tshark};
+use common::{frame_comments, temp_dir, tshark};
 use smtptap::capture::{
     Capture, CaptureConfig, CaptureEvent, CaptureSection, CloseKind, FlowInfo, Legs,
 };
@@ -471,16 +471,7 @@ fn tshark_shows_comments_for_left_out_bodies_and_truncation() {
     assert_eq!(ev, vec![CaptureEvent::Truncated { limit: 200 }]);
     s.close(ts(7));
     cap.clone().shutdown();
-    let out = tshark(&[
-        "-r",
-        path.to_str().unwrap(),
-        "-Y",
-        "frame.comment",
-        "-T",
-        "fields",
-        "-e",
-        "frame.comment",
-    ]);
+    let out = frame_comments(&path);
     assert!(
         out.contains("4096 bytes sent by the client before this frame are not in this capture"),
         "{out}"

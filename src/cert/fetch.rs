@@ -90,7 +90,15 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
                     return Err(format!("CRL larger than {MAX_CRL} bytes"));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The read timeout (the time left) ran out: the loop's deadline
+            // check reports it. Linux says WouldBlock here, others TimedOut.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(format!("reading the response: {e}")),
         }
     }
@@ -136,31 +144,39 @@ mod tests {
         }
     }
 
-    /// A server that sends one byte every 50 ms never trips a per-read
-    /// timeout; the whole fetch still ends at its deadline.
-    #[test]
-    fn a_trickling_server_is_cut_off_at_the_deadline() {
+    /// A one-connection HTTP server on loopback: reads the request, then
+    /// sends `response` in `piece`-byte writes `pause` apart. Returns the URL
+    /// of `path` on it and the server thread.
+    fn serve(
+        path: &str,
+        response: Vec<u8>,
+        piece: usize,
+        pause: Duration,
+    ) -> (String, std::thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+        let url = format!("http://{}{path}", l.local_addr().unwrap());
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let mut req = [0u8; 1024];
             let _ = s.read(&mut req);
-            for b in b"HTTP/1.0 200 OK\r\n\r\n"
-                .iter()
-                .chain([0x30u8; 200].iter())
-            {
-                if s.write_all(&[*b]).is_err() {
+            for p in response.chunks(piece) {
+                if s.write_all(p).is_err() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(pause);
             }
         });
-        let e = fetch_crl(
-            &format!("http://127.0.0.1:{port}/slow.crl"),
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
+        (url, server)
+    }
+
+    /// A server that sends one byte every 50 ms never trips a per-read
+    /// timeout; the whole fetch still ends at its deadline.
+    #[test]
+    fn a_trickling_server_is_cut_off_at_the_deadline() {
+        let mut response = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+        response.extend([0x30u8; 200]);
+        let (url, server) = serve("/slow.crl", response, 1, Duration::from_millis(50));
+        let e = fetch_crl(&url, Duration::from_secs(1)).unwrap_err();
         assert!(e.starts_with("timed out after 1s"), "{e}");
         server.join().unwrap();
     }
@@ -168,19 +184,9 @@ mod tests {
     /// DER-looking bytes that are not a CRL are an error, not a CRL.
     #[test]
     fn der_garbage_is_not_a_crl() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let _ = s.read(&mut req);
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n\x30\x03\x02\x01\x00");
-        });
-        let e = fetch_crl(
-            &format!("http://127.0.0.1:{port}/garbage.crl"),
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
+        let response = b"HTTP/1.0 200 OK\r\n\r\n\x30\x03\x02\x01\x00".to_vec();
+        let (url, server) = serve("/garbage.crl", response, 1024, Duration::ZERO);
+        let e = fetch_crl(&url, Duration::from_secs(5)).unwrap_err();
         assert!(e.contains("is not a valid CRL"), "{e}");
         server.join().unwrap();
     }

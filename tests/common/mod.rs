@@ -98,6 +98,20 @@ pub fn tshark(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The pcapng frame comments of `file` (tshark), one per line.
+pub fn frame_comments(file: &std::path::Path) -> String {
+    tshark(&[
+        "-r",
+        &file.display().to_string(),
+        "-Y",
+        "frame.comment",
+        "-T",
+        "fields",
+        "-e",
+        "frame.comment",
+    ])
+}
+
 /// A scripted upstream that records everything it receives and sends `script`
 /// piecewise as client lines arrive; returns what it received.
 pub async fn scripted_upstream(
