@@ -280,6 +280,10 @@ struct State {
     fed: [u64; 2],
     /// The capture already says why the rest of the session is left out.
     blind_noted: bool,
+    /// Client bytes sent after STARTTLS before its reply, not yet written to
+    /// the capture (only when its policy redacts): TLS if the reply is 220,
+    /// unmarkable SMTP otherwise. Bounded by the observer's `max_handoff`.
+    held_capture: Vec<u8>,
 }
 
 /// Host names the conversation announced, for the certificate name checks.
@@ -518,6 +522,30 @@ impl State {
                 let progress = obs.feed(side, bytes, &mut out, &mut marks);
                 let desynced = obs.is_desynced();
                 let start = self.fed[side_index(side)];
+                let refused = out.iter().any(|e| {
+                    matches!(
+                        e,
+                        SmtpEvent::StartTls {
+                            accepted: false,
+                            ..
+                        }
+                    )
+                });
+                // Bytes held after STARTTLS wait for its reply before they
+                // reach a capture that must redact (they are the chunk's tail).
+                let mut bytes = bytes;
+                if let Some(c) = self.capture.as_ref() {
+                    let held_at = marks
+                        .iter()
+                        .find(|m| m.kind == MarkKind::Held)
+                        .map(|m| m.range.start);
+                    if let (Some(h), Some(_)) = (held_at, blind_reason(c)) {
+                        let (head, tail) = bytes.split_at(h.min(bytes.len()));
+                        self.held_capture.extend_from_slice(tail);
+                        bytes = head;
+                        marks.retain(|m| m.range.end <= h);
+                    }
+                }
                 if let Some(c) = self.capture.as_mut() {
                     // When the observer gives up inside this chunk, what follows
                     // the point of desync cannot be checked for AUTH secrets.
@@ -550,11 +578,17 @@ impl State {
                 for e in out {
                     self.emit(ts, e).await;
                 }
+                if refused || desynced {
+                    // Re-read as SMTP (or not at all): their secrets cannot be
+                    // marked any more.
+                    self.release_held(ts, false);
+                }
                 match progress {
                     Progress::StartTls {
                         client_leftover,
                         server_leftover,
                     } => {
+                        self.release_held(ts, true);
                         self.emit(
                             ts,
                             SessionEvent::TlsStarted {
@@ -682,6 +716,27 @@ impl State {
         }
     }
 
+    /// Writes (`as_tls`: they turned out to be TLS) or leaves out, with a
+    /// comment, the client bytes held back after STARTTLS.
+    fn release_held(&mut self, ts: Timestamp, as_tls: bool) {
+        if self.held_capture.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held_capture);
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        if as_tls {
+            c.data(Side::Client, ts, &held);
+        } else {
+            c.comment(&format!(
+                "smtptap: {} bytes the client sent after STARTTLS, before the server's reply, are left out: they were not TLS and could not be checked for AUTH credentials or bodies",
+                held.len()
+            ));
+            c.skip(Side::Client, ts, held.len());
+        }
+    }
+
     /// Capture for bytes no SMTP observer marks (TLS, or after an observer
     /// stopped): written as they are, unless the conversation was lost in
     /// cleartext and the capture policy asks for redaction, then left out
@@ -737,6 +792,7 @@ fn capture_marked(c: &mut SessionCapture, side: Side, ts: Timestamp, bytes: &[u8
     let relevant = marks.iter().any(|m| match m.kind {
         MarkKind::Body => !bodies,
         MarkKind::Secret => redact,
+        MarkKind::Held => false,
     });
     if !relevant {
         c.data(side, ts, bytes);
@@ -807,6 +863,7 @@ pub async fn analyze(
         pending: Vec::new(),
         smtp_blind: false,
         blind_noted: false,
+        held_capture: Vec::new(),
         fed: [0, 0],
     };
     st.emit(
@@ -965,6 +1022,8 @@ pub async fn analyze(
             None,
         ),
     };
+    // Held bytes whose STARTTLS reply never came.
+    st.release_held(ts, false);
     if let Some(mut c) = st.capture.take() {
         if let Some((side, bytes)) = loss {
             c.comment(&format!(

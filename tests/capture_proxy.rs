@@ -402,3 +402,95 @@ async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
     let comments = frame_comments(&file);
     assert!(comments.contains("could not be redacted"), "{comments}");
 }
+
+/// A client that sends AUTH right behind STARTTLS, without waiting for the
+/// reply (RFC 3207 forbids it), to a server that refuses STARTTLS: those
+/// bytes were held back from the capture until the reply, and then left out.
+#[tokio::test]
+async fn bytes_pipelined_after_a_refused_starttls_stay_out_of_the_capture() {
+    let dir = temp_dir("capture-held");
+    let file = dir.join("held.pcapng");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = tokio::io::BufReader::new(s);
+        s.get_mut()
+            .write_all(b"220 up.example.test ESMTP\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+            got.extend_from_slice(line.as_bytes());
+            let reply: &[u8] = if line.starts_with("EHLO") {
+                b"250-up.example.test\r\n250 STARTTLS\r\n"
+            } else if line.starts_with("STARTTLS") {
+                b"454 4.7.0 TLS not available due to local problem\r\n"
+            } else if line.starts_with("AUTH") {
+                b"235 2.7.0 Authentication successful\r\n"
+            } else {
+                let _ = s.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
+                break;
+            };
+            let _ = s.get_mut().write_all(reply).await;
+            line.clear();
+        }
+        got
+    });
+    let proxy = TestProxy::start(
+        &up.to_string(),
+        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+    )
+    .await;
+    let c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut c = tokio::io::BufReader::new(c);
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    c.read_line(&mut line).await.unwrap();
+    let mut sent = Vec::new();
+    for (cmd, replies) in [
+        ("EHLO c.example.test\r\n", 2),
+        ("STARTTLS\r\nAUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n", 2),
+        ("QUIT\r\n", 1),
+    ] {
+        c.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+        sent.extend_from_slice(cmd.as_bytes());
+        for _ in 0..replies {
+            line.clear();
+            c.read_line(&mut line).await.unwrap();
+        }
+    }
+    assert_eq!(line, "221 2.0.0 Bye\r\n");
+    drop(c);
+    // The relay is untouched: the upstream got every byte, secret included.
+    assert!(server.await.unwrap() == sent);
+    let events = {
+        proxy.wait_summaries(1).await;
+        proxy.stop().await
+    };
+    let st = named(&events, 1, "smtp.starttls");
+    assert_eq!(st[0]["accepted"], false, "{st:?}");
+    // The observer still read the AUTH as a command, redacted.
+    let auth: Vec<_> = named(&events, 1, "smtp.command")
+        .into_iter()
+        .filter(|c| c["verb"] == "AUTH")
+        .collect();
+    assert_eq!(auth[0]["arg"], "PLAIN [redacted]", "{auth:?}");
+    let (from_client, _) = follow_raw(&file.display().to_string(), up.port());
+    let text = String::from_utf8_lossy(&from_client);
+    assert!(
+        text.starts_with("EHLO c.example.test\r\nSTARTTLS\r\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("AHVzZXIAc2VjcmV0cGFzcw"),
+        "the credential reached the capture"
+    );
+    let comments = frame_comments(&file);
+    assert!(
+        comments.contains("after STARTTLS, before the server's reply, are left out"),
+        "{comments}"
+    );
+}

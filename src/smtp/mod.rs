@@ -87,6 +87,10 @@ pub enum MarkKind {
     /// AUTH credentials: the initial response of an AUTH command and every
     /// client SASL line after a 334 (CR/LF excluded).
     Secret,
+    /// Client bytes sent after STARTTLS, before its reply (RFC 3207 forbids
+    /// it): TLS if the server says 220, unmarked SMTP otherwise, so whoever
+    /// stores them must wait for the reply.
+    Held,
 }
 
 /// What the caller must do after a [`SmtpObserver::feed`].

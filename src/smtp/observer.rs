@@ -278,6 +278,7 @@ impl SmtpObserver {
                         self.desync(Side::Client, reason, offset, out);
                     } else {
                         self.client.hold.extend_from_slice(rest);
+                        push_mark(marks, i..i + rest.len(), MarkKind::Held);
                     }
                     rest.len()
                 }
