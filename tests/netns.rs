@@ -583,3 +583,154 @@ fn tproxy_with_spoofed_source_shows_the_client_address_to_the_server() {
     assert_eq!(msgs.len(), 1, "{rec:#?}");
     assert_eq!(msgs[0]["sha256"], sha, "the message was altered in transit");
 }
+
+/// Runs one message from the client to the server's address through an
+/// already diverted middle, then checks smtptap's log and what the server
+/// saw: the original destination, the message intact, and the server's view
+/// of the peer (`server_sees`).
+fn relay_one_and_check(lab: &mut Lab, pid: u32, server_sees: &str) {
+    let (body, sha) = lab.body();
+    let (ok, report) = lab.client_send(&format!("{SERVER_IP}:25"), &body);
+    assert!(ok, "the message was not accepted through smtptap: {report}");
+    lab.stop(pid);
+    let evs = lab.smtptap_events();
+    let opens = events(&evs, "session.open");
+    assert_eq!(opens.len(), 1, "{evs:#?}");
+    assert_eq!(opens[0]["upstream"], format!("{SERVER_IP}:25"));
+    assert_eq!(ip_of(&opens[0]["client"]), CLIENT_IP);
+    let conn = events(&evs, "upstream.connected");
+    assert_eq!(conn.len(), 1, "{evs:#?}");
+    assert_eq!(conn[0]["addr"], format!("{SERVER_IP}:25"));
+    assert_eq!(ip_of(&conn[0]["local"]), server_sees);
+    assert!(events(&evs, "upstream.loop_refused").is_empty());
+    let rec = lab.server_records();
+    let peers: Vec<_> = rec.iter().filter(|r| r["kind"] == "peer").collect();
+    assert_eq!(peers.len(), 1, "{rec:#?}");
+    assert_eq!(ip_of(&peers[0]["peer"]), server_sees);
+    let msgs: Vec<_> = rec.iter().filter(|r| r["kind"] == "message").collect();
+    assert_eq!(msgs.len(), 1, "{rec:#?}");
+    assert_eq!(msgs[0]["sha256"], sha, "the message was altered in transit");
+}
+
+fn require_nft() {
+    assert!(
+        which("nft"),
+        "nft is missing: run scripts/install-test-deps (apt-get install -y nftables)"
+    );
+}
+
+/// The README's nft REDIRECT recipe, word for word (interface m1).
+#[test]
+fn nft_redirect_recipe_from_the_readme_relays() {
+    require_nft();
+    let mut lab = Lab::new("nr");
+    let middle = lab.middle.clone();
+    lab.ns(&middle, &["nft", "add", "table", "ip", "smtptap"]);
+    lab.ns(
+        &middle,
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "smtptap",
+            "pre",
+            "{ type nat hook prerouting priority dstnat; }",
+        ],
+    );
+    lab.ns(
+        &middle,
+        &[
+            "nft", "add", "rule", "ip", "smtptap", "pre", "iifname", "m1", "tcp", "dport", "25",
+            "redirect", "to", ":2525",
+        ],
+    );
+    lab.start_server();
+    let pid = lab.start_smtptap(&["--transparent", "redirect"]);
+    relay_one_and_check(&mut lab, pid, "10.77.2.1");
+    // The recipe's clean-up works too.
+    lab.ns(&middle, &["nft", "delete", "table", "ip", "smtptap"]);
+}
+
+/// The README's nft TPROXY recipe, word for word (interface m1), without
+/// `--spoof-source`: the server sees smtptap's own address.
+#[test]
+fn nft_tproxy_recipe_from_the_readme_relays_without_spoofing() {
+    require_nft();
+    let mut lab = Lab::new("nt");
+    let middle = lab.middle.clone();
+    lab.ns(&middle, &["nft", "add", "table", "ip", "smtptap"]);
+    lab.ns(
+        &middle,
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "smtptap",
+            "pre",
+            "{ type filter hook prerouting priority mangle; }",
+        ],
+    );
+    lab.ns(
+        &middle,
+        &[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "smtptap",
+            "pre",
+            "meta",
+            "l4proto",
+            "tcp",
+            "socket",
+            "transparent",
+            "1",
+            "meta",
+            "mark",
+            "set",
+            "0x1",
+            "accept",
+        ],
+    );
+    lab.ns(
+        &middle,
+        &[
+            "nft", "add", "rule", "ip", "smtptap", "pre", "iifname", "m1", "tcp", "dport", "25",
+            "tproxy", "to", ":2525", "meta", "mark", "set", "0x1", "accept",
+        ],
+    );
+    lab.ns(
+        &middle,
+        &["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"],
+    );
+    lab.ns(
+        &middle,
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "100",
+        ],
+    );
+    lab.start_server();
+    let pid = lab.start_smtptap(&["--transparent", "tproxy"]);
+    relay_one_and_check(&mut lab, pid, "10.77.2.1");
+    // TPROXY, not a rewrite: the accepted socket's local address is the server's.
+    let evs = lab.smtptap_events();
+    assert_eq!(
+        events(&evs, "session.open")[0]["listener"],
+        format!("{SERVER_IP}:25")
+    );
+    lab.ns(&middle, &["nft", "delete", "table", "ip", "smtptap"]);
+    lab.ns(
+        &middle,
+        &["ip", "rule", "del", "fwmark", "0x1/0x1", "lookup", "100"],
+    );
+}
