@@ -734,3 +734,92 @@ fn nft_tproxy_recipe_from_the_readme_relays_without_spoofing() {
         &["ip", "rule", "del", "fwmark", "0x1/0x1", "lookup", "100"],
     );
 }
+
+/// REDIRECT over IPv6 (`ip6tables`, `IP6T_SO_ORIGINAL_DST`): the same three
+/// namespaces with IPv6 addresses added; the client dials the server's IPv6
+/// address and smtptap, listening on `[::]` too, relays to it.
+#[test]
+fn redirect_over_ipv6_relays_to_the_original_destination() {
+    assert!(
+        which("ip6tables"),
+        "ip6tables is missing: run scripts/install-test-deps (apt-get install -y iptables)"
+    );
+    let mut lab = Lab::new("r6");
+    let (client, middle, server) = (lab.client.clone(), lab.middle.clone(), lab.server.clone());
+    for (ns, addr, dev) in [
+        (&client, "fd77:1::2/64", "c0"),
+        (&middle, "fd77:1::1/64", "m1"),
+        (&middle, "fd77:2::1/64", "m2"),
+        (&server, "fd77:2::2/64", "s0"),
+    ] {
+        lab.ns(ns, &["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    lab.ns(
+        &client,
+        &["ip", "-6", "route", "add", "default", "via", "fd77:1::1"],
+    );
+    lab.ns(
+        &server,
+        &["ip", "-6", "route", "add", "default", "via", "fd77:2::1"],
+    );
+    lab.ns(
+        &middle,
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    );
+    lab.ns(
+        &middle,
+        &[
+            "ip6tables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "m1",
+            "-p",
+            "tcp",
+            "--dport",
+            "25",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "2525",
+        ],
+    );
+    let rec = lab.dir.join("server.jsonl");
+    lab.spawn(
+        &server,
+        &[
+            lab_peer().to_str().unwrap(),
+            "server",
+            "--listen",
+            "[fd77:2::2]:25",
+            "--record",
+            rec.to_str().unwrap(),
+        ],
+        "server.log",
+    );
+    lab.wait_listening(&server, 25, "server.log");
+    let pid = lab.start_smtptap(&["--listen", "[::]:2525", "--transparent", "redirect"]);
+    let (body, sha) = lab.body();
+    let (ok, report) = lab.client_send("[fd77:2::2]:25", &body);
+    assert!(ok, "the message was not accepted through smtptap: {report}");
+    lab.stop(pid);
+
+    let evs = lab.smtptap_events();
+    let opens = events(&evs, "session.open");
+    assert_eq!(opens.len(), 1, "{evs:#?}");
+    assert_eq!(opens[0]["upstream"], "[fd77:2::2]:25");
+    assert_eq!(ip_of(&opens[0]["client"]), "fd77:1::2");
+    let conn = events(&evs, "upstream.connected");
+    assert_eq!(conn.len(), 1, "{evs:#?}");
+    assert_eq!(conn[0]["addr"], "[fd77:2::2]:25");
+    assert_eq!(ip_of(&conn[0]["local"]), "fd77:2::1");
+    let rec = lab.server_records();
+    let peers: Vec<_> = rec.iter().filter(|r| r["kind"] == "peer").collect();
+    assert_eq!(peers.len(), 1, "{rec:#?}");
+    assert_eq!(ip_of(&peers[0]["peer"]), "fd77:2::1");
+    let msgs: Vec<_> = rec.iter().filter(|r| r["kind"] == "message").collect();
+    assert_eq!(msgs.len(), 1, "{rec:#?}");
+    assert_eq!(msgs[0]["sha256"], sha, "the message was altered in transit");
+}
