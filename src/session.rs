@@ -193,6 +193,9 @@ const CRL_RETRY: Duration = Duration::from_secs(300);
 /// CRL distribution points fetched per chain, at most.
 const MAX_CRL_URLS: usize = 8;
 
+/// Most time all CRL fetches for one certificate chain may take together.
+const CRL_BUDGET: Duration = Duration::from_secs(10);
+
 impl Analysis {
     /// Settings only (trust store and capture are added by the caller).
     pub fn new(tls: TlsSettings) -> Self {
@@ -405,6 +408,10 @@ impl State {
             }
         }
         let mut crls = Vec::new();
+        // One budget for the whole chain: each fetch gets at most 5 s and all
+        // of them together at most CRL_BUDGET, so a certificate naming many
+        // slow CRL servers holds its session (and its slot) for a bounded time.
+        let budget_end = Instant::now() + CRL_BUDGET;
         for url in urls {
             let cached = self.analysis.crl_cache.lock().ok().and_then(|c| {
                 c.get(&url).and_then(|(when, r)| {
@@ -414,13 +421,19 @@ impl State {
             });
             let result = match cached {
                 Some(r) => r,
+                None if Instant::now() >= budget_end => Err(format!(
+                    "not fetched: this chain's CRL fetches already took {} s",
+                    CRL_BUDGET.as_secs()
+                )),
                 None => {
                     let u = url.clone();
-                    let r = tokio::task::spawn_blocking(move || {
-                        cert::fetch::fetch_crl(&u, Duration::from_secs(5))
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+                    let timeout = budget_end
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_secs(5));
+                    let r =
+                        tokio::task::spawn_blocking(move || cert::fetch::fetch_crl(&u, timeout))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
                     if let Ok(mut c) = self.analysis.crl_cache.lock() {
                         // Bounded in entries and bytes (CRLs can be large and
                         // their URLs come from peers' certificates).

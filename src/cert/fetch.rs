@@ -45,7 +45,7 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
     for a in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            last = format!("timed out after {}s", timeout.as_secs());
+            last = format!("timed out after {:.1}s", timeout.as_secs_f64());
             break;
         }
         match TcpStream::connect_timeout(&a, left) {
@@ -76,8 +76,8 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!(
-                "timed out after {}s ({} bytes received)",
-                timeout.as_secs(),
+                "timed out after {:.1}s ({} bytes received)",
+                timeout.as_secs_f64(),
                 resp.len()
             ));
         }
@@ -177,7 +177,7 @@ mod tests {
         response.extend([0x30u8; 200]);
         let (url, server) = serve("/slow.crl", response, 1, Duration::from_millis(50));
         let e = fetch_crl(&url, Duration::from_secs(1)).unwrap_err();
-        assert!(e.starts_with("timed out after 1s"), "{e}");
+        assert!(e.starts_with("timed out after 1.0s"), "{e}");
         server.join().unwrap();
     }
 
