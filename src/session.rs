@@ -267,6 +267,8 @@ struct State {
     kept: Vec<Event>,
     /// Rough memory of `kept` ([`approx_size`]), bounded by [`MAX_KEPT_BYTES`].
     kept_bytes: usize,
+    /// The summary's counts, over every event (kept or not).
+    counts: summary::Counts,
     not_kept: u64,
     stage: Stage,
     /// This session's pcapng flow(s), when capture is on and the filters select it.
@@ -302,6 +304,7 @@ impl State {
     async fn emit(&mut self, ts: Timestamp, kind: impl Into<EventKind>) {
         let kind = kind.into();
         self.learn(&kind);
+        self.count(&kind);
         let size = approx_size(&kind);
         let ev = Event::new(ts, self.info.id, kind);
         if self.kept.len() < MAX_KEPT_EVENTS && self.kept_bytes + size <= MAX_KEPT_BYTES {
@@ -320,6 +323,37 @@ impl State {
     async fn flush(&mut self) {
         let batch = std::mem::take(&mut self.pending);
         self.sink.send_batch(batch).await;
+    }
+
+    fn count(&mut self, kind: &EventKind) {
+        let c = &mut self.counts;
+        match kind {
+            EventKind::Smtp(SmtpEvent::Command { .. }) => c.commands += 1,
+            EventKind::Smtp(SmtpEvent::Message { accepted: true, .. }) => c.messages_accepted += 1,
+            EventKind::Smtp(SmtpEvent::Message { .. }) => c.messages_rejected += 1,
+            EventKind::Smtp(SmtpEvent::Reply {
+                code,
+                enhanced,
+                text,
+                ..
+            })
+            | EventKind::Smtp(SmtpEvent::Banner {
+                code,
+                enhanced,
+                text,
+                ..
+            }) => {
+                c.last_reply = Some(
+                    match enhanced.as_deref() {
+                        Some(e) if !e.is_empty() => format!("{code} {e} {text}"),
+                        _ => format!("{code} {text}"),
+                    }
+                    .trim_end()
+                    .to_string(),
+                );
+            }
+            _ => {}
+        }
     }
 
     fn learn(&mut self, kind: &EventKind) {
@@ -868,6 +902,7 @@ pub async fn analyze(
         sink,
         kept: Vec::new(),
         kept_bytes: 0,
+        counts: summary::Counts::default(),
         not_kept: 0,
         stage,
         capture: None,
@@ -1152,6 +1187,7 @@ async fn finish(
             server_bytes,
             close_reason: reason.to_string(),
             events_not_kept: st.not_kept,
+            counts: std::mem::take(&mut st.counts),
         },
         findings,
     );

@@ -24,6 +24,22 @@ pub struct Totals {
     pub close_reason: String,
     /// Events logged but not kept for the diagnosis.
     pub events_not_kept: u64,
+    /// Counted over every event, kept or not.
+    pub counts: Counts,
+}
+
+/// What the summary counts over all of a session's events (not only those
+/// kept for the diagnosis, so a long session's figures stay exact).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `smtp.command` events.
+    pub commands: u64,
+    /// `smtp.message` events with `accepted`.
+    pub messages_accepted: u64,
+    /// `smtp.message` events without.
+    pub messages_rejected: u64,
+    /// The last `smtp.reply` or `smtp.banner`, as `code [enhanced] text`.
+    pub last_reply: Option<String>,
 }
 
 /// The `session.summary` event's fields.
@@ -93,7 +109,6 @@ pub fn summarize(
 ) -> SessionSummary {
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let v = SessionView::new(events);
-    let (messages_accepted, messages_rejected) = v.messages();
     let negotiated = v.negotiated();
     let str_of = |e: Option<&Value>, k: &str| {
         e.and_then(|e| e.get(k))
@@ -108,9 +123,9 @@ pub fn summarize(
         "complete"
     };
     SessionSummary {
-        commands: v.named("smtp.command").count() as u64,
-        messages_accepted,
-        messages_rejected,
+        commands: totals.counts.commands,
+        messages_accepted: totals.counts.messages_accepted,
+        messages_rejected: totals.counts.messages_rejected,
         banner: v.first("smtp.banner").map(reply_line),
         helo: v.hello().map(|h| {
             format!(
@@ -128,7 +143,7 @@ pub fn summarize(
         tls_cipher: negotiated.map(|n| n.1),
         sni: str_of(v.first("tls.client_hello"), "sni"),
         server_certificate: str_of(v.server_leaf(), "subject"),
-        last_reply: v.last_reply(),
+        last_reply: totals.counts.last_reply.clone(),
         observation: observation.into(),
         client: info.client,
         upstream: info.upstream.to_string(),

@@ -478,3 +478,82 @@ async fn huge_replies_are_relayed_and_logged_but_not_all_kept() {
     assert_eq!(sum["commands"], N + 1);
     assert_eq!(sum["last_reply"], "221 2.0.0 Bye");
 }
+
+/// 700 messages over one connection (about 7,000 events, more than a
+/// session keeps for its diagnosis): the summary's counts and last reply are
+/// still exact.
+#[tokio::test]
+async fn a_long_session_is_counted_exactly_beyond_the_kept_events() {
+    const N: usize = 700;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = tokio::io::BufReader::new(s);
+        s.get_mut().write_all(b"220 up ESMTP\r\n").await.unwrap();
+        let mut line = String::new();
+        let mut in_data = false;
+        let mut n = 0;
+        use tokio::io::AsyncBufReadExt;
+        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let reply: &[u8] = if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    n += 1;
+                    // Every 7th message is refused.
+                    if n % 7 == 0 {
+                        b"554 5.7.1 Rejected\r\n"
+                    } else {
+                        b"250 2.0.0 Ok: queued\r\n"
+                    }
+                } else {
+                    b""
+                }
+            } else if line.starts_with("DATA") {
+                in_data = true;
+                b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            } else if line.starts_with("QUIT") {
+                let _ = s.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
+                return;
+            } else {
+                b"250 2.1.0 Ok\r\n"
+            };
+            if !reply.is_empty() && s.get_mut().write_all(reply).await.is_err() {
+                return;
+            }
+            line.clear();
+        }
+    });
+    let proxy = TestProxy::start(&up.to_string(), "").await;
+    let c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut c = tokio::io::BufReader::new(c);
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    c.read_line(&mut line).await.unwrap();
+    for i in 0..N {
+        for cmd in [
+            "MAIL FROM:<a@example.test>\r\n".to_string(),
+            "RCPT TO:<b@example.test>\r\n".to_string(),
+            "DATA\r\n".to_string(),
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n.\r\n"),
+        ] {
+            c.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+            line.clear();
+            c.read_line(&mut line).await.unwrap();
+        }
+    }
+    c.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+    line.clear();
+    c.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "221 2.0.0 Bye\r\n");
+    drop(c);
+    server.await.unwrap();
+    proxy.wait_summaries(1).await;
+    let events = proxy.stop().await;
+    let sum = &named(&events, 1, "session.summary")[0];
+    assert!(sum["events_not_kept"].as_u64().unwrap() > 1000, "{sum}");
+    assert_eq!(sum["commands"], 3 * N + 1);
+    assert_eq!(sum["messages_accepted"], N - N / 7);
+    assert_eq!(sum["messages_rejected"], N / 7);
+    assert_eq!(sum["last_reply"], "221 2.0.0 Bye");
+}
