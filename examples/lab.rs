@@ -117,7 +117,7 @@ async fn run() -> Result<(), String> {
     let gw = issuing
         .issue(&LeafSpec {
             // Like a public CA's certificate: revocation locations present.
-            crl_url: Some("http://crl.lab.example.test/issuing.crl".into()),
+            crl_urls: vec!["http://crl.lab.example.test/issuing.crl".into()],
             ocsp_url: Some("http://ocsp.lab.example.test".into()),
             ..LeafSpec::server([GATEWAY.to_string(), format!("*.{GATEWAY}")]).with_cn(Some(GATEWAY))
         })

@@ -64,7 +64,7 @@ impl Pki {
 /// A server leaf with revocation URLs (so `cert.no_revocation_info` stays quiet).
 fn leaf(names: &[&str]) -> LeafSpec {
     LeafSpec {
-        crl_url: Some("http://crl.example.test/ca.crl".into()),
+        crl_urls: vec!["http://crl.example.test/ca.crl".into()],
         ocsp_url: Some("http://ocsp.example.test/".into()),
         ..LeafSpec::server(names.iter().copied())
     }
@@ -1598,7 +1598,7 @@ async fn cert_announced_name_mismatch_of_the_sending_server() {
     let p = pki("client-announced");
     let issued = p.issue(&leaf(&[MX]));
     let client_cert = p.issue(&LeafSpec {
-        crl_url: Some("http://crl.example.test/ca.crl".into()),
+        crl_urls: vec!["http://crl.example.test/ca.crl".into()],
         ocsp_url: Some("http://ocsp.example.test/".into()),
         ..LeafSpec::client(["relay.other.example"])
     });

@@ -16,7 +16,7 @@ const NAME: &str = "mx.revocation.example.test";
 
 fn leaf(ca: &Ca, crl_url: &str) -> Issued {
     ca.issue(&LeafSpec {
-        crl_url: Some(crl_url.into()),
+        crl_urls: vec![crl_url.into()],
         ..LeafSpec::server([NAME.to_string()])
     })
     .unwrap()
@@ -213,4 +213,53 @@ fn a_bad_crl_file_is_a_clear_config_error() {
     .unwrap();
     let err = smtptap::session::Analysis::from_config(&cfg).unwrap_err();
     assert!(err.contains("bad.crl") && err.contains("no CRL"), "{err}");
+}
+
+/// A certificate naming three CRL servers that never answer: each fetch
+/// gives up after 5 s and the chain's 10 s budget leaves the third one
+/// unfetched, so the session's analysis (and its slot) is held for a bounded
+/// time. The mail itself went through at once (the relay never waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_crl_servers_are_bounded_by_the_chain_budget() {
+    let dir = temp_dir("crl-budget");
+    let ca = Ca::new("revocation budget CA").unwrap();
+    let mut urls = Vec::new();
+    for i in 0..3 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}/silent-{i}.crl", l.local_addr().unwrap()));
+        // Accepts, reads the request, never answers.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut req = vec![0u8; 4096];
+                let _ = s.read(&mut req).await;
+                held.push(s);
+            }
+        });
+    }
+    let issued = ca
+        .issue(&LeafSpec {
+            crl_urls: urls.clone(),
+            ..LeafSpec::server([NAME.to_string()])
+        })
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let extra = format!(
+        "[tls]\nca_files = [\"{}/ca.pem\"]\ncheck_revocation = true\n",
+        dir.display()
+    );
+    let events = session_through(&issued, &extra).await;
+    let crl_ev = named(&events, 1, "cert.crl");
+    assert_eq!(crl_ev.len(), 3, "{crl_ev:#?}");
+    for (ev, url) in crl_ev.iter().zip(&urls) {
+        assert_eq!(ev["url"], url.as_str());
+        assert_eq!(ev["ok"], false);
+    }
+    for ev in &crl_ev[..2] {
+        let e = ev["error"].as_str().unwrap();
+        assert!(e.starts_with("timed out after 5.0s"), "{e}");
+    }
+    let e = crl_ev[2]["error"].as_str().unwrap();
+    assert_eq!(e, "not fetched: this chain's CRL fetches already took 10 s");
+    assert!(finding_ids(&events).contains(&"cert.crl_unavailable".to_string()));
 }

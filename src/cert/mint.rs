@@ -75,8 +75,8 @@ pub struct LeafSpec {
     pub server_auth: bool,
     /// Include the clientAuth extended key usage (Exchange connectors often send both).
     pub client_auth: bool,
-    /// A CRL distribution point URL.
-    pub crl_url: Option<String>,
+    /// CRL distribution point URLs (one distribution point each).
+    pub crl_urls: Vec<String>,
     /// An OCSP responder URL (Authority Information Access).
     pub ocsp_url: Option<String>,
     /// A CA issuers URL (Authority Information Access), where the issuer can be fetched.
@@ -102,7 +102,7 @@ impl LeafSpec {
             not_after: days_from(now, 90),
             server_auth: true,
             client_auth: false,
-            crl_url: None,
+            crl_urls: Vec::new(),
             ocsp_url: None,
             ca_issuers_url: None,
             key: KeyKind::default(),
@@ -485,11 +485,13 @@ fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, CertError> {
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
-    if let Some(url) = &spec.crl_url {
-        params.crl_distribution_points = vec![CrlDistributionPoint {
+    params.crl_distribution_points = spec
+        .crl_urls
+        .iter()
+        .map(|url| CrlDistributionPoint {
             uris: vec![url.clone()],
-        }];
-    }
+        })
+        .collect();
     if spec.ocsp_url.is_some() || spec.ca_issuers_url.is_some() {
         params.custom_extensions.push(aia_extension(
             spec.ocsp_url.as_deref(),

@@ -569,7 +569,7 @@ fn mint_leaf_spec_fields_are_honoured() {
     let root = Ca::new("Lab Root").unwrap();
     let mut spec = LeafSpec::server(["mail.example.test", "192.0.2.7"]);
     spec.client_auth = true;
-    spec.crl_url = Some("http://crl.example.test/lab.crl".into());
+    spec.crl_urls = vec!["http://crl.example.test/lab.crl".into()];
     spec.ocsp_url = Some("http://ocsp.example.test".into());
     spec.ca_issuers_url = Some("http://pki.example.test/lab.crt".into());
     let issued = root.issue(&spec).unwrap();
@@ -840,7 +840,7 @@ fn leaf_in_the_image_of_an_upstream_certificate() {
         ]
     );
     assert!(spec.server_auth && spec.client_auth);
-    assert_eq!(spec.crl_url, None);
+    assert!(spec.crl_urls.is_empty());
     let ca = Ca::new("Intercept CA").unwrap();
     let issued = ca.issue(&spec).unwrap();
     let copy = parse_cert(&issued.chain_der[0]).unwrap();
