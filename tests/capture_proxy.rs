@@ -325,32 +325,7 @@ async fn after_an_smtp_desync_credentials_stay_out_of_the_capture() {
 async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
     let dir = temp_dir("capture-tls-blind");
     let file = dir.join("tls-blind.pcapng");
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (s, _) = l.accept().await.unwrap();
-        let mut s = tokio::io::BufReader::new(s);
-        s.get_mut()
-            .write_all(b"220 up.example.test ESMTP\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut line = String::new();
-        use tokio::io::AsyncBufReadExt;
-        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
-            got.extend_from_slice(line.as_bytes());
-            let reply: &[u8] = if line.starts_with("EHLO") {
-                b"250-up.example.test\r\n250 STARTTLS\r\n"
-            } else if line.starts_with("STARTTLS") {
-                b"220 2.0.0 Ready to start TLS\r\n"
-            } else {
-                b"502 5.5.2 Error\r\n"
-            };
-            let _ = s.get_mut().write_all(reply).await;
-            line.clear();
-        }
-        got
-    });
+    let (up, server) = starttls_upstream(b"220 2.0.0 Ready to start TLS\r\n").await;
     let proxy = TestProxy::start(
         &up.to_string(),
         &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
@@ -410,35 +385,8 @@ async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
 async fn bytes_pipelined_after_a_refused_starttls_stay_out_of_the_capture() {
     let dir = temp_dir("capture-held");
     let file = dir.join("held.pcapng");
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (s, _) = l.accept().await.unwrap();
-        let mut s = tokio::io::BufReader::new(s);
-        s.get_mut()
-            .write_all(b"220 up.example.test ESMTP\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut line = String::new();
-        use tokio::io::AsyncBufReadExt;
-        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
-            got.extend_from_slice(line.as_bytes());
-            let reply: &[u8] = if line.starts_with("EHLO") {
-                b"250-up.example.test\r\n250 STARTTLS\r\n"
-            } else if line.starts_with("STARTTLS") {
-                b"454 4.7.0 TLS not available due to local problem\r\n"
-            } else if line.starts_with("AUTH") {
-                b"235 2.7.0 Authentication successful\r\n"
-            } else {
-                let _ = s.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
-                break;
-            };
-            let _ = s.get_mut().write_all(reply).await;
-            line.clear();
-        }
-        got
-    });
+    let (up, server) =
+        starttls_upstream(b"454 4.7.0 TLS not available due to local problem\r\n").await;
     let proxy = TestProxy::start(
         &up.to_string(),
         &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
@@ -493,4 +441,44 @@ async fn bytes_pipelined_after_a_refused_starttls_stay_out_of_the_capture() {
         comments.contains("after STARTTLS, before the server's reply, are left out"),
         "{comments}"
     );
+}
+
+/// A line-by-line scripted upstream: greets, offers STARTTLS, answers it
+/// with `starttls_reply`, accepts AUTH, says 221 to QUIT and closes; returns
+/// every line it received (cleartext only: it never speaks TLS).
+async fn starttls_upstream(
+    starttls_reply: &'static [u8],
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut s = tokio::io::BufReader::new(s);
+        s.get_mut()
+            .write_all(b"220 up.example.test ESMTP\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+            got.extend_from_slice(line.as_bytes());
+            let reply: &[u8] = if line.starts_with("EHLO") {
+                b"250-up.example.test\r\n250 STARTTLS\r\n"
+            } else if line.starts_with("STARTTLS") {
+                starttls_reply
+            } else if line.starts_with("AUTH") {
+                b"235 2.7.0 Authentication successful\r\n"
+            } else if line.starts_with("QUIT") {
+                let _ = s.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
+                break;
+            } else {
+                b"502 5.5.2 Error\r\n"
+            };
+            let _ = s.get_mut().write_all(reply).await;
+            line.clear();
+        }
+        got
+    });
+    (up, server)
 }

@@ -552,61 +552,56 @@ fn tproxy_with_spoofed_source_shows_the_client_address_to_the_server() {
     );
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "tproxy", "--spoof-source"]);
-    let (body, sha) = lab.body();
-
-    let (ok, report) = lab.client_send(&format!("{SERVER_IP}:25"), &body);
-    assert!(ok, "the message was not accepted through smtptap: {report}");
-
-    lab.stop(pid);
-    let evs = lab.smtptap_events();
-    let opens = events(&evs, "session.open");
-    assert_eq!(opens.len(), 1, "{evs:#?}");
-    assert_eq!(opens[0]["upstream"], format!("{SERVER_IP}:25"));
-    assert_eq!(ip_of(&opens[0]["client"]), CLIENT_IP);
-    // TPROXY: the accepted socket's local address is the server's.
-    assert_eq!(opens[0]["listener"], format!("{SERVER_IP}:25"));
-    let conn = events(&evs, "upstream.connected");
-    assert_eq!(conn.len(), 1, "{evs:#?}");
-    assert_eq!(conn[0]["addr"], format!("{SERVER_IP}:25"));
-    assert_eq!(ip_of(&conn[0]["local"]), CLIENT_IP, "source not spoofed");
-    assert!(events(&evs, "upstream.loop_refused").is_empty());
-
-    let rec = lab.server_records();
-    let peers: Vec<_> = rec.iter().filter(|r| r["kind"] == "peer").collect();
-    assert_eq!(peers.len(), 1, "{rec:#?}");
-    assert_eq!(
-        ip_of(&peers[0]["peer"]),
-        CLIENT_IP,
-        "the server must see the client's own address"
+    // Spoofed: smtptap connects from the client's address, and the server sees it.
+    relay_one_and_check(
+        &mut lab,
+        pid,
+        &Expect {
+            server: &format!("{SERVER_IP}:25"),
+            client_ip: CLIENT_IP,
+            server_sees: CLIENT_IP,
+            tproxy: true,
+        },
     );
-    let msgs: Vec<_> = rec.iter().filter(|r| r["kind"] == "message").collect();
-    assert_eq!(msgs.len(), 1, "{rec:#?}");
-    assert_eq!(msgs[0]["sha256"], sha, "the message was altered in transit");
 }
 
-/// Runs one message from the client to the server's address through an
-/// already diverted middle, then checks smtptap's log and what the server
-/// saw: the original destination, the message intact, and the server's view
-/// of the peer (`server_sees`).
-fn relay_one_and_check(lab: &mut Lab, pid: u32, server_sees: &str) {
+/// How one relayed session must look.
+struct Expect<'a> {
+    /// The server's address as dialled, `IP:PORT` or `[IPv6]:PORT`.
+    server: &'a str,
+    /// The client's address as smtptap sees it.
+    client_ip: &'a str,
+    /// The peer address the server sees (smtptap's own, or the client's when spoofed).
+    server_sees: &'a str,
+    /// TPROXY: the accepted socket's local address is the server's.
+    tproxy: bool,
+}
+
+/// Runs one message from the client to `e.server` through an already
+/// diverted middle, stops smtptap, then checks its log and what the server
+/// saw: the original destination, the addresses, and the message intact.
+fn relay_one_and_check(lab: &mut Lab, pid: u32, e: &Expect) {
     let (body, sha) = lab.body();
-    let (ok, report) = lab.client_send(&format!("{SERVER_IP}:25"), &body);
+    let (ok, report) = lab.client_send(e.server, &body);
     assert!(ok, "the message was not accepted through smtptap: {report}");
     lab.stop(pid);
     let evs = lab.smtptap_events();
     let opens = events(&evs, "session.open");
     assert_eq!(opens.len(), 1, "{evs:#?}");
-    assert_eq!(opens[0]["upstream"], format!("{SERVER_IP}:25"));
-    assert_eq!(ip_of(&opens[0]["client"]), CLIENT_IP);
+    assert_eq!(opens[0]["upstream"], e.server);
+    assert_eq!(ip_of(&opens[0]["client"]), e.client_ip);
+    if e.tproxy {
+        assert_eq!(opens[0]["listener"], e.server);
+    }
     let conn = events(&evs, "upstream.connected");
     assert_eq!(conn.len(), 1, "{evs:#?}");
-    assert_eq!(conn[0]["addr"], format!("{SERVER_IP}:25"));
-    assert_eq!(ip_of(&conn[0]["local"]), server_sees);
+    assert_eq!(conn[0]["addr"], e.server);
+    assert_eq!(ip_of(&conn[0]["local"]), e.server_sees);
     assert!(events(&evs, "upstream.loop_refused").is_empty());
     let rec = lab.server_records();
     let peers: Vec<_> = rec.iter().filter(|r| r["kind"] == "peer").collect();
     assert_eq!(peers.len(), 1, "{rec:#?}");
-    assert_eq!(ip_of(&peers[0]["peer"]), server_sees);
+    assert_eq!(ip_of(&peers[0]["peer"]), e.server_sees);
     let msgs: Vec<_> = rec.iter().filter(|r| r["kind"] == "message").collect();
     assert_eq!(msgs.len(), 1, "{rec:#?}");
     assert_eq!(msgs[0]["sha256"], sha, "the message was altered in transit");
@@ -647,7 +642,16 @@ fn nft_redirect_recipe_from_the_readme_relays() {
     );
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "redirect"]);
-    relay_one_and_check(&mut lab, pid, "10.77.2.1");
+    relay_one_and_check(
+        &mut lab,
+        pid,
+        &Expect {
+            server: &format!("{SERVER_IP}:25"),
+            client_ip: CLIENT_IP,
+            server_sees: "10.77.2.1",
+            tproxy: false,
+        },
+    );
     // The recipe's clean-up works too.
     lab.ns(&middle, &["nft", "delete", "table", "ip", "smtptap"]);
 }
@@ -721,12 +725,15 @@ fn nft_tproxy_recipe_from_the_readme_relays_without_spoofing() {
     );
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "tproxy"]);
-    relay_one_and_check(&mut lab, pid, "10.77.2.1");
-    // TPROXY, not a rewrite: the accepted socket's local address is the server's.
-    let evs = lab.smtptap_events();
-    assert_eq!(
-        events(&evs, "session.open")[0]["listener"],
-        format!("{SERVER_IP}:25")
+    relay_one_and_check(
+        &mut lab,
+        pid,
+        &Expect {
+            server: &format!("{SERVER_IP}:25"),
+            client_ip: CLIENT_IP,
+            server_sees: "10.77.2.1",
+            tproxy: true,
+        },
     );
     lab.ns(&middle, &["nft", "delete", "table", "ip", "smtptap"]);
     lab.ns(
@@ -801,25 +808,14 @@ fn redirect_over_ipv6_relays_to_the_original_destination() {
     );
     lab.wait_listening(&server, 25, "server.log");
     let pid = lab.start_smtptap(&["--listen", "[::]:2525", "--transparent", "redirect"]);
-    let (body, sha) = lab.body();
-    let (ok, report) = lab.client_send("[fd77:2::2]:25", &body);
-    assert!(ok, "the message was not accepted through smtptap: {report}");
-    lab.stop(pid);
-
-    let evs = lab.smtptap_events();
-    let opens = events(&evs, "session.open");
-    assert_eq!(opens.len(), 1, "{evs:#?}");
-    assert_eq!(opens[0]["upstream"], "[fd77:2::2]:25");
-    assert_eq!(ip_of(&opens[0]["client"]), "fd77:1::2");
-    let conn = events(&evs, "upstream.connected");
-    assert_eq!(conn.len(), 1, "{evs:#?}");
-    assert_eq!(conn[0]["addr"], "[fd77:2::2]:25");
-    assert_eq!(ip_of(&conn[0]["local"]), "fd77:2::1");
-    let rec = lab.server_records();
-    let peers: Vec<_> = rec.iter().filter(|r| r["kind"] == "peer").collect();
-    assert_eq!(peers.len(), 1, "{rec:#?}");
-    assert_eq!(ip_of(&peers[0]["peer"]), "fd77:2::1");
-    let msgs: Vec<_> = rec.iter().filter(|r| r["kind"] == "message").collect();
-    assert_eq!(msgs.len(), 1, "{rec:#?}");
-    assert_eq!(msgs[0]["sha256"], sha, "the message was altered in transit");
+    relay_one_and_check(
+        &mut lab,
+        pid,
+        &Expect {
+            server: "[fd77:2::2]:25",
+            client_ip: "fd77:1::2",
+            server_sees: "fd77:2::1",
+            tproxy: false,
+        },
+    );
 }
