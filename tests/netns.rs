@@ -293,6 +293,30 @@ impl Lab {
         pid
     }
 
+    /// The policy routing TPROXY needs in the middle: marked packets are
+    /// delivered locally (the README's `ip rule` / `ip route` lines).
+    fn tproxy_routing(&self) {
+        let middle = self.middle.clone();
+        self.ns(
+            &middle,
+            &["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"],
+        );
+        self.ns(
+            &middle,
+            &[
+                "ip",
+                "route",
+                "add",
+                "local",
+                "0.0.0.0/0",
+                "dev",
+                "lo",
+                "table",
+                "100",
+            ],
+        );
+    }
+
     fn server_records(&self) -> Vec<Value> {
         read_jsonl(&self.dir.join("server.jsonl"))
     }
@@ -532,24 +556,7 @@ fn tproxy_with_spoofed_source_shows_the_client_address_to_the_server() {
             "0x1",
         ],
     );
-    lab.ns(
-        &middle,
-        &["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"],
-    );
-    lab.ns(
-        &middle,
-        &[
-            "ip",
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "100",
-        ],
-    );
+    lab.tproxy_routing();
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "tproxy", "--spoof-source"]);
     // Spoofed: smtptap connects from the client's address, and the server sees it.
@@ -705,24 +712,7 @@ fn nft_tproxy_recipe_from_the_readme_relays_without_spoofing() {
             "tproxy", "to", ":2525", "meta", "mark", "set", "0x1", "accept",
         ],
     );
-    lab.ns(
-        &middle,
-        &["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"],
-    );
-    lab.ns(
-        &middle,
-        &[
-            "ip",
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "100",
-        ],
-    );
+    lab.tproxy_routing();
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "tproxy"]);
     relay_one_and_check(
