@@ -317,6 +317,51 @@ impl Lab {
         );
     }
 
+    /// IPv6 on the same links: client fd77:1::2, middle fd77:1::1 and
+    /// fd77:2::1, server fd77:2::2 (no duplicate address detection wait),
+    /// default routes through the middle, forwarding on.
+    fn add_ipv6(&self) {
+        for (ns, addr, dev) in [
+            (&self.client, "fd77:1::2/64", "c0"),
+            (&self.middle, "fd77:1::1/64", "m1"),
+            (&self.middle, "fd77:2::1/64", "m2"),
+            (&self.server, "fd77:2::2/64", "s0"),
+        ] {
+            self.ns(ns, &["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        }
+        self.ns(
+            &self.client,
+            &["ip", "-6", "route", "add", "default", "via", "fd77:1::1"],
+        );
+        self.ns(
+            &self.server,
+            &["ip", "-6", "route", "add", "default", "via", "fd77:2::1"],
+        );
+        self.ns(
+            &self.middle,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        );
+    }
+
+    /// The recording lab server on the server's IPv6 address, port 25.
+    fn start_server_v6(&mut self) {
+        let rec = self.dir.join("server.jsonl");
+        let server = self.server.clone();
+        self.spawn(
+            &server,
+            &[
+                lab_peer().to_str().unwrap(),
+                "server",
+                "--listen",
+                "[fd77:2::2]:25",
+                "--record",
+                rec.to_str().unwrap(),
+            ],
+            "server.log",
+        );
+        self.wait_listening(&server, 25, "server.log");
+    }
+
     fn server_records(&self) -> Vec<Value> {
         read_jsonl(&self.dir.join("server.jsonl"))
     }
@@ -742,27 +787,8 @@ fn redirect_over_ipv6_relays_to_the_original_destination() {
         "ip6tables is missing: run scripts/install-test-deps (apt-get install -y iptables)"
     );
     let mut lab = Lab::new("r6");
-    let (client, middle, server) = (lab.client.clone(), lab.middle.clone(), lab.server.clone());
-    for (ns, addr, dev) in [
-        (&client, "fd77:1::2/64", "c0"),
-        (&middle, "fd77:1::1/64", "m1"),
-        (&middle, "fd77:2::1/64", "m2"),
-        (&server, "fd77:2::2/64", "s0"),
-    ] {
-        lab.ns(ns, &["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
-    }
-    lab.ns(
-        &client,
-        &["ip", "-6", "route", "add", "default", "via", "fd77:1::1"],
-    );
-    lab.ns(
-        &server,
-        &["ip", "-6", "route", "add", "default", "via", "fd77:2::1"],
-    );
-    lab.ns(
-        &middle,
-        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-    );
+    lab.add_ipv6();
+    let middle = lab.middle.clone();
     lab.ns(
         &middle,
         &[
@@ -783,20 +809,7 @@ fn redirect_over_ipv6_relays_to_the_original_destination() {
             "2525",
         ],
     );
-    let rec = lab.dir.join("server.jsonl");
-    lab.spawn(
-        &server,
-        &[
-            lab_peer().to_str().unwrap(),
-            "server",
-            "--listen",
-            "[fd77:2::2]:25",
-            "--record",
-            rec.to_str().unwrap(),
-        ],
-        "server.log",
-    );
-    lab.wait_listening(&server, 25, "server.log");
+    lab.start_server_v6();
     let pid = lab.start_smtptap(&["--listen", "[::]:2525", "--transparent", "redirect"]);
     relay_one_and_check(
         &mut lab,
@@ -806,6 +819,87 @@ fn redirect_over_ipv6_relays_to_the_original_destination() {
             client_ip: "fd77:1::2",
             server_sees: "fd77:2::1",
             tproxy: false,
+        },
+    );
+}
+
+/// TPROXY over IPv6 with `--spoof-source` (ip6tables TPROXY, `ip -6` policy
+/// routing; the transparent flag set through `IP_TRANSPARENT` on IPv6
+/// sockets): relayed intact, and the server sees the client's IPv6 address.
+#[test]
+fn tproxy_over_ipv6_with_spoofed_source() {
+    assert!(
+        which("ip6tables"),
+        "ip6tables is missing: run scripts/install-test-deps (apt-get install -y iptables)"
+    );
+    let mut lab = Lab::new("t6");
+    lab.add_ipv6();
+    let middle = lab.middle.clone();
+    for rule in [
+        &[
+            "ip6tables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "m1",
+            "-p",
+            "tcp",
+            "--dport",
+            "25",
+            "-j",
+            "TPROXY",
+            "--on-port",
+            "2525",
+            "--on-ip",
+            "::",
+            "--tproxy-mark",
+            "0x1/0x1",
+        ][..],
+        &[
+            "ip6tables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "m2",
+            "-p",
+            "tcp",
+            "-m",
+            "socket",
+            "--transparent",
+            "-j",
+            "MARK",
+            "--set-mark",
+            "0x1",
+        ],
+        &[
+            "ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
+        ],
+        &[
+            "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100",
+        ],
+    ] {
+        lab.ns(&middle, rule);
+    }
+    lab.start_server_v6();
+    let pid = lab.start_smtptap(&[
+        "--listen",
+        "[::]:2525",
+        "--transparent",
+        "tproxy",
+        "--spoof-source",
+    ]);
+    relay_one_and_check(
+        &mut lab,
+        pid,
+        &Expect {
+            server: "[fd77:2::2]:25",
+            client_ip: "fd77:1::2",
+            server_sees: "fd77:1::2",
+            tproxy: true,
         },
     );
 }
