@@ -331,28 +331,16 @@ async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
         &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
     )
     .await;
-    let c = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut c = tokio::io::BufReader::new(c);
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    c.read_line(&mut line).await.unwrap();
-    let mut sent = Vec::new();
-    for (cmd, replies) in [
-        ("EHLO c.example.test\r\n", 2),
-        ("STARTTLS\r\n", 1),
-        ("AUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n", 1),
-        ("QUIT\r\n", 1),
-    ] {
-        c.get_mut().write_all(cmd.as_bytes()).await.unwrap();
-        sent.extend_from_slice(cmd.as_bytes());
-        for _ in 0..replies {
-            line.clear();
-            c.read_line(&mut line).await.unwrap();
-        }
-    }
-    c.get_mut().shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    let _ = c.read_to_end(&mut rest).await;
+    let (sent, _) = client_script(
+        proxy.addr,
+        &[
+            ("EHLO c.example.test\r\n", 2),
+            ("STARTTLS\r\n", 1),
+            ("AUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n", 1),
+            ("QUIT\r\n", 1),
+        ],
+    )
+    .await;
     // The relay is untouched: the upstream got every byte, secret included.
     assert!(server.await.unwrap() == sent);
     let events = {
@@ -392,26 +380,16 @@ async fn bytes_pipelined_after_a_refused_starttls_stay_out_of_the_capture() {
         &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
     )
     .await;
-    let c = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut c = tokio::io::BufReader::new(c);
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    c.read_line(&mut line).await.unwrap();
-    let mut sent = Vec::new();
-    for (cmd, replies) in [
-        ("EHLO c.example.test\r\n", 2),
-        ("STARTTLS\r\nAUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n", 2),
-        ("QUIT\r\n", 1),
-    ] {
-        c.get_mut().write_all(cmd.as_bytes()).await.unwrap();
-        sent.extend_from_slice(cmd.as_bytes());
-        for _ in 0..replies {
-            line.clear();
-            c.read_line(&mut line).await.unwrap();
-        }
-    }
-    assert_eq!(line, "221 2.0.0 Bye\r\n");
-    drop(c);
+    let (sent, last) = client_script(
+        proxy.addr,
+        &[
+            ("EHLO c.example.test\r\n", 2),
+            ("STARTTLS\r\nAUTH PLAIN AHVzZXIAc2VjcmV0cGFzcw==\r\n", 2),
+            ("QUIT\r\n", 1),
+        ],
+    )
+    .await;
+    assert_eq!(last, "221 2.0.0 Bye\r\n");
     // The relay is untouched: the upstream got every byte, secret included.
     assert!(server.await.unwrap() == sent);
     let events = {
@@ -481,4 +459,28 @@ async fn starttls_upstream(
         got
     });
     (up, server)
+}
+
+/// A client that reads the greeting, then sends each `(bytes, replies)` step
+/// and reads that many reply lines, then closes and drains the connection.
+/// Returns what it sent and the last reply line.
+async fn client_script(proxy: std::net::SocketAddr, steps: &[(&str, usize)]) -> (Vec<u8>, String) {
+    use tokio::io::AsyncBufReadExt;
+    let c = TcpStream::connect(proxy).await.unwrap();
+    let mut c = tokio::io::BufReader::new(c);
+    let mut line = String::new();
+    c.read_line(&mut line).await.unwrap();
+    let mut sent = Vec::new();
+    for (cmd, replies) in steps {
+        c.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+        sent.extend_from_slice(cmd.as_bytes());
+        for _ in 0..*replies {
+            line.clear();
+            c.read_line(&mut line).await.unwrap();
+        }
+    }
+    c.get_mut().shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest).await;
+    (sent, line)
 }

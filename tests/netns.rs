@@ -295,26 +295,85 @@ impl Lab {
 
     /// The policy routing TPROXY needs in the middle: marked packets are
     /// delivered locally (the README's `ip rule` / `ip route` lines).
-    fn tproxy_routing(&self) {
+    fn tproxy_routing(&self, v6: bool) {
+        let (fam, any) = if v6 {
+            ("-6", "::/0")
+        } else {
+            ("-4", "0.0.0.0/0")
+        };
         let middle = self.middle.clone();
         self.ns(
             &middle,
-            &["ip", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"],
+            &[
+                "ip", fam, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
+            ],
         );
         self.ns(
             &middle,
             &[
-                "ip",
-                "route",
-                "add",
-                "local",
-                "0.0.0.0/0",
-                "dev",
-                "lo",
-                "table",
-                "100",
+                "ip", fam, "route", "add", "local", any, "dev", "lo", "table", "100",
             ],
         );
+    }
+
+    /// The README's iptables TPROXY recipe in the middle (interface m1), with
+    /// the rule that hands the server's replies to a spoofing socket, and the
+    /// policy routing; `ip6tables` and `::` for IPv6.
+    fn iptables_tproxy(&self, v6: bool) {
+        let (tables, any) = if v6 {
+            ("ip6tables", "::")
+        } else {
+            ("iptables", "0.0.0.0")
+        };
+        let middle = self.middle.clone();
+        // Divert SMTP from the client side to smtptap's transparent listener.
+        self.ns(
+            &middle,
+            &[
+                tables,
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "m1",
+                "-p",
+                "tcp",
+                "--dport",
+                "25",
+                "-j",
+                "TPROXY",
+                "--on-port",
+                "2525",
+                "--on-ip",
+                any,
+                "--tproxy-mark",
+                "0x1/0x1",
+            ],
+        );
+        // Replies from the server to the (spoofed) client address belong to smtptap's socket.
+        self.ns(
+            &middle,
+            &[
+                tables,
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "m2",
+                "-p",
+                "tcp",
+                "-m",
+                "socket",
+                "--transparent",
+                "-j",
+                "MARK",
+                "--set-mark",
+                "0x1",
+            ],
+        );
+        self.tproxy_routing(v6);
     }
 
     /// IPv6 on the same links: client fd77:1::2, middle fd77:1::1 and
@@ -553,55 +612,7 @@ fn redirect_relays_to_the_original_destination_and_refuses_a_loop() {
 #[test]
 fn tproxy_with_spoofed_source_shows_the_client_address_to_the_server() {
     let mut lab = Lab::new("t");
-    let middle = lab.middle.clone();
-    // Divert SMTP from the client side to smtptap's transparent listener.
-    lab.ns(
-        &middle,
-        &[
-            "iptables",
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "m1",
-            "-p",
-            "tcp",
-            "--dport",
-            "25",
-            "-j",
-            "TPROXY",
-            "--on-port",
-            "2525",
-            "--on-ip",
-            "0.0.0.0",
-            "--tproxy-mark",
-            "0x1/0x1",
-        ],
-    );
-    // Replies from the server to the (spoofed) client address belong to smtptap's socket.
-    lab.ns(
-        &middle,
-        &[
-            "iptables",
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "m2",
-            "-p",
-            "tcp",
-            "-m",
-            "socket",
-            "--transparent",
-            "-j",
-            "MARK",
-            "--set-mark",
-            "0x1",
-        ],
-    );
-    lab.tproxy_routing();
+    lab.iptables_tproxy(false);
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "tproxy", "--spoof-source"]);
     // Spoofed: smtptap connects from the client's address, and the server sees it.
@@ -757,7 +768,7 @@ fn nft_tproxy_recipe_from_the_readme_relays_without_spoofing() {
             "tproxy", "to", ":2525", "meta", "mark", "set", "0x1", "accept",
         ],
     );
-    lab.tproxy_routing();
+    lab.tproxy_routing(false);
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "tproxy"]);
     relay_one_and_check(
@@ -834,56 +845,7 @@ fn tproxy_over_ipv6_with_spoofed_source() {
     );
     let mut lab = Lab::new("t6");
     lab.add_ipv6();
-    let middle = lab.middle.clone();
-    for rule in [
-        &[
-            "ip6tables",
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "m1",
-            "-p",
-            "tcp",
-            "--dport",
-            "25",
-            "-j",
-            "TPROXY",
-            "--on-port",
-            "2525",
-            "--on-ip",
-            "::",
-            "--tproxy-mark",
-            "0x1/0x1",
-        ][..],
-        &[
-            "ip6tables",
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "m2",
-            "-p",
-            "tcp",
-            "-m",
-            "socket",
-            "--transparent",
-            "-j",
-            "MARK",
-            "--set-mark",
-            "0x1",
-        ],
-        &[
-            "ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100",
-        ],
-        &[
-            "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100",
-        ],
-    ] {
-        lab.ns(&middle, rule);
-    }
+    lab.iptables_tproxy(true);
     lab.start_server_v6();
     let pid = lab.start_smtptap(&[
         "--listen",
