@@ -410,12 +410,16 @@ print("sent")
 "#,
                 ca = ca.to_str().unwrap()
             );
-            Command::new("python3")
-                .args(["-c", &code])
-                .output()
-                .expect("python3")
+            python3(&code)
         })
     })
+}
+
+fn python3(code: &str) -> Output {
+    Command::new("python3")
+        .args(["-c", code])
+        .output()
+        .expect("run python3")
 }
 
 /// Python's `smtplib.SMTP_SSL` (TLS from the first byte, verifying the test
@@ -442,10 +446,7 @@ print("sent")
 "#,
                 ca = ca.to_str().unwrap()
             );
-            Command::new("python3")
-                .args(["-c", &code])
-                .output()
-                .expect("python3")
+            python3(&code)
         })
     })
 }

@@ -316,6 +316,33 @@ impl Lab {
         );
     }
 
+    /// The README's iptables REDIRECT recipe in the middle (interface m1);
+    /// `ip6tables` for IPv6.
+    fn iptables_redirect(&self, v6: bool) {
+        let tables = if v6 { "ip6tables" } else { "iptables" };
+        let middle = self.middle.clone();
+        self.ns(
+            &middle,
+            &[
+                tables,
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-i",
+                "m1",
+                "-p",
+                "tcp",
+                "--dport",
+                "25",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "2525",
+            ],
+        );
+    }
+
     /// The README's iptables TPROXY recipe in the middle (interface m1), with
     /// the rule that hands the server's replies to a spoofing socket, and the
     /// policy routing; `ip6tables` and `::` for IPv6.
@@ -516,27 +543,7 @@ fn ip_of(addr: &Value) -> String {
 #[test]
 fn redirect_relays_to_the_original_destination_and_refuses_a_loop() {
     let mut lab = Lab::new("r");
-    let middle = lab.middle.clone();
-    lab.ns(
-        &middle,
-        &[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "m1",
-            "-p",
-            "tcp",
-            "--dport",
-            "25",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "2525",
-        ],
-    );
+    lab.iptables_redirect(false);
     lab.start_server();
     let pid = lab.start_smtptap(&["--transparent", "redirect"]);
     let (body, sha) = lab.body();
@@ -799,27 +806,7 @@ fn redirect_over_ipv6_relays_to_the_original_destination() {
     );
     let mut lab = Lab::new("r6");
     lab.add_ipv6();
-    let middle = lab.middle.clone();
-    lab.ns(
-        &middle,
-        &[
-            "ip6tables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "m1",
-            "-p",
-            "tcp",
-            "--dport",
-            "25",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "2525",
-        ],
-    );
+    lab.iptables_redirect(true);
     lab.start_server_v6();
     let pid = lab.start_smtptap(&["--listen", "[::]:2525", "--transparent", "redirect"]);
     relay_one_and_check(
