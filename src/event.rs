@@ -7,8 +7,14 @@
 //! wraps them so that the JSON form is always flat:
 //!
 //! ```text
-//! {"ts":"2026-11-23T21:07:14.123456Z","session":7,"event":"smtp.reply","code":250,...}
+//! {"ts":"2026-11-23T21:07:14.123456Z","run":"r20261123T210700Z-4c1f","session":7,"event":"smtp.reply","code":250,...}
 //! ```
+//!
+//! Log schema v1 conventions, kept by every event family: the sending
+//! direction is always `side`; durations are seconds as a float with `_s` in
+//! the field name; hashes, fingerprints and serials are lower-case hex without
+//! separators; a field named `error` is a stable machine code and the human
+//! text goes in `detail`; addresses also come as separate `*_ip` / `*_port`.
 //!
 //! The JSON form is a public contract, documented in `docs/log-schema.md`.
 //! This module must not do I/O.
@@ -21,6 +27,58 @@ use serde::{Deserialize, Serialize};
 
 /// Identifies one proxied connection; unique within one run of smtptap.
 pub type SessionId = u64;
+
+/// The version of the JSON log schema (`docs/log-schema.md`), recorded in `run.start`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Identifies one run of smtptap (one process, or one offline analysis):
+/// `(run, session)` is unique even when several runs append to one log.
+pub type RunId = std::sync::Arc<str>;
+
+/// A run identifier from the start time and a per-process salt:
+/// `r20261123T210700Z-4c1f` (sortable by start time).
+pub fn new_run_id(start: Timestamp, salt: u64) -> RunId {
+    let dt = time::OffsetDateTime::from(start.0);
+    let fmt = time::macros::format_description!(
+        "r[year][month][day]T[hour][minute][second]Z"
+    );
+    let head = dt.format(&fmt).unwrap_or_else(|_| "r0".into());
+    // Mix the sub-second time in, so two runs started in the same second differ.
+    let mix = salt ^ u64::from(dt.nanosecond()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("{head}-{:04x}", (mix ^ (mix >> 16) ^ (mix >> 32)) & 0xffff).into()
+}
+
+/// Which TLS session a byte or a TLS/certificate fact belongs to. In
+/// passthrough the client's TLS session runs end to end to the server; with
+/// interception there are two, each with its own hello, version, cipher,
+/// chain and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leg {
+    /// Passthrough: the client's TLS session with the server, relayed by smtptap.
+    EndToEnd,
+    /// Interception: between the client and smtptap (smtptap is the server).
+    ClientProxy,
+    /// Interception: between smtptap and the server (smtptap is the client).
+    ProxyServer,
+}
+
+impl Leg {
+    /// The word used in the log.
+    pub fn word(self) -> &'static str {
+        match self {
+            Leg::EndToEnd => "end_to_end",
+            Leg::ClientProxy => "client_proxy",
+            Leg::ProxyServer => "proxy_server",
+        }
+    }
+}
+
+impl fmt::Display for Leg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
 
 /// Which peer sent the bytes an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,30 +173,74 @@ impl<'de> Deserialize<'de> for Timestamp {
 pub struct Event {
     /// When the fact was observed (for wire facts: when the bytes were read).
     pub ts: Timestamp,
-    /// The session the fact belongs to.
+    /// The run the session belongs to (empty until the analyzer or the sink
+    /// stamps it; every logged line carries it).
+    #[serde(default = "empty_run")]
+    pub run: RunId,
+    /// The session the fact belongs to (0: a fact of the run, not of a session).
     pub session: SessionId,
+    /// The TLS session a `tls.*` or `cert.*` fact belongs to (absent on others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<Leg>,
     /// What happened; serialized flat, with the dotted name in `event`.
     #[serde(flatten)]
     pub kind: EventKind,
 }
 
 impl Event {
-    /// Builds an event.
+    /// Builds an event (no run id yet, no leg).
     pub fn new(ts: Timestamp, session: SessionId, kind: impl Into<EventKind>) -> Self {
         Event {
             ts,
+            run: empty_run(),
             session,
+            leg: None,
             kind: kind.into(),
         }
     }
 
-    /// The dotted event name (`smtp.reply`), as in the JSON `event` field.
-    pub fn name(&self) -> String {
-        serde_json::to_value(&self.kind)
-            .ok()
-            .and_then(|v| v.get("event").and_then(|e| e.as_str().map(String::from)))
-            .unwrap_or_default()
+    /// The same event, on `leg`.
+    pub fn on_leg(mut self, leg: Option<Leg>) -> Self {
+        self.leg = leg;
+        self
     }
+
+    /// The same event, of run `run`.
+    pub fn in_run(mut self, run: &RunId) -> Self {
+        self.run = run.clone();
+        self
+    }
+
+    /// The dotted event name (`smtp.reply`), as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+}
+
+/// The stable `error` code of an I/O error (schema v1: `error` is a code,
+/// the words go in `detail`).
+pub fn io_error_code(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.raw_os_error() {
+        Some(28) => return "no_space",
+        Some(23) | Some(24) => return "local_resources",
+        Some(101) | Some(113) => return "unreachable",
+        _ => {}
+    }
+    match e.kind() {
+        K::ConnectionRefused => "refused",
+        K::ConnectionReset | K::ConnectionAborted => "reset",
+        K::BrokenPipe => "broken_pipe",
+        K::TimedOut | K::WouldBlock => "timeout",
+        K::PermissionDenied => "permission",
+        K::NotFound => "not_found",
+        K::AddrNotAvailable | K::NotConnected => "unreachable",
+        _ => "other",
+    }
+}
+
+fn empty_run() -> RunId {
+    RunId::from("")
 }
 
 /// Every kind of event. Each module's vocabulary is wrapped untagged, so its
@@ -156,6 +258,19 @@ pub enum EventKind {
     Cert(crate::cert::CertEvent),
     /// Capture (pcapng) facts (`capture::`).
     Capture(crate::capture::CaptureEvent),
+}
+
+impl EventKind {
+    /// The dotted event name (`smtp.reply`), as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Session(e) => e.name(),
+            EventKind::Smtp(e) => e.name(),
+            EventKind::Tls(e) => e.name(),
+            EventKind::Cert(e) => e.name(),
+            EventKind::Capture(e) => e.name(),
+        }
+    }
 }
 
 impl From<SessionEvent> for EventKind {
@@ -188,11 +303,35 @@ impl From<crate::capture::CaptureEvent> for EventKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event")]
 pub enum SessionEvent {
+    /// The first event of a run (session 0): what ran, with which settings.
+    #[serde(rename = "run.start")]
+    RunStart {
+        /// smtptap's version.
+        version: String,
+        /// The log schema version ([`SCHEMA_VERSION`]).
+        schema: u32,
+        /// What ran: `proxy` (later `probe`, `analyze`).
+        mode: String,
+        /// The resolved configuration, secrets masked.
+        config: serde_json::Value,
+    },
+    /// The run ended (the proxy stopped); written last.
+    #[serde(rename = "run.stop")]
+    RunStop {
+        /// Sessions accepted during the run.
+        sessions: u64,
+        /// Whether open sessions had to be aborted at the drain timeout.
+        aborted_at_shutdown: bool,
+    },
     /// A client connected to the proxy.
     #[serde(rename = "session.open")]
     Open {
         /// The client's address.
         client: SocketAddr,
+        /// The client's IP (as in `client`, for filtering).
+        client_ip: std::net::IpAddr,
+        /// The client's port.
+        client_port: u16,
         /// The proxy address it connected to.
         listener: SocketAddr,
         /// The configured upstream (`host:port`).
@@ -204,11 +343,15 @@ pub enum SessionEvent {
     #[serde(rename = "upstream.connected")]
     UpstreamConnected {
         /// The upstream address actually connected to.
-        addr: SocketAddr,
+        server: SocketAddr,
+        /// Its IP.
+        server_ip: std::net::IpAddr,
+        /// Its port.
+        server_port: u16,
         /// The proxy's local address on that connection.
         local: SocketAddr,
-        /// Name resolution plus TCP connect, in milliseconds.
-        connect_ms: f64,
+        /// Name resolution plus TCP connect, in seconds.
+        connect_s: f64,
     },
     /// Transparent mode: the connection's original destination is smtptap
     /// itself, so connecting there would loop; the session is refused (the
@@ -225,8 +368,11 @@ pub enum SessionEvent {
     UpstreamFailed {
         /// The configured upstream.
         upstream: String,
-        /// Why (`Connection refused (os error 111)`, `timed out after 10s`…).
+        /// Why, as a stable code: `refused`, `timeout`, `resolve`,
+        /// `unreachable`, `local_resources`, `loop`, `no_original_dst`, `other`.
         error: String,
+        /// Why, in words (`Connection refused (os error 111)`, `timed out after 10s`…).
+        detail: String,
         /// Every address tried with its own error.
         tried: Vec<String>,
         /// `reply` (a 4xx reply was sent to the client) or `close`.
@@ -239,7 +385,7 @@ pub enum SessionEvent {
     /// From here on the stream is TLS (after a STARTTLS 220, or implicit TLS).
     #[serde(rename = "tls.started")]
     TlsStarted {
-        /// `starttls` or `implicit`.
+        /// `starttls`, `implicit` or `implicit_detected`.
         after: String,
     },
     /// The same client IP failed a TLS handshake through smtptap shortly before
@@ -248,8 +394,8 @@ pub enum SessionEvent {
     PriorTlsFailure {
         /// The earlier session.
         prior_session: SessionId,
-        /// How long ago it failed, in seconds.
-        seconds_ago: f64,
+        /// How long ago it failed, in seconds (event time).
+        ago_s: f64,
         /// Its failure, as diagnosed.
         reason: String,
     },
@@ -278,8 +424,11 @@ pub enum SessionEvent {
         client_end: String,
         /// How the server→client direction ended.
         server_end: String,
-        /// The socket error, if any.
+        /// The socket error as a stable code (`reset`, `broken_pipe`,
+        /// `timeout`, `other`), if any.
         error: Option<String>,
+        /// The socket error in words.
+        detail: Option<String>,
         /// Seconds since the client connected.
         duration_s: f64,
         /// Bytes sent by the client (and relayed).
@@ -290,4 +439,25 @@ pub enum SessionEvent {
     /// The last event of a session: totals, outcome and findings.
     #[serde(rename = "session.summary")]
     Summary(Box<crate::summary::SessionSummary>),
+}
+
+impl SessionEvent {
+    /// The dotted event name, as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            SessionEvent::RunStart { .. } => "run.start",
+            SessionEvent::RunStop { .. } => "run.stop",
+            SessionEvent::Open { .. } => "session.open",
+            SessionEvent::UpstreamConnected { .. } => "upstream.connected",
+            SessionEvent::UpstreamLoopRefused { .. } => "upstream.loop_refused",
+            SessionEvent::UpstreamFailed { .. } => "upstream.failed",
+            SessionEvent::TlsStarted { .. } => "tls.started",
+            SessionEvent::PriorTlsFailure { .. } => "session.prior_tls_failure",
+            SessionEvent::HalfClose { .. } => "session.half_close",
+            SessionEvent::ObserverLagged { .. } => "observer.lagged",
+            SessionEvent::Close { .. } => "session.close",
+            SessionEvent::Summary { .. } => "session.summary",
+        }
+    }
 }

@@ -493,10 +493,11 @@ impl State {
             self.emit(
                 ts,
                 cert::CertEvent::Crl {
-                    role,
+                    side: role,
                     url,
                     ok,
-                    error,
+                    error: error.as_ref().map(|_| "other".to_string()),
+                    detail: error,
                     bytes,
                 },
             )
@@ -742,8 +743,8 @@ impl State {
             // not into the kept events and the sink queue (they are never
             // serialised anyway).
             let chain = match &mut e {
-                TlsEvent::Certificate { from, ders, .. } if !ders.is_empty() => {
-                    Some((*from, std::mem::take(ders)))
+                TlsEvent::Certificate { side, ders, .. } if !ders.is_empty() => {
+                    Some((*side, std::mem::take(ders)))
                 }
                 _ => None,
             };
@@ -918,6 +919,8 @@ pub async fn analyze(
         info.opened,
         SessionEvent::Open {
             client: info.client,
+            client_ip: info.client.ip(),
+            client_port: info.client.port(),
             listener: info.listener,
             upstream: info.upstream.to_string(),
             implicit_tls: info.implicit_tls,
@@ -967,9 +970,11 @@ pub async fn analyze(
             st.emit(
                 ts,
                 SessionEvent::UpstreamConnected {
-                    addr: peer,
+                    server: peer,
+                    server_ip: peer.ip(),
+                    server_port: peer.port(),
                     local,
-                    connect_ms: elapsed.as_secs_f64() * 1000.0,
+                    connect_s: elapsed.as_secs_f64(),
                 },
             )
             .await;
@@ -978,7 +983,7 @@ pub async fn analyze(
                     ts,
                     SessionEvent::PriorTlsFailure {
                         prior_session: prior,
-                        seconds_ago: ago.as_secs_f64(),
+                        ago_s: ago.as_secs_f64(),
                         reason: why,
                     },
                 )
@@ -1003,7 +1008,8 @@ pub async fn analyze(
                 ts,
                 SessionEvent::UpstreamFailed {
                     upstream: info.upstream.to_string(),
-                    error: failure.error,
+                    error: "other".into(),
+                    detail: failure.error,
                     tried: failure.tried,
                     action: if reply_line.is_some() {
                         "reply"
@@ -1023,6 +1029,7 @@ pub async fn analyze(
                     client_end: "closed_by_proxy".into(),
                     server_end: "never_connected".into(),
                     error: None,
+                    detail: None,
                     duration_s: ts.since(info.opened),
                     client_bytes: 0,
                     server_bytes: 0,
@@ -1122,7 +1129,8 @@ pub async fn analyze(
             reason: reason.into(),
             client_end: outcome.client_end.word().into(),
             server_end: outcome.server_end.word().into(),
-            error,
+            error: error.as_ref().map(|_| "other".to_string()),
+            detail: error,
             duration_s: ts.since(info.opened),
             client_bytes: outcome.client_bytes,
             server_bytes: outcome.server_bytes,

@@ -414,7 +414,7 @@ fn disk_full_is_one_error_event_and_calls_return_immediately() {
     let errors: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Capture(CaptureEvent::Error { path, error }) => {
+            EventKind::Capture(CaptureEvent::Error { path, error, .. }) => {
                 Some((e.session, path, error))
             }
             _ => None,

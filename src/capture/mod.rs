@@ -103,8 +103,10 @@ pub enum CaptureEvent {
     Error {
         /// The file being written.
         path: String,
-        /// The operating system's error.
+        /// A stable code: `no_space`, `permission`, `not_found`, `other`.
         error: String,
+        /// The operating system's error, in words.
+        detail: String,
     },
     /// The session reached `max_bytes_per_session`: later data is not written.
     #[serde(rename = "capture.truncated")]
@@ -123,6 +125,19 @@ pub enum CaptureEvent {
         /// frames are not counted here: the one `capture.error` says it all.)
         reason: String,
     },
+}
+
+impl CaptureEvent {
+    /// The dotted event name, as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            CaptureEvent::File { .. } => "capture.file",
+            CaptureEvent::Error { .. } => "capture.error",
+            CaptureEvent::Truncated { .. } => "capture.truncated",
+            CaptureEvent::Dropped { .. } => "capture.dropped",
+        }
+    }
 }
 
 /// Why [`Capture::start`] failed.

@@ -827,11 +827,12 @@ fn disk_full_reports_one_error_and_stops() {
         .filter(|e| matches!(e.kind, EventKind::Capture(CaptureEvent::Error { .. })))
         .collect();
     assert_eq!(errors.len(), 1);
-    let EventKind::Capture(CaptureEvent::Error { path, error }) = &errors[0].kind else {
+    let EventKind::Capture(CaptureEvent::Error { path, error, detail }) = &errors[0].kind else {
         panic!()
     };
     assert_eq!(path, "/dev/full");
-    assert!(error.contains("No space left"), "{error}");
+    assert_eq!(error, "no_space");
+    assert!(detail.contains("No space left"), "{detail}");
     assert_eq!(errors[0].session, 0);
     assert!(errors[0]
         .kind
@@ -857,18 +858,19 @@ fn events_serialize_flat_with_dotted_names() {
                 path: "a.pcapng".into(),
                 reason: "opened".into(),
             },
-            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.file","path":"a.pcapng","reason":"opened"}"#,
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","run":"","session":0,"event":"capture.file","path":"a.pcapng","reason":"opened"}"#,
         ),
         (
             CaptureEvent::Error {
                 path: "/dev/full".into(),
-                error: "No space left on device (os error 28)".into(),
+                error: "no_space".into(),
+                detail: "No space left on device (os error 28)".into(),
             },
-            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.error","path":"/dev/full","error":"No space left on device (os error 28)"}"#,
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","run":"","session":0,"event":"capture.error","path":"/dev/full","error":"no_space","detail":"No space left on device (os error 28)"}"#,
         ),
         (
             CaptureEvent::Truncated { limit: 5 },
-            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.truncated","limit":5}"#,
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","run":"","session":0,"event":"capture.truncated","limit":5}"#,
         ),
         (
             CaptureEvent::Dropped {
@@ -876,7 +878,7 @@ fn events_serialize_flat_with_dotted_names() {
                 bytes: 2,
                 reason: "queue full".into(),
             },
-            r#"{"ts":"1970-01-01T00:00:00.000000Z","session":0,"event":"capture.dropped","frames":1,"bytes":2,"reason":"queue full"}"#,
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","run":"","session":0,"event":"capture.dropped","frames":1,"bytes":2,"reason":"queue full"}"#,
         ),
     ];
     for (kind, json) in cases {

@@ -633,7 +633,8 @@ impl Writer {
             0,
             CaptureEvent::Error {
                 path: path.display().to_string(),
-                error: e.to_string(),
+                error: crate::event::io_error_code(&e).into(),
+                detail: e.to_string(),
             },
         );
         self.run = None;

@@ -47,9 +47,10 @@ pub struct CertInfo {
     pub signature_algorithm: String,
     /// SHA-256 fingerprint of the DER, lower-case hex.
     pub sha256: String,
-    /// SHA-1 of the DER, UPPER-case hex without separators: Exchange's
-    /// `Get-ExchangeCertificate` Thumbprint, by which admins match certificates.
-    pub sha1_thumbprint: String,
+    /// SHA-1 of the DER, lower-case hex without separators (the log's one
+    /// spelling for hashes). Upper-cased, it is Exchange's
+    /// `Get-ExchangeCertificate` Thumbprint, as the console shows it.
+    pub sha1: String,
     /// basicConstraints cA.
     pub is_ca: bool,
     /// basicConstraints pathLenConstraint.
@@ -259,7 +260,7 @@ pub(crate) fn parse_full(der: &[u8]) -> Result<(CertInfo, RawNames), CertError> 
         curve,
         signature_algorithm,
         sha256: hex_lower(&Sha256::digest(der)),
-        sha1_thumbprint: hex_lower(&Sha1::digest(der)).to_ascii_uppercase(),
+        sha1: hex_lower(&Sha1::digest(der)),
         is_ca,
         path_len,
         eku,

@@ -118,7 +118,7 @@ pub enum CertEvent {
     #[serde(rename = "cert.info")]
     Info {
         /// Whose chain (the server's, or the client's certificate).
-        role: Side,
+        side: Side,
         /// Position in the chain as sent (0 = leaf).
         index: usize,
         /// The certificate's fields.
@@ -137,7 +137,7 @@ pub enum CertEvent {
     #[serde(rename = "cert.parse_error")]
     ParseError {
         /// Whose chain.
-        role: Side,
+        side: Side,
         /// Position in the chain (0 = leaf).
         index: usize,
         /// Why.
@@ -147,8 +147,8 @@ pub enum CertEvent {
     #[serde(rename = "cert.chain")]
     Chain {
         /// Whose chain.
-        role: Side,
-        /// webpki found a path to a trust anchor, valid now, for this role.
+        side: Side,
+        /// webpki found a path to a trust anchor, valid now, for this side.
         trusted: bool,
         /// Stable kind when not trusted: "unknown_issuer", "self_signed",
         /// "expired", "not_yet_valid", "bad_signature", "revoked",
@@ -172,13 +172,16 @@ pub enum CertEvent {
     #[serde(rename = "cert.crl")]
     Crl {
         /// Whose chain named it.
-        role: Side,
+        side: Side,
         /// The CRL distribution point.
         url: String,
         /// Whether a CRL was obtained (from the network, or this run's cache).
         ok: bool,
-        /// Why not, when not.
+        /// Why not, as a stable code: `refused`, `timeout`, `http_status`,
+        /// `not_a_crl`, `bad_url`, `budget`, `other`.
         error: Option<String>,
+        /// Why not, in words.
+        detail: Option<String>,
         /// Size of the CRL(s) obtained.
         bytes: usize,
     },
@@ -186,35 +189,49 @@ pub enum CertEvent {
     #[serde(rename = "cert.names")]
     Names {
         /// Whose certificate.
-        role: Side,
+        side: Side,
         /// One check per expected name.
         checks: Vec<NameCheck>,
     },
+}
+
+impl CertEvent {
+    /// The dotted event name, as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            CertEvent::Info { .. } => "cert.info",
+            CertEvent::ParseError { .. } => "cert.parse_error",
+            CertEvent::Chain { .. } => "cert.chain",
+            CertEvent::Crl { .. } => "cert.crl",
+            CertEvent::Names { .. } => "cert.names",
+        }
+    }
 }
 
 /// Certificates beyond this position are not analysed (bounded work and
 /// memory whatever a peer sends); real chains have 2–4.
 pub const MAX_CHAIN: usize = 16;
 
-/// Analyses a chain as sent (leaf first) by `role`: one `cert.info` (or
+/// Analyses a chain as sent (leaf first) by `side`: one `cert.info` (or
 /// `cert.parse_error`) per certificate, then `cert.chain`, then `cert.names`
 /// when `ctx.names` is not empty and the leaf parsed. Only the first
 /// [`MAX_CHAIN`] certificates are analysed; a longer chain gets a
 /// `cert.parse_error` at index `MAX_CHAIN` saying so (`chain_len` counts all).
 pub fn analyze_chain(
     all_ders: &[Vec<u8>],
-    role: Side,
+    side: Side,
     ctx: &CheckContext,
     store: &TrustStore,
 ) -> Vec<CertEvent> {
-    analyze_chain_with_crls(all_ders, role, ctx, store, &[])
+    analyze_chain_with_crls(all_ders, side, ctx, store, &[])
 }
 
 /// [`analyze_chain`] with extra CRLs (DER, e.g. fetched from the chain's CRL
 /// distribution points) besides the store's own; unparsable ones are skipped.
 pub fn analyze_chain_with_crls(
     all_ders: &[Vec<u8>],
-    role: Side,
+    side: Side,
     ctx: &CheckContext,
     store: &TrustStore,
     crl_ders: &[Vec<u8>],
@@ -244,7 +261,7 @@ pub fn analyze_chain_with_crls(
                 }
                 raws.push(Some(raw));
                 events.push(CertEvent::Info {
-                    role,
+                    side,
                     index,
                     info: Box::new(info),
                     days_left: v.days_left,
@@ -256,7 +273,7 @@ pub fn analyze_chain_with_crls(
             Err(e) => {
                 raws.push(None);
                 events.push(CertEvent::ParseError {
-                    role,
+                    side,
                     index,
                     reason: e.to_string(),
                 });
@@ -265,7 +282,7 @@ pub fn analyze_chain_with_crls(
     }
     if all_ders.len() > ders.len() {
         events.push(CertEvent::ParseError {
-            role,
+            side,
             index: MAX_CHAIN,
             reason: format!(
                 "chain of {} certificates: only the first {MAX_CHAIN} are analysed",
@@ -278,10 +295,10 @@ pub fn analyze_chain_with_crls(
             .first()
             .and_then(Option::as_ref)
             .is_some_and(|r| store.has_subject(&r.subject));
-    let verdict = trust::verify(ders, role, ctx.now, store, leaf_self_signed, extra_crls);
+    let verdict = trust::verify(ders, side, ctx.now, store, leaf_self_signed, extra_crls);
     let missing = !verdict.trusted && trust::missing_intermediate(&raws, store);
     events.push(CertEvent::Chain {
-        role,
+        side,
         trusted: verdict.trusted,
         error: verdict.error,
         detail: verdict.detail,
@@ -293,7 +310,7 @@ pub fn analyze_chain_with_crls(
     if let Some(leaf) = leaf {
         if !ctx.names.is_empty() {
             events.push(CertEvent::Names {
-                role,
+                side,
                 checks: check_names(&leaf, &ctx.names),
             });
         }

@@ -83,8 +83,8 @@ fn rsa_ca_fields_match_openssl() {
         "9f9d70de64b6912d9610f257cb154f0d5e8d35a74a9f451f0d5a35c6dae8717d"
     );
     assert_eq!(
-        i.sha1_thumbprint,
-        "A000CC8EFC096C8CDF4E6F9606669F6D250B3640"
+        i.sha1,
+        "a000cc8efc096c8cdf4e6f9606669f6d250b3640"
     );
     assert!(i.is_ca);
     assert_eq!(i.path_len, Some(1));
@@ -122,8 +122,8 @@ fn ec_leaf_with_urls_fields_match_openssl() {
         "1da140f4b8ad66165b9903cb37a6c11bbef0e440562a8d2b3e2615f47c128c4a"
     );
     assert_eq!(
-        i.sha1_thumbprint,
-        "4E03F9C93D184D679F8BA4F7DF7EED68F2353158"
+        i.sha1,
+        "4e03f9c93d184d679f8ba4f7df7eed68f2353158"
     );
     assert!(!i.is_ca);
     assert_eq!(i.path_len, None);
@@ -148,8 +148,8 @@ fn wildcard_fields_match_openssl() {
         "109b21e2030f19defd1fb9cdb8d9280861833972e083660e70299580a6290894"
     );
     assert_eq!(
-        i.sha1_thumbprint,
-        "5B1FA00C8ED8308316ED40512875CDE9231333CD"
+        i.sha1,
+        "5b1fa00c8ed8308316ed40512875cde9231333cd"
     );
     assert_eq!(i.eku, vec!["serverAuth"]);
     assert!(i.self_signed);
@@ -204,12 +204,9 @@ fn info_event_json_is_flat_and_round_trips() {
     let json = serde_json::to_value(&e).unwrap();
     assert_eq!(json["event"], "cert.info");
     assert_eq!(json["session"], 7);
-    assert_eq!(json["role"], "server");
+    assert_eq!(json["side"], "server");
     assert_eq!(json["index"], 0);
-    assert_eq!(
-        json["sha1_thumbprint"],
-        "4E03F9C93D184D679F8BA4F7DF7EED68F2353158"
-    );
+    assert_eq!(json["sha1"], "4e03f9c93d184d679f8ba4f7df7eed68f2353158");
     assert_eq!(json["days_left"], 2515); // 2030-01-01 .. 2036-11-20T21:36:07Z
     assert_eq!(json["expired"], false);
     let back: Event = serde_json::from_value(json).unwrap();
@@ -609,10 +606,10 @@ fn minted_pem_is_readable_by_openssl() {
         .expect("openssl not found: apt-get install -y openssl");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let thumb = parse_cert(&issued.chain_der[0]).unwrap().sha1_thumbprint;
+    let thumb = parse_cert(&issued.chain_der[0]).unwrap().sha1;
     assert_eq!(
         text.trim(),
-        format!("sha1 Fingerprint={}", colon_hex(&thumb))
+        format!("sha1 Fingerprint={}", colon_hex(&thumb.to_ascii_uppercase()))
     );
 }
 

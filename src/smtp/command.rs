@@ -117,6 +117,35 @@ impl Command {
         })
     }
 
+    /// For MAIL FROM / RCPT TO: the path without angle brackets (`""` for
+    /// `<>`) and the ESMTP parameters. `None` for other commands or when the
+    /// argument does not start with `FROM:` / `TO:`.
+    pub fn path(&self) -> Option<(String, Vec<String>)> {
+        let key = match self.verb.as_str() {
+            "MAIL" => "FROM:",
+            "RCPT" => "TO:",
+            _ => return None,
+        };
+        let arg = self.arg.trim_start();
+        let head = arg.get(..key.len())?;
+        if !head.eq_ignore_ascii_case(key) {
+            return None;
+        }
+        let rest = arg.get(key.len()..)?.trim_start();
+        let (path, tail) = match rest.strip_prefix('<') {
+            Some(inner) => match inner.find('>') {
+                Some(end) => (inner.get(..end)?, inner.get(end + 1..)?),
+                None => (inner, ""),
+            },
+            None => match rest.find(char::is_whitespace) {
+                Some(sp) => (rest.get(..sp)?, rest.get(sp..)?),
+                None => (rest, ""),
+            },
+        };
+        let params = tail.split_whitespace().map(String::from).collect();
+        Some((path.to_string(), params))
+    }
+
     /// A command rewritten to `XXXX…` by firewall SMTP inspection.
     pub fn is_masked(&self) -> bool {
         self.verb.len() >= 4 && self.verb.bytes().all(|b| b == b'X')

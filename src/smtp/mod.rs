@@ -45,6 +45,10 @@ use crate::event::Side;
 
 pub use observer::SmtpObserver;
 
+/// Accepted recipients listed per message in `smtp.message` (`rcpt_count`
+/// counts them all): bounds memory whatever a client sends.
+pub const MAX_RCPTS: usize = 100;
+
 /// Bounds on what the observer buffers, whatever a peer sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SmtpLimits {
@@ -176,6 +180,13 @@ pub enum SmtpEvent {
         arg: String,
         /// Bytes on the wire, line ending included.
         len: u64,
+        /// MAIL FROM / RCPT TO: the path without angle brackets (`""` for the
+        /// null reverse-path `<>`); null for other commands.
+        #[serde(default)]
+        address: Option<String>,
+        /// MAIL FROM / RCPT TO: the ESMTP parameters (`SIZE=1024`, `BODY=8BITMIME`).
+        #[serde(default)]
+        params: Vec<String>,
     },
     /// A complete (possibly multi-line) server reply, after the banner.
     #[serde(rename = "smtp.reply")]
@@ -226,6 +237,16 @@ pub enum SmtpEvent {
         enhanced: Option<String>,
         /// Reply text.
         text: String,
+        /// The transaction's reverse-path (accepted MAIL FROM), `""` for `<>`.
+        #[serde(default)]
+        mail_from: Option<String>,
+        /// The recipients the server accepted (RCPT TO with a 2xx reply), at
+        /// most [`MAX_RCPTS`]; `rcpt_count` counts them all.
+        #[serde(default)]
+        rcpt_to: Vec<String>,
+        /// How many recipients the server accepted.
+        #[serde(default)]
+        rcpt_count: u64,
     },
     /// The client started SASL authentication.
     #[serde(rename = "smtp.auth")]
@@ -287,4 +308,27 @@ pub enum SmtpEvent {
         /// Byte offset in that side's stream.
         offset: u64,
     },
+}
+
+impl SmtpEvent {
+    /// The dotted event name, as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            SmtpEvent::Banner { .. } => "smtp.banner",
+            SmtpEvent::Ehlo { .. } => "smtp.ehlo",
+            SmtpEvent::Capabilities { .. } => "smtp.capabilities",
+            SmtpEvent::Command { .. } => "smtp.command",
+            SmtpEvent::Reply { .. } => "smtp.reply",
+            SmtpEvent::Data { .. } => "smtp.data",
+            SmtpEvent::Bdat { .. } => "smtp.bdat",
+            SmtpEvent::Message { .. } => "smtp.message",
+            SmtpEvent::Auth { .. } => "smtp.auth",
+            SmtpEvent::AuthData { .. } => "smtp.auth_data",
+            SmtpEvent::StartTls { .. } => "smtp.starttls",
+            SmtpEvent::Masked { .. } => "smtp.masked",
+            SmtpEvent::BareLf { .. } => "smtp.bare_lf",
+            SmtpEvent::Desync { .. } => "smtp.desync",
+        }
+    }
 }

@@ -38,6 +38,16 @@ pub struct SmtpObserver {
     bdat_total: u64,
     /// `smtp.bare_lf` already reported, per side (client, server).
     bare_lf_noted: (bool, bool),
+    /// The current transaction's envelope, as the server accepted it.
+    envelope: Envelope,
+}
+
+/// The accepted envelope of the current mail transaction (bounded).
+#[derive(Debug, Default)]
+struct Envelope {
+    mail_from: Option<String>,
+    rcpt_to: Vec<String>,
+    rcpt_count: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +131,12 @@ impl Pending {
 
 #[derive(Debug)]
 enum PendingKind {
+    /// MAIL FROM, with its reverse-path.
+    Mail(Option<String>),
+    /// RCPT TO, with its forward-path.
+    Rcpt(Option<String>),
+    /// RSET: a 250 ends the transaction.
+    Reset,
     Ehlo,
     StartTls,
     Data,
@@ -166,6 +182,7 @@ impl SmtpObserver {
             sasl_active: false,
             bdat_total: 0,
             bare_lf_noted: (false, false),
+            envelope: Envelope::default(),
         }
     }
 
@@ -410,10 +427,13 @@ impl SmtpObserver {
             self.desync(Side::Client, reason, start, out);
             return;
         }
+        let path = cmd.path();
         out.push(SmtpEvent::Command {
             verb: cmd.verb.clone(),
             arg: cmd.arg.clone(),
             len,
+            address: path.as_ref().map(|(a, _)| a.clone()),
+            params: path.as_ref().map(|(_, p)| p.clone()).unwrap_or_default(),
         });
         if cmd.is_masked() {
             out.push(SmtpEvent::Masked {
@@ -467,9 +487,14 @@ impl SmtpObserver {
                     return;
                 }
             },
-            "MAIL" | "RSET" => {
+            "MAIL" => {
                 self.bdat_total = 0;
-                PendingKind::Other
+                PendingKind::Mail(path.map(|(a, _)| a))
+            }
+            "RCPT" => PendingKind::Rcpt(path.map(|(a, _)| a)),
+            "RSET" => {
+                self.bdat_total = 0;
+                PendingKind::Reset
             }
             _ => PendingKind::Other,
         };
@@ -754,6 +779,7 @@ impl SmtpObserver {
         match kind {
             PendingKind::Auth | PendingKind::Sasl => self.sasl_active = false,
             PendingKind::Ehlo if code == 250 => {
+                self.envelope = Envelope::default();
                 out.push(reply::capabilities(&reply));
                 let first = reply.texts.first().map(String::as_str).unwrap_or_default();
                 if reply::is_star_masked(first) {
@@ -797,22 +823,47 @@ impl SmtpObserver {
             PendingKind::Data if code == 354 => {
                 self.client.mode = ClientMode::Body(Body::default());
             }
-            PendingKind::EndOfData { size } => out.push(SmtpEvent::Message {
-                via: "DATA".into(),
-                size,
-                accepted: ok,
-                code,
-                enhanced,
-                text,
-            }),
-            PendingKind::Bdat { last: true, total } => out.push(SmtpEvent::Message {
-                via: "BDAT".into(),
-                size: total,
-                accepted: ok,
-                code,
-                enhanced,
-                text,
-            }),
+            PendingKind::Mail(path) if ok => {
+                self.envelope = Envelope {
+                    mail_from: path,
+                    ..Envelope::default()
+                };
+            }
+            PendingKind::Rcpt(Some(path)) if ok => {
+                self.envelope.rcpt_count += 1;
+                if self.envelope.rcpt_to.len() < super::MAX_RCPTS {
+                    self.envelope.rcpt_to.push(path);
+                }
+            }
+            PendingKind::Reset if ok => self.envelope = Envelope::default(),
+            PendingKind::EndOfData { size } => {
+                let env = std::mem::take(&mut self.envelope);
+                out.push(SmtpEvent::Message {
+                    via: "DATA".into(),
+                    size,
+                    accepted: ok,
+                    code,
+                    enhanced,
+                    text,
+                    mail_from: env.mail_from,
+                    rcpt_to: env.rcpt_to,
+                    rcpt_count: env.rcpt_count,
+                })
+            }
+            PendingKind::Bdat { last: true, total } => {
+                let env = std::mem::take(&mut self.envelope);
+                out.push(SmtpEvent::Message {
+                    via: "BDAT".into(),
+                    size: total,
+                    accepted: ok,
+                    code,
+                    enhanced,
+                    text,
+                    mail_from: env.mail_from,
+                    rcpt_to: env.rcpt_to,
+                    rcpt_count: env.rcpt_count,
+                })
+            }
             _ => {}
         }
         ReplyOutcome::Continue

@@ -322,7 +322,9 @@ fn plain_session() {
         SmtpEvent::Command {
             verb: "MAIL".into(),
             arg: "FROM:<alice@example.org> SIZE=120".into(),
-            len: 40
+            len: 40,
+            address: Some("alice@example.org".into()),
+            params: vec!["SIZE=120".into()],
         }
     );
     let body = "Subject: hello\r\n\r\nHi Bob,\r\n..a line starting with a dot\r\n";
@@ -357,7 +359,10 @@ fn plain_session() {
             accepted: true,
             code: 250,
             enhanced: Some("2.0.0".into()),
-            text: "Ok: queued as 4XkR2B3c0Pz9tK".into()
+            text: "Ok: queued as 4XkR2B3c0Pz9tK".into(),
+            mail_from: Some("alice@example.org".into()),
+            rcpt_to: vec!["bob@example.net".into()],
+            rcpt_count: 1,
         }
     );
     // The body mark is exactly the body plus ".\r\n".
@@ -535,7 +540,10 @@ fn bdat_chunks_with_binary_payload() {
             accepted: true,
             code: 250,
             enhanced: Some("2.6.0".into()),
-            text: "Queued mail for delivery".into()
+            text: "Queued mail for delivery".into(),
+            mail_from: Some("a@fabrikam.com".into()),
+            rcpt_to: vec!["b@contoso.com".into()],
+            rcpt_count: 1,
         }]
     );
     // "QUIT" inside the payload is not a command; the real QUIT is.
@@ -582,7 +590,9 @@ fn auth_never_leaks_credentials() {
     assert!(ev.contains(&SmtpEvent::Command {
         verb: "AUTH".into(),
         arg: "PLAIN [redacted]".into(),
-        len: 37
+        len: 37,
+        address: None,
+        params: vec![],
     }));
     assert!(ev.contains(&SmtpEvent::Auth {
         mechanism: "PLAIN".into(),
@@ -1265,4 +1275,46 @@ fn line_limit_and_bad_bytes_are_judged_the_same_in_bulk_and_byte_by_byte() {
         let expect_desync = !case.starts_with(b"NOOPAAA\r") && !case.starts_with(b"AUTH");
         assert_eq!(whole.0, expect_desync, "{case:?}: {:?}", whole.1);
     }
+}
+
+#[test]
+fn mail_and_rcpt_paths_are_parsed_and_the_envelope_follows_the_replies() {
+    use super::command::Command;
+    let p = |l: &str| Command::parse(l.as_bytes()).path();
+    assert_eq!(p("MAIL FROM:<>"), Some((String::new(), vec![])));
+    assert_eq!(
+        p("mail from: <a@b.example> SIZE=10 BODY=8BITMIME"),
+        Some(("a@b.example".into(), vec!["SIZE=10".into(), "BODY=8BITMIME".into()]))
+    );
+    assert_eq!(p("RCPT TO:c@d.example"), Some(("c@d.example".into(), vec![])));
+    assert_eq!(p("RCPT TOO:<x>"), None);
+    assert_eq!(p("EHLO x"), None);
+    // Refused recipients and a RSET are not part of the accepted envelope.
+    let script = "S: 220 mx ESMTP\r\nC: EHLO c\r\nS: 250 mx\r\nC: MAIL FROM:<old@x>\r\nS: 250 ok\r\nC: RSET\r\nS: 250 ok\r\nC: MAIL FROM:<s@x>\r\nS: 250 ok\r\nC: RCPT TO:<r1@y>\r\nS: 250 ok\r\nC: RCPT TO:<bad@y>\r\nS: 550 5.1.1 no\r\nC: RCPT TO:<r2@y>\r\nS: 250 ok\r\nC: DATA\r\nS: 354 go\r\nC: hi\r\nC: .\r\nS: 250 2.0.0 queued\r\n";
+    let mut obs = SmtpObserver::new(SmtpLimits::default());
+    let mut out = Vec::new();
+    let mut marks = Vec::new();
+    for line in script.split("\r\n").filter(|l| !l.is_empty()) {
+        let (side, text) = match line.split_at(3) {
+            ("S: ", t) => (Side::Server, t),
+            (_, t) => (Side::Client, t),
+        };
+        obs.feed(side, format!("{text}\r\n").as_bytes(), &mut out, &mut marks);
+    }
+    let msg = out
+        .iter()
+        .find_map(|e| match e {
+            SmtpEvent::Message {
+                mail_from,
+                rcpt_to,
+                rcpt_count,
+                ..
+            } => Some((mail_from.clone(), rcpt_to.clone(), *rcpt_count)),
+            _ => None,
+        })
+        .expect("a message");
+    assert_eq!(
+        msg,
+        (Some("s@x".into()), vec!["r1@y".into(), "r2@y".into()], 2)
+    );
 }

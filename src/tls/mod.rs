@@ -95,7 +95,7 @@ pub enum TlsEvent {
     #[serde(rename = "tls.certificate")]
     Certificate {
         /// Who sent it (server chain, or a client certificate).
-        from: Side,
+        side: Side,
         /// Number of certificates.
         count: usize,
         /// Total DER bytes.
@@ -138,13 +138,13 @@ pub enum TlsEvent {
     #[serde(rename = "tls.change_cipher_spec")]
     ChangeCipherSpec {
         /// Who sent it.
-        from: Side,
+        side: Side,
     },
     /// A TLS alert.
     #[serde(rename = "tls.alert")]
     Alert {
         /// Who sent it.
-        from: Side,
+        side: Side,
         /// `warning`, `fatal` or `unknown`.
         level: String,
         /// RFC name (`handshake_failure`, `unknown_ca`, …) or `encrypted`.
@@ -175,6 +175,26 @@ pub enum TlsEvent {
         /// Byte offset in that direction's TLS stream.
         offset: u64,
     },
+}
+
+impl TlsEvent {
+    /// The dotted event name, as in the JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        #[allow(unreachable_patterns)]
+        match self {
+            TlsEvent::ClientHello { .. } => "tls.client_hello",
+            TlsEvent::ServerHello { .. } => "tls.server_hello",
+            TlsEvent::HelloRetryRequest { .. } => "tls.hello_retry_request",
+            TlsEvent::Certificate { .. } => "tls.certificate",
+            TlsEvent::CertificateHidden { .. } => "tls.certificate_hidden",
+            TlsEvent::CertificateRequest { .. } => "tls.certificate_request",
+            TlsEvent::ServerKeyExchange { .. } => "tls.server_key_exchange",
+            TlsEvent::ChangeCipherSpec { .. } => "tls.change_cipher_spec",
+            TlsEvent::Alert { .. } => "tls.alert",
+            TlsEvent::Established { .. } => "tls.established",
+            TlsEvent::Desync { .. } => "tls.desync",
+        }
+    }
 }
 
 /// The facts of one ClientHello (the `tls.client_hello` event).
@@ -387,7 +407,7 @@ impl TlsObserver {
                 st.ccs = true;
                 st.encrypted = true;
                 st.hs.clear();
-                out.push(TlsEvent::ChangeCipherSpec { from: side });
+                out.push(TlsEvent::ChangeCipherSpec { side });
             }
             21 => {
                 // TLS 1.3 wraps encrypted alerts in application-data records, so an
@@ -395,7 +415,7 @@ impl TlsObserver {
                 if encrypted && !self.tls13 {
                     self.state_mut(side).stats.encrypted_records += 1;
                     out.push(TlsEvent::Alert {
-                        from: side,
+                        side,
                         level: "unknown".into(),
                         description: "encrypted".into(),
                         code: 0,
@@ -410,7 +430,7 @@ impl TlsObserver {
                 }
                 for a in body.chunks_exact(2) {
                     out.push(TlsEvent::Alert {
-                        from: side,
+                        side,
                         level: names::alert_level_name(a[0]).into(),
                         description: names::alert_name(a[1]),
                         code: a[1],
@@ -454,7 +474,7 @@ impl TlsObserver {
         if self.tls13 {
             if len == TLS13_ALERT_RECORD {
                 out.push(TlsEvent::Alert {
-                    from: side,
+                    side,
                     level: "unknown".into(),
                     description: "encrypted".into(),
                     code: 0,
@@ -619,7 +639,7 @@ impl TlsObserver {
             (_, 11) => {
                 let ders = hello::parse_certificate_list(body)?;
                 out.push(TlsEvent::Certificate {
-                    from: side,
+                    side,
                     count: ders.len(),
                     bytes: ders.iter().map(Vec::len).sum(),
                     ders,

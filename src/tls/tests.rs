@@ -273,12 +273,12 @@ fn rustls_tls12_certificate_visible() {
     }
     match &ev[2] {
         TlsEvent::Certificate {
-            from,
+            side,
             count,
             ders,
             bytes,
         } => {
-            assert_eq!(*from, Side::Server);
+            assert_eq!(*side, Side::Server);
             assert_eq!(*count, 2);
             assert_eq!(ders[0], pki.leaf.as_ref());
             assert_eq!(ders[1], pki.ca.as_ref());
@@ -294,8 +294,8 @@ fn rustls_tls12_certificate_visible() {
             dh_bits: None
         }
     );
-    assert_eq!(ev[4], TlsEvent::ChangeCipherSpec { from: Side::Client });
-    assert_eq!(ev[5], TlsEvent::ChangeCipherSpec { from: Side::Server });
+    assert_eq!(ev[4], TlsEvent::ChangeCipherSpec { side: Side::Client });
+    assert_eq!(ev[5], TlsEvent::ChangeCipherSpec { side: Side::Server });
     match &ev[6] {
         TlsEvent::Established {
             version,
@@ -442,7 +442,7 @@ fn rustls_tls12_client_certificate_request() {
     let certs: Vec<_> = ev
         .iter()
         .filter_map(|e| match e {
-            TlsEvent::Certificate { from, ders, .. } => Some((*from, ders.clone())),
+            TlsEvent::Certificate { side, ders, .. } => Some((*side, ders.clone())),
             _ => None,
         })
         .collect();
@@ -469,7 +469,7 @@ fn rustls_tls12_client_rejects_server() {
     assert_eq!(
         alert,
         &TlsEvent::Alert {
-            from: Side::Client,
+            side: Side::Client,
             level: "fatal".into(),
             description: "unknown_ca".into(),
             code: 48,
@@ -505,7 +505,7 @@ fn rustls_tls13_client_rejects_server_encrypted_alert() {
     assert!(matches!(
         &ev[3],
         TlsEvent::Alert {
-            from: Side::Client,
+            side: Side::Client,
             encrypted: true,
             note: Some(_),
             ..
@@ -574,7 +574,7 @@ fn openssl_tls10_cbc() {
     assert!(matches!(
         &ev[2],
         TlsEvent::Certificate {
-            from: Side::Server,
+            side: Side::Server,
             count: 1,
             ..
         }
@@ -595,7 +595,7 @@ fn openssl_handshake_failure_alert() {
     assert_eq!(
         ev[1],
         TlsEvent::Alert {
-            from: Side::Server,
+            side: Side::Server,
             level: "fatal".into(),
             description: "handshake_failure".into(),
             code: 40,
@@ -1044,7 +1044,7 @@ fn tls13_cleartext_alert_after_server_hello_is_read() {
     assert_eq!(
         ev[2],
         TlsEvent::Alert {
-            from: Side::Client,
+            side: Side::Client,
             level: "fatal".into(),
             description: "illegal_parameter".into(),
             code: 47,
@@ -1057,7 +1057,7 @@ fn tls13_cleartext_alert_after_server_hello_is_read() {
     assert!(matches!(
         &ev[3],
         TlsEvent::Alert {
-            from: Side::Server,
+            side: Side::Server,
             encrypted: true,
             note: Some(_),
             ..
