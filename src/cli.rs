@@ -287,7 +287,7 @@ pub fn sinks_for(cfg: &ProxyConfig) -> std::io::Result<Sinks> {
 /// Runs the proxy until SIGINT/SIGTERM, then drains and flushes every sink.
 pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
     let sinks = sinks_for(&cfg).map_err(|e| format!("cannot open the log: {e}"))?;
-    let analysis = Analysis::from_config(&cfg)?;
+    let analysis = Analysis::from_config(&cfg, crate::proxy::fresh_run_id())?;
     let (sink, handle) = sink::start(sinks);
     let proxy = Proxy::bind(cfg, sink, analysis)
         .await

@@ -370,6 +370,80 @@ pub struct ProxyConfig {
     pub capture: Option<crate::capture::CaptureConfig>,
 }
 
+impl ProxyConfig {
+    /// The resolved configuration as JSON, in the shape of `config.toml`'s
+    /// keys (for `run.start` and `--check`). Nothing in it is secret today;
+    /// a key that ever holds a secret must be masked here.
+    pub fn resolved_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let secs = |d: Duration| d.as_secs_f64();
+        let capture = self.capture.as_ref().map(|c| {
+            let (kind, path) = match &c.target {
+                crate::capture::Target::Dir(p) => ("dir", p),
+                crate::capture::Target::File(p) => ("file", p),
+            };
+            json!({
+                kind: path.display().to_string(),
+                "per_session": c.per_session,
+                "rotate_bytes": c.rotate_bytes,
+                "legs": match c.legs {
+                    crate::capture::Legs::ClientView => "client_view",
+                    crate::capture::Legs::Both => "both",
+                },
+                "bodies": c.bodies,
+                "redact_auth": c.redact_auth,
+                "max_bytes_per_session": c.max_bytes_per_session,
+                "clients": c.clients.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "upstreams": c.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "ports": c.ports,
+                "queue_bytes": c.queue_bytes,
+                "flush_interval_s": secs(c.flush_interval),
+            })
+        });
+        let (upstream, transparent, spoof) = match &self.upstream {
+            UpstreamTarget::Static(u) => (u.to_string(), None, false),
+            UpstreamTarget::OriginalDestination { mode, spoof_source } => (
+                "original-destination".to_string(),
+                Some(mode.to_string()),
+                *spoof_source,
+            ),
+        };
+        json!({
+            "listen": self.listen.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "upstream": upstream,
+            "transparent": transparent,
+            "spoof_source": spoof,
+            "implicit_tls": self.implicit_tls,
+            "on_upstream_failure": match &self.on_upstream_failure {
+                UpstreamFailure::Reply(line) => line.clone(),
+                UpstreamFailure::Close => "close".to_string(),
+            },
+            "limits": {
+                "max_sessions": self.limits.max_sessions,
+                "connect_timeout_s": secs(self.limits.connect_timeout),
+                "idle_timeout_s": secs(self.limits.idle_timeout),
+                "drain_timeout_s": secs(self.limits.drain_timeout),
+                "observer_queue": self.limits.observer_queue,
+            },
+            "tls": {
+                "expect_names": self.tls.expect_names,
+                "mozilla_roots": self.tls.mozilla_roots,
+                "system_roots": self.tls.system_roots,
+                "ca_files": self.tls.ca_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "check_revocation": self.tls.check_revocation,
+                "crl_files": self.tls.crl_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "expiry_warning_days": self.tls.expiry_warning_days,
+                "check_announced_names": self.tls.check_announced_names,
+            },
+            "destinations": self.destinations.iter().map(|d| json!({
+                "match": d.net.to_string(),
+                "expect_names": d.expect_names,
+            })).collect::<Vec<_>>(),
+            "capture": capture,
+        })
+    }
+}
+
 /// The default reply when the upstream is unreachable: a transient failure so
 /// that the client queues the message and retries later.
 pub const DEFAULT_FAILURE_REPLY: &str =

@@ -39,9 +39,7 @@ pub type RunId = std::sync::Arc<str>;
 /// `r20261123T210700Z-4c1f` (sortable by start time).
 pub fn new_run_id(start: Timestamp, salt: u64) -> RunId {
     let dt = time::OffsetDateTime::from(start.0);
-    let fmt = time::macros::format_description!(
-        "r[year][month][day]T[hour][minute][second]Z"
-    );
+    let fmt = time::macros::format_description!("r[year][month][day]T[hour][minute][second]Z");
     let head = dt.format(&fmt).unwrap_or_else(|_| "r0".into());
     // Mix the sub-second time in, so two runs started in the same second differ.
     let mix = salt ^ u64::from(dt.nanosecond()).wrapping_mul(0x9e37_79b9_7f4a_7c15);

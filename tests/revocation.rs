@@ -209,7 +209,7 @@ fn a_bad_crl_file_is_a_clear_config_error() {
     .unwrap()
     .resolve("t.toml")
     .unwrap();
-    let err = smtptap::session::Analysis::from_config(&cfg).unwrap_err();
+    let err = smtptap::session::Analysis::from_config(&cfg, "rtest".into()).unwrap_err();
     assert!(err.contains("bad.crl") && err.contains("no CRL"), "{err}");
 }
 

@@ -827,7 +827,12 @@ fn disk_full_reports_one_error_and_stops() {
         .filter(|e| matches!(e.kind, EventKind::Capture(CaptureEvent::Error { .. })))
         .collect();
     assert_eq!(errors.len(), 1);
-    let EventKind::Capture(CaptureEvent::Error { path, error, detail }) = &errors[0].kind else {
+    let EventKind::Capture(CaptureEvent::Error {
+        path,
+        error,
+        detail,
+    }) = &errors[0].kind
+    else {
         panic!()
     };
     assert_eq!(path, "/dev/full");

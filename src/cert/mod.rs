@@ -36,9 +36,8 @@ mod tests;
 
 pub use info::{parse_cert, CertInfo, Validity};
 pub use names::{check_names, name_matches, NameCheck, NameSource};
+pub(crate) use trust::parse_crl;
 pub use trust::{crl_ders, TrustOptions, TrustStore};
-
-pub mod fetch;
 
 /// Errors of this module (loading anchors, parsing, minting).
 #[derive(Debug, Clone, PartialEq, Eq)]

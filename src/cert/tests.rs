@@ -82,10 +82,7 @@ fn rsa_ca_fields_match_openssl() {
         i.sha256,
         "9f9d70de64b6912d9610f257cb154f0d5e8d35a74a9f451f0d5a35c6dae8717d"
     );
-    assert_eq!(
-        i.sha1,
-        "a000cc8efc096c8cdf4e6f9606669f6d250b3640"
-    );
+    assert_eq!(i.sha1, "a000cc8efc096c8cdf4e6f9606669f6d250b3640");
     assert!(i.is_ca);
     assert_eq!(i.path_len, Some(1));
     assert!(i.self_signed);
@@ -121,10 +118,7 @@ fn ec_leaf_with_urls_fields_match_openssl() {
         i.sha256,
         "1da140f4b8ad66165b9903cb37a6c11bbef0e440562a8d2b3e2615f47c128c4a"
     );
-    assert_eq!(
-        i.sha1,
-        "4e03f9c93d184d679f8ba4f7df7eed68f2353158"
-    );
+    assert_eq!(i.sha1, "4e03f9c93d184d679f8ba4f7df7eed68f2353158");
     assert!(!i.is_ca);
     assert_eq!(i.path_len, None);
     assert!(!i.self_signed);
@@ -147,10 +141,7 @@ fn wildcard_fields_match_openssl() {
         i.sha256,
         "109b21e2030f19defd1fb9cdb8d9280861833972e083660e70299580a6290894"
     );
-    assert_eq!(
-        i.sha1,
-        "5b1fa00c8ed8308316ed40512875cde9231333cd"
-    );
+    assert_eq!(i.sha1, "5b1fa00c8ed8308316ed40512875cde9231333cd");
     assert_eq!(i.eku, vec!["serverAuth"]);
     assert!(i.self_signed);
 }
@@ -609,7 +600,10 @@ fn minted_pem_is_readable_by_openssl() {
     let thumb = parse_cert(&issued.chain_der[0]).unwrap().sha1;
     assert_eq!(
         text.trim(),
-        format!("sha1 Fingerprint={}", colon_hex(&thumb.to_ascii_uppercase()))
+        format!(
+            "sha1 Fingerprint={}",
+            colon_hex(&thumb.to_ascii_uppercase())
+        )
     );
 }
 

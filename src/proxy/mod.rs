@@ -1,9 +1,10 @@
-//! The only module that touches sockets: listeners, the upstream connection,
-//! the relay, and graceful shutdown.
+//! The live proxy: listeners, the upstream connection, the relay, the
+//! driver of the session core, CRL fetching, and graceful shutdown. With
+//! `lab` (a demo peer), the only module that touches sockets.
 //!
 //! ```text
 //!  listener(s) ──accept──▶ session controller (one task per connection)
-//!                              │ 1. start the analysis task   (session::analyze)
+//!                              │ 1. start the analysis task   (analysis::run → session::SessionAnalyzer)
 //!                              │ 2. connect upstream          (upstream::connect)
 //!                              │    └─ failure: 421 reply or close, per config
 //!                              │ 3. relay both ways           (relay::relay)
@@ -16,6 +17,8 @@
 //! sessions get `limits.drain_timeout` to finish, then they are aborted; every
 //! session still gets its `session.close` and `session.summary`.
 
+pub mod analysis;
+pub mod crl;
 pub mod relay;
 pub mod transparent;
 pub mod upstream;
@@ -31,8 +34,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::{ProxyConfig, TransparentMode, Upstream, UpstreamFailure, UpstreamTarget};
-use crate::event::Timestamp;
-use crate::session::{self, Analysis, Control, SessionInfo};
+use crate::event::{Event, RunId, SessionEvent, Timestamp, SCHEMA_VERSION};
+use crate::session::{Analysis, SessionInfo};
+use analysis::Control;
+use crl::CrlCache;
+
+/// A fresh run identifier: the start time and a per-process salt (process
+/// id and a counter, so proxies started in one process differ too).
+pub fn fresh_run_id() -> RunId {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let salt = (u64::from(std::process::id()) << 16)
+        ^ RUNS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x2545_f491_4f6c_dd1d);
+    crate::event::new_run_id(Timestamp::now(), salt)
+}
 use crate::sink::EventSink;
 
 /// A bound proxy, ready to run.
@@ -41,6 +57,7 @@ pub struct Proxy {
     listeners: Vec<TcpListener>,
     sink: EventSink,
     analysis: Arc<Analysis>,
+    crls: Arc<CrlCache>,
 }
 
 /// Counters reported when the proxy stops.
@@ -67,6 +84,7 @@ impl Proxy {
             listeners,
             sink,
             analysis: Arc::new(analysis),
+            crls: Arc::new(CrlCache::default()),
         })
     }
 
@@ -85,6 +103,16 @@ impl Proxy {
         let (abort_tx, abort_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         let next_id = Arc::new(AtomicU64::new(1));
+        let run = self.analysis.run.clone();
+        let start = SessionEvent::RunStart {
+            version: env!("CARGO_PKG_VERSION").into(),
+            schema: SCHEMA_VERSION,
+            mode: "proxy".into(),
+            config: self.cfg.resolved_json(),
+        };
+        self.sink
+            .send_batch(vec![Event::new(Timestamp::now(), 0, start).in_run(&run)])
+            .await;
         let accepted = Arc::new(AtomicU64::new(0));
 
         let mut accept_tasks = Vec::new();
@@ -100,6 +128,7 @@ impl Proxy {
                 cfg: self.cfg.clone(),
                 sink: self.sink.clone(),
                 analysis: self.analysis.clone(),
+                crls: self.crls.clone(),
                 abort: abort_rx.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(
@@ -136,12 +165,25 @@ impl Proxy {
             let late = c.clone();
             let _ = tokio::task::spawn_blocking(move || c.shutdown()).await;
             // Writer events (errors, drops) that no session reported yet.
-            self.sink.send_batch(late.take_events()).await;
+            let evs = late
+                .take_events()
+                .into_iter()
+                .map(|e| e.in_run(&run))
+                .collect();
+            self.sink.send_batch(evs).await;
         }
-        RunStats {
+        let stats = RunStats {
             sessions: accepted.load(Ordering::Relaxed),
             aborted_at_shutdown: aborted,
-        }
+        };
+        let stop = SessionEvent::RunStop {
+            sessions: stats.sessions,
+            aborted_at_shutdown: stats.aborted_at_shutdown,
+        };
+        self.sink
+            .send_batch(vec![Event::new(Timestamp::now(), 0, stop).in_run(&run)])
+            .await;
+        stats
     }
 }
 
@@ -175,6 +217,7 @@ struct SessionCtx {
     cfg: Arc<ProxyConfig>,
     sink: EventSink,
     analysis: Arc<Analysis>,
+    crls: Arc<CrlCache>,
     abort: watch::Receiver<bool>,
 }
 
@@ -252,11 +295,12 @@ async fn run_session(
     };
     let (data_tx, data_rx) = mpsc::channel(cfg.limits.observer_queue);
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
-    let analysis = tokio::spawn(session::analyze(
+    let analysis = tokio::spawn(analysis::run(
         info,
         data_rx,
         ctl_rx,
         ctx.analysis.clone(),
+        ctx.crls.clone(),
         ctx.sink.clone(),
     ));
 
@@ -308,7 +352,7 @@ async fn run_session(
         }
         Err(failure) => {
             drop(data_tx);
-            tracing::warn!(upstream = %upstream, error = %failure.error, "upstream unreachable");
+            tracing::warn!(upstream = %upstream, error = %failure.detail, "upstream unreachable");
             let mut client = client;
             let reply = match &cfg.on_upstream_failure {
                 UpstreamFailure::Reply(line) => {
@@ -365,7 +409,7 @@ impl Running {
 /// Binds and starts a proxy with these sinks; the analysis (trust store…) is
 /// built from the configuration.
 pub async fn spawn(cfg: ProxyConfig, sinks: crate::sink::Sinks) -> Result<Running, String> {
-    let analysis = Analysis::from_config(&cfg)?;
+    let analysis = Analysis::from_config(&cfg, fresh_run_id())?;
     let (sink, handle) = crate::sink::start(sinks);
     let proxy = Proxy::bind(cfg, sink, analysis)
         .await
@@ -427,7 +471,8 @@ async fn plan_upstream(
                 TransparentMode::Tproxy => "is the listener reached through the TPROXY rule?",
             };
             let failure = upstream::ConnectFailure {
-                error: format!("cannot read the original destination ({mode}): {e}; {hint}"),
+                code: "no_original_dst",
+                detail: format!("cannot read the original destination ({mode}): {e}; {hint}"),
                 tried: Vec::new(),
             };
             let label = Upstream {
@@ -445,7 +490,8 @@ async fn plan_upstream(
     {
         tracing::warn!(original_dst = %dst, reason = %refused.reason, "loop refused");
         let failure = upstream::ConnectFailure {
-            error: format!("loop refused: {}", refused.reason),
+            code: "loop",
+            detail: format!("loop refused: {}", refused.reason),
             tried: Vec::new(),
         };
         return (label, Plan::Refuse(failure, Some(refused)));

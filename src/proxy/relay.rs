@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::event::{Side, Timestamp};
+use crate::session::{DirEnd, Ends};
 
 /// Largest read per syscall, and so the largest chunk handed to the tap.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -58,34 +59,6 @@ pub enum TapMsg {
         /// When.
         ts: Timestamp,
     },
-}
-
-/// How one direction of the relay ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DirEnd {
-    /// The sender closed cleanly (FIN), and it was passed on.
-    Fin,
-    /// Reading from the sender or writing to the receiver failed.
-    Error(String),
-    /// The session went idle too long.
-    Idle,
-    /// The proxy was shutting down and the drain timeout passed.
-    Aborted,
-    /// Ended because the other direction failed.
-    PeerFailed,
-}
-
-impl DirEnd {
-    /// A short word for logs: `fin`, `error`, `idle`, `aborted`, `peer_failed`.
-    pub fn word(&self) -> &'static str {
-        match self {
-            DirEnd::Fin => "fin",
-            DirEnd::Error(_) => "error",
-            DirEnd::Idle => "idle",
-            DirEnd::Aborted => "aborted",
-            DirEnd::PeerFailed => "peer_failed",
-        }
-    }
 }
 
 /// The tap: a non-blocking, lossy-but-honest feed of relayed bytes to analysis.
@@ -197,17 +170,7 @@ impl Default for Activity {
 }
 
 /// The outcome of a relay: how each direction ended and how many bytes moved.
-#[derive(Debug, Clone)]
-pub struct RelayOutcome {
-    /// Client → server direction.
-    pub client_end: DirEnd,
-    /// Server → client direction.
-    pub server_end: DirEnd,
-    /// Bytes the client sent (and the server received).
-    pub client_bytes: u64,
-    /// Bytes the server sent (and the client received).
-    pub server_bytes: u64,
-}
+pub type RelayOutcome = Ends;
 
 /// Relays between `client` and `server` until both directions are done, an
 /// error occurs, the session is idle for `idle_timeout`, or `abort` turns true.
@@ -252,14 +215,14 @@ pub async fn relay(
         while client_res.is_none() || server_res.is_none() {
             tokio::select! {
                 r = &mut c2s, if client_res.is_none() => {
-                    if matches!(r.end, DirEnd::Error(_)) && stop_reason.is_none() {
+                    if matches!(r.end, DirEnd::Error { .. }) && stop_reason.is_none() {
                         stop_reason = Some(DirEnd::PeerFailed);
                         let _ = stop_tx.send(true);
                     }
                     client_res = Some(r);
                 }
                 r = &mut s2c, if server_res.is_none() => {
-                    if matches!(r.end, DirEnd::Error(_)) && stop_reason.is_none() {
+                    if matches!(r.end, DirEnd::Error { .. }) && stop_reason.is_none() {
                         stop_reason = Some(DirEnd::PeerFailed);
                         let _ = stop_tx.send(true);
                     }
@@ -287,10 +250,10 @@ pub async fn relay(
     let reset = |stream: &TcpStream| {
         let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
     };
-    if matches!(client_res.end, DirEnd::Error(_)) {
+    if matches!(client_res.end, DirEnd::Error { .. }) {
         reset(sw.as_ref());
     }
-    if matches!(server_res.end, DirEnd::Error(_)) {
+    if matches!(server_res.end, DirEnd::Error { .. }) {
         reset(cw.as_ref());
     }
     let settle = |end: DirEnd| match (end, &stop_reason) {
@@ -359,7 +322,7 @@ where
                 } {
                     Ok(()) => DirEnd::Fin,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Fin,
-                    Err(e) => DirEnd::Error(format!("passing on FIN: {e}")),
+                    Err(e) => DirEnd::io("passing on FIN", &e),
                 };
                 return PumpResult { end, bytes: total };
             }
@@ -374,7 +337,7 @@ where
                 };
                 if let Err(e) = w {
                     return PumpResult {
-                        end: DirEnd::Error(format!("writing to {}: {e}", side.peer())),
+                        end: DirEnd::io(&format!("writing to {}", side.peer()), &e),
                         bytes: total,
                     };
                 }
@@ -383,7 +346,7 @@ where
             }
             Err(e) => {
                 return PumpResult {
-                    end: DirEnd::Error(format!("reading from {side}: {e}")),
+                    end: DirEnd::io(&format!("reading from {side}"), &e),
                     bytes: total,
                 }
             }

@@ -220,10 +220,12 @@ pub async fn connect_spoofed(
     timeout: Duration,
 ) -> Result<Connected, ConnectFailure> {
     let started = Instant::now();
-    let fail = |e: String| ConnectFailure {
-        error: e.clone(),
+    let fail_with = |code: &'static str, e: String| ConnectFailure {
+        code,
+        detail: e.clone(),
         tried: vec![format!("{dst} from {client_ip}: {e}")],
     };
+    let fail = |e: String| fail_with("other", e);
     let client_ip = match (client_ip, dst) {
         (IpAddr::V6(v6), SocketAddr::V4(_)) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -241,15 +243,20 @@ pub async fn connect_spoofed(
     } else {
         TcpSocket::new_v6()
     }
-    .map_err(|e| fail(format!("socket: {e}")))?;
+    .map_err(|e| fail_with(crate::event::io_error_code(&e), format!("socket: {e}")))?;
     set_transparent(&sock, dst.is_ipv6())
         .map_err(|e| fail(format!("IP_TRANSPARENT (needs CAP_NET_ADMIN): {e}")))?;
     sock.bind(SocketAddr::new(client_ip, 0))
         .map_err(|e| fail(format!("bind to the client's address: {e}")))?;
     let stream = match tokio::time::timeout(timeout, sock.connect(dst)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(fail(e.to_string())),
-        Err(_) => return Err(fail(format!("timed out after {}s", timeout.as_secs()))),
+        Ok(Err(e)) => return Err(fail_with(crate::event::io_error_code(&e), e.to_string())),
+        Err(_) => {
+            return Err(fail_with(
+                "timeout",
+                format!("timed out after {}s", timeout.as_secs()),
+            ))
+        }
     };
     let _ = stream.set_nodelay(true);
     let local = stream

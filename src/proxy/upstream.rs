@@ -22,14 +22,8 @@ pub struct Connected {
     pub elapsed: Duration,
 }
 
-/// Why the upstream could not be reached, with every address tried.
-#[derive(Debug, Clone)]
-pub struct ConnectFailure {
-    /// A one-line reason (`connection refused`, `timed out after 10s`, `no address for host`).
-    pub error: String,
-    /// Each address tried and what happened (`192.0.2.1:25: connection refused`).
-    pub tried: Vec<String>,
-}
+/// Why the upstream could not be reached (the session core's vocabulary).
+pub use crate::session::UpstreamFailure as ConnectFailure;
 
 /// Resolves and connects within `timeout` overall.
 pub async fn connect(up: &Upstream, timeout: Duration) -> Result<Connected, ConnectFailure> {
@@ -48,13 +42,15 @@ pub async fn connect(up: &Upstream, timeout: Duration) -> Result<Connected, Conn
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             return Err(ConnectFailure {
-                error: format!("cannot resolve {}: {e}", up.host),
+                code: "resolve",
+                detail: format!("cannot resolve {}: {e}", up.host),
                 tried: Vec::new(),
             })
         }
         Err(_) => {
             return Err(ConnectFailure {
-                error: format!(
+                code: "timeout",
+                detail: format!(
                     "resolving {} timed out after {}s",
                     up.host,
                     timeout.as_secs()
@@ -65,12 +61,14 @@ pub async fn connect(up: &Upstream, timeout: Duration) -> Result<Connected, Conn
     };
     if addrs.is_empty() {
         return Err(ConnectFailure {
-            error: format!("no address for {}", up.host),
+            code: "resolve",
+            detail: format!("no address for {}", up.host),
             tried: Vec::new(),
         });
     }
     let mut tried = Vec::new();
     let mut last = String::new();
+    let mut code = "other";
     for addr in addrs {
         match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
@@ -87,14 +85,20 @@ pub async fn connect(up: &Upstream, timeout: Duration) -> Result<Connected, Conn
             }
             Ok(Err(e)) => {
                 last = e.to_string();
+                code = crate::event::io_error_code(&e);
                 tried.push(format!("{addr}: {e}"));
             }
             Err(_) => {
+                code = "timeout";
                 last = format!("timed out after {}s", timeout.as_secs());
                 tried.push(format!("{addr}: {last}"));
                 break;
             }
         }
     }
-    Err(ConnectFailure { error: last, tried })
+    Err(ConnectFailure {
+        code,
+        detail: last,
+        tried,
+    })
 }

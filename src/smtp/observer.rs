@@ -140,8 +140,13 @@ enum PendingKind {
     Ehlo,
     StartTls,
     Data,
-    EndOfData { size: u64 },
-    Bdat { last: bool, total: u64 },
+    EndOfData {
+        size: u64,
+    },
+    Bdat {
+        last: bool,
+        total: u64,
+    },
     Auth,
     Sasl,
     Other,

@@ -1284,9 +1284,15 @@ fn mail_and_rcpt_paths_are_parsed_and_the_envelope_follows_the_replies() {
     assert_eq!(p("MAIL FROM:<>"), Some((String::new(), vec![])));
     assert_eq!(
         p("mail from: <a@b.example> SIZE=10 BODY=8BITMIME"),
-        Some(("a@b.example".into(), vec!["SIZE=10".into(), "BODY=8BITMIME".into()]))
+        Some((
+            "a@b.example".into(),
+            vec!["SIZE=10".into(), "BODY=8BITMIME".into()]
+        ))
     );
-    assert_eq!(p("RCPT TO:c@d.example"), Some(("c@d.example".into(), vec![])));
+    assert_eq!(
+        p("RCPT TO:c@d.example"),
+        Some(("c@d.example".into(), vec![]))
+    );
     assert_eq!(p("RCPT TOO:<x>"), None);
     assert_eq!(p("EHLO x"), None);
     // Refused recipients and a RSET are not part of the accepted envelope.

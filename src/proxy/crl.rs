@@ -1,11 +1,129 @@
-//! Fetching a CRL over plain HTTP (`check_revocation = true`): a tiny
-//! HTTP/1.0 GET with timeouts and a size cap, blocking (call it from a
-//! blocking thread). CRL distribution points are `http://` by convention
-//! (RFC 5280 §4.2.1.13), so no TLS client is needed. Nothing else here.
+//! The driver side of `check_revocation = true`: answers the session core's
+//! [`Request::FetchCrls`](crate::session::Request) by fetching CRLs over
+//! plain HTTP (a tiny HTTP/1.0 GET with a deadline and a size cap, blocking:
+//! call it from a blocking thread), within one budget per chain, through a
+//! run-wide cache bounded in entries and bytes. CRL distribution points are
+//! `http://` by convention (RFC 5280 §4.2.1.13), so no TLS client is needed.
+//! It touches sockets and the clock; the session core does neither.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::session::{CrlError, CrlOutcome};
+
+/// How long a fetched CRL is reused; failures are retried sooner.
+const CRL_TTL: Duration = Duration::from_secs(3600);
+const CRL_RETRY: Duration = Duration::from_secs(300);
+/// Most time one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most time all CRL fetches for one certificate chain may take together.
+pub const CRL_BUDGET: Duration = Duration::from_secs(10);
+/// Most bytes of CRLs kept in the run's cache (beyond it, CRLs are fetched
+/// again when needed rather than kept).
+const CRL_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Most URLs cached.
+const CRL_CACHE_ENTRIES: usize = 1000;
+
+type Fetched = Result<Vec<Vec<u8>>, CrlError>;
+
+/// The run's CRL cache: by URL, when fetched, and the result.
+#[derive(Debug, Default)]
+pub struct CrlCache {
+    entries: Mutex<HashMap<String, (Instant, Fetched)>>,
+}
+
+fn fresh(when: Instant, r: &Fetched) -> bool {
+    when.elapsed() < if r.is_ok() { CRL_TTL } else { CRL_RETRY }
+}
+
+fn size(r: &Fetched) -> usize {
+    match r {
+        Ok(d) => d.iter().map(Vec::len).sum(),
+        Err(e) => e.detail.len(),
+    }
+}
+
+impl CrlCache {
+    /// Fetches (or takes from the cache) every URL of one chain, in order.
+    /// Each fetch gets at most 5 s and all of them together at most
+    /// [`CRL_BUDGET`], so a certificate naming many slow CRL servers holds
+    /// its session for a bounded time. Blocking.
+    pub fn fetch_chain(&self, urls: &[String]) -> Vec<CrlOutcome> {
+        let budget_end = Instant::now() + CRL_BUDGET;
+        urls.iter()
+            .map(|url| {
+                let cached = self.entries.lock().ok().and_then(|c| {
+                    c.get(url)
+                        .and_then(|(when, r)| fresh(*when, r).then(|| r.clone()))
+                });
+                let result = match cached {
+                    Some(r) => r,
+                    None if Instant::now() >= budget_end => Err(CrlError {
+                        code: "budget",
+                        detail: format!(
+                            "not fetched: this chain's CRL fetches already took {} s",
+                            CRL_BUDGET.as_secs()
+                        ),
+                    }),
+                    None => {
+                        let timeout = budget_end
+                            .saturating_duration_since(Instant::now())
+                            .min(FETCH_TIMEOUT);
+                        let r = fetch_crl(url, timeout).map_err(|detail| CrlError {
+                            code: error_code(&detail),
+                            detail,
+                        });
+                        self.store(url, &r);
+                        r
+                    }
+                };
+                CrlOutcome {
+                    url: url.clone(),
+                    result,
+                }
+            })
+            .collect()
+    }
+
+    /// Caches a result, bounded in entries and bytes (CRLs can be large and
+    /// their URLs come from peers' certificates).
+    fn store(&self, url: &str, r: &Fetched) {
+        if let Ok(mut c) = self.entries.lock() {
+            c.retain(|_, (when, r)| fresh(*when, r));
+            let held: usize = c.values().map(|(_, r)| size(r)).sum();
+            if c.len() < CRL_CACHE_ENTRIES && held + size(r) <= CRL_CACHE_BYTES {
+                c.insert(url.to_string(), (Instant::now(), r.clone()));
+            }
+        }
+    }
+}
+
+/// The stable code of one of [`fetch_crl`]'s messages (all written below).
+fn error_code(detail: &str) -> &'static str {
+    if detail.contains("control characters")
+        || detail.starts_with("only http://")
+        || detail.starts_with("bad port")
+        || detail.starts_with("no host")
+    {
+        "bad_url"
+    } else if detail.contains("timed out") {
+        "timeout"
+    } else if detail.starts_with("HTTP status") || detail.starts_with("no HTTP response") {
+        "http_status"
+    } else if detail.contains("not a CRL")
+        || detail.contains("the response (")
+        || detail.starts_with("CRL larger")
+    {
+        "not_a_crl"
+    } else if detail.contains("refused") {
+        "refused"
+    } else {
+        "other"
+    }
+}
 
 /// Largest CRL accepted (bytes).
 pub const MAX_CRL: usize = 20 * 1024 * 1024;
@@ -116,12 +234,12 @@ pub fn fetch_crl(url: &str, timeout: Duration) -> Result<Vec<Vec<u8>>, String> {
     if body.len() > MAX_CRL {
         return Err(format!("CRL larger than {MAX_CRL} bytes"));
     }
-    let ders = super::crl_ders(body);
+    let ders = crate::cert::crl_ders(body);
     if ders.is_empty() {
         return Err(format!("the response ({} bytes) is not a CRL", body.len()));
     }
     // Only what parses as a CRL counts (and is cached) as one.
-    if let Some(e) = ders.iter().find_map(|d| super::trust::parse_crl(d).err()) {
+    if let Some(e) = ders.iter().find_map(|d| crate::cert::parse_crl(d).err()) {
         return Err(format!("the response ({} bytes) is {e}", body.len()));
     }
     Ok(ders)
@@ -179,6 +297,24 @@ mod tests {
         let e = fetch_crl(&url, Duration::from_secs(1)).unwrap_err();
         assert!(e.starts_with("timed out after 1.0s"), "{e}");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn every_message_has_a_code() {
+        for (detail, code) in [
+            (
+                "the URL contains spaces or control characters: not fetched",
+                "bad_url",
+            ),
+            ("only http:// CRL locations are fetched", "bad_url"),
+            ("timed out after 1.0s (3 bytes received)", "timeout"),
+            ("HTTP status: HTTP/1.1 404 Not Found", "http_status"),
+            ("the response (12 bytes) is not a CRL", "not_a_crl"),
+            ("127.0.0.1:9: Connection refused (os error 111)", "refused"),
+            ("reading the response: oops", "other"),
+        ] {
+            assert_eq!(error_code(detail), code, "{detail}");
+        }
     }
 
     /// DER-looking bytes that are not a CRL are an error, not a CRL.

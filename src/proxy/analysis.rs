@@ -1,0 +1,154 @@
+//! The live driver of the session core: one task per session receives what
+//! the relay tapped and what the session controller reports, feeds them to a
+//! [`SessionAnalyzer`], does the I/O the analyzer requests (CRL fetches, on
+//! the blocking pool), and hands the resulting events to the sinks.
+//!
+//! ```text
+//!  controller ──Control (connected / upstream failed / loop / closed)──┐
+//!  relay ──tap: TapMsg (chunks, FINs, in relay order; try_send)────────┴─▶ this task ─▶ SessionAnalyzer
+//!                                                                               │  ▲ requests / results
+//!                                                  sinks ◀── events ────────────┘  └─▶ CrlCache (blocking pool)
+//! ```
+//!
+//! This task may fall behind; the relay never waits for it (see
+//! [`super::relay`]). If it falls so far behind that the tap queue
+//! overflows, the relay stops offering bytes and the analyzer reports
+//! `observer.lagged` at the end. Requests are served before the next input
+//! is fed, so a chain's `cert.crl` and `cert.chain` events come right after
+//! its `tls.certificate`, as they would without revocation checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::crl::CrlCache;
+use super::relay::{RelayOutcome, TapMsg};
+use crate::event::{Leg, Side, Timestamp};
+use crate::session::{Analysis, Ends, Request, SessionAnalyzer, SessionInfo, UpstreamFailure};
+use crate::sink::EventSink;
+
+/// Messages from the session controller, in order: any `LoopRefused`, one of
+/// `Connected`/`UpstreamFailed`, then (after the relay) `Closed`.
+#[derive(Debug)]
+pub enum Control {
+    /// The upstream connection is up; the relay starts.
+    Connected {
+        /// When.
+        ts: Timestamp,
+        /// The upstream address.
+        peer: SocketAddr,
+        /// Our local address toward the upstream.
+        local: SocketAddr,
+        /// Resolution + connect time.
+        elapsed: Duration,
+    },
+    /// The upstream could not be reached; the session is over.
+    UpstreamFailed {
+        /// When.
+        ts: Timestamp,
+        /// Why.
+        failure: UpstreamFailure,
+        /// The reply sent to the client, and whether it was delivered.
+        reply: Option<(String, bool)>,
+    },
+    /// In transparent mode: the original destination is the proxy itself
+    /// (sent before `UpstreamFailed`).
+    LoopRefused {
+        /// When.
+        ts: Timestamp,
+        /// The original destination.
+        original_dst: SocketAddr,
+        /// Why, and what to check.
+        reason: String,
+    },
+    /// The relay ended.
+    Closed {
+        /// When.
+        ts: Timestamp,
+        /// How each direction ended and the byte counts.
+        outcome: RelayOutcome,
+        /// Bytes relayed but not analysed (tap overflow), if any.
+        loss: Option<(Side, u64)>,
+    },
+}
+
+/// Hands the analyzer's events to the sinks, as one batch.
+async fn flush(a: &mut SessionAnalyzer, sink: &EventSink) {
+    if a.has_events() {
+        sink.send_batch(a.take_events()).await;
+    }
+}
+
+/// Does what the analyzer asked for and feeds the results back.
+async fn serve_requests(a: &mut SessionAnalyzer, crls: &Arc<CrlCache>) {
+    loop {
+        let requests = a.take_requests();
+        if requests.is_empty() {
+            return;
+        }
+        for r in requests {
+            match r {
+                Request::FetchCrls { id, urls } => {
+                    let cache = crls.clone();
+                    let outcomes =
+                        tokio::task::spawn_blocking(move || cache.fetch_chain(&urls)).await;
+                    // A fetch task that died is judged as no CRLs at all.
+                    a.crls_fetched(id, outcomes.unwrap_or_default());
+                }
+            }
+        }
+    }
+}
+
+/// Runs the analysis of one session until the controller reports its end.
+pub async fn run(
+    info: SessionInfo,
+    mut data: mpsc::Receiver<TapMsg>,
+    mut ctl: mpsc::Receiver<Control>,
+    shared: Arc<Analysis>,
+    crls: Arc<CrlCache>,
+    sink: EventSink,
+) {
+    let mut a = SessionAnalyzer::new(info, shared);
+    loop {
+        match ctl.recv().await {
+            Some(Control::LoopRefused {
+                ts,
+                original_dst,
+                reason,
+            }) => a.loop_refused(ts, original_dst, reason),
+            Some(Control::Connected {
+                ts,
+                peer,
+                local,
+                elapsed,
+            }) => {
+                a.upstream_connected(ts, peer, local, elapsed.as_secs_f64());
+                break;
+            }
+            Some(Control::UpstreamFailed { ts, failure, reply }) => {
+                a.upstream_failed(ts, failure, reply);
+                flush(&mut a, &sink).await;
+                return;
+            }
+            Some(Control::Closed { .. }) | None => break,
+        }
+    }
+    flush(&mut a, &sink).await;
+    while let Some(msg) = data.recv().await {
+        match msg {
+            TapMsg::Data(c) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
+            TapMsg::Eof { side, ts } => a.fin(Leg::EndToEnd, side, ts),
+        }
+        serve_requests(&mut a, &crls).await;
+        flush(&mut a, &sink).await;
+    }
+    let (ts, ends, loss) = match ctl.recv().await {
+        Some(Control::Closed { ts, outcome, loss }) => (ts, outcome, loss),
+        _ => (Timestamp::now(), Ends::aborted(), None),
+    };
+    a.close(ts, ends, loss);
+    flush(&mut a, &sink).await;
+}

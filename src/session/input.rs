@@ -1,0 +1,143 @@
+//! The facts a driver feeds the session core besides bytes: how each
+//! direction of the connection ended, why the upstream could not be reached,
+//! and what a requested CRL fetch returned. These are the core's vocabulary;
+//! drivers (the live relay, later the probe and the capture reader) build
+//! them. Nothing here does I/O.
+
+/// How one direction of a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirEnd {
+    /// The sender closed cleanly (FIN), and it was passed on.
+    Fin,
+    /// Reading from the sender or writing to the receiver failed.
+    Error {
+        /// A stable code (`reset`, `broken_pipe`, `timeout`, `other`).
+        code: &'static str,
+        /// The words.
+        detail: String,
+    },
+    /// The session went idle too long.
+    Idle,
+    /// The proxy was shutting down and the drain timeout passed.
+    Aborted,
+    /// Ended because the other direction failed.
+    PeerFailed,
+}
+
+impl DirEnd {
+    /// A short word for logs: `fin`, `error`, `idle`, `aborted`, `peer_failed`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            DirEnd::Fin => "fin",
+            DirEnd::Error { .. } => "error",
+            DirEnd::Idle => "idle",
+            DirEnd::Aborted => "aborted",
+            DirEnd::PeerFailed => "peer_failed",
+        }
+    }
+
+    /// An error end from an I/O error, with `what` saying where it happened.
+    pub fn io(what: &str, e: &std::io::Error) -> DirEnd {
+        DirEnd::Error {
+            code: crate::event::io_error_code(e),
+            detail: format!("{what}: {e}"),
+        }
+    }
+}
+
+/// How a session's connection ended: each direction, and the bytes moved.
+#[derive(Debug, Clone)]
+pub struct Ends {
+    /// Client → server direction.
+    pub client_end: DirEnd,
+    /// Server → client direction.
+    pub server_end: DirEnd,
+    /// Bytes the client sent (and the server received).
+    pub client_bytes: u64,
+    /// Bytes the server sent (and the client received).
+    pub server_bytes: u64,
+}
+
+impl Ends {
+    /// Both directions aborted, nothing moved (a driver that lost track).
+    pub fn aborted() -> Self {
+        Ends {
+            client_end: DirEnd::Aborted,
+            server_end: DirEnd::Aborted,
+            client_bytes: 0,
+            server_bytes: 0,
+        }
+    }
+
+    /// `session.close`'s `reason`.
+    pub fn reason(&self) -> &'static str {
+        let ends = [&self.client_end, &self.server_end];
+        if ends.iter().any(|e| **e == DirEnd::Idle) {
+            "idle_timeout"
+        } else if ends.iter().any(|e| **e == DirEnd::Aborted) {
+            "shutdown"
+        } else if ends.iter().any(|e| matches!(e, DirEnd::Error { .. })) {
+            "error"
+        } else {
+            "completed"
+        }
+    }
+
+    /// The first socket error, as (code, words).
+    pub fn error(&self) -> Option<(&'static str, String)> {
+        [&self.client_end, &self.server_end]
+            .iter()
+            .find_map(|e| match e {
+                DirEnd::Error { code, detail } => Some((*code, detail.clone())),
+                _ => None,
+            })
+    }
+}
+
+/// Why the upstream could not be reached, with every address tried.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    /// A stable code: `refused`, `timeout`, `resolve`, `unreachable`,
+    /// `local_resources`, `loop`, `no_original_dst`, `other`.
+    pub code: &'static str,
+    /// A one-line reason (`Connection refused (os error 111)`, `timed out after 10s`).
+    pub detail: String,
+    /// Each address tried and what happened (`192.0.2.1:25: connection refused`).
+    pub tried: Vec<String>,
+}
+
+/// Identifies one request of one session, to match its result.
+pub type RequestId = u64;
+
+/// Work the core must not do itself (it does no I/O): the driver does it and
+/// feeds the result back ([`super::SessionAnalyzer::crls_fetched`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Fetch these CRL distribution points (`tls.check_revocation`), all
+    /// within one budget, and answer with one [`CrlOutcome`] per URL.
+    FetchCrls {
+        /// Echo it back with the results.
+        id: RequestId,
+        /// At most [`super::revocation::MAX_CRL_URLS`] `http://` URLs, in chain order.
+        urls: Vec<String>,
+    },
+}
+
+/// Why a CRL could not be obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlError {
+    /// A stable code: `refused`, `timeout`, `http_status`, `not_a_crl`,
+    /// `bad_url`, `budget`, `other`.
+    pub code: &'static str,
+    /// The words.
+    pub detail: String,
+}
+
+/// One fetched CRL distribution point.
+#[derive(Debug, Clone)]
+pub struct CrlOutcome {
+    /// The URL, as requested.
+    pub url: String,
+    /// The CRL(s) as DER, or why not.
+    pub result: Result<Vec<Vec<u8>>, CrlError>,
+}
