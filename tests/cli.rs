@@ -243,10 +243,19 @@ async fn a_session_through_the_binary_then_sigterm_flushes_and_exits_zero() {
         .expect("the session's summary");
     assert_eq!(real["starttls_offered"], false);
     assert_eq!(real["findings"][0]["id"], "starttls.not_offered");
+    // A run is framed by run.start and run.stop (session 0); every line
+    // carries the run's id.
+    assert_eq!(events[0]["event"], "run.start", "{text}");
+    assert_eq!(events[0]["schema"], 1, "{text}");
+    assert_eq!(events.last().unwrap()["event"], "run.stop", "{text}");
+    let run = events[0]["run"].as_str().unwrap();
+    assert!(run.starts_with('r') && run.len() > 10, "{run}");
     for e in &events {
         let ts = e["ts"].as_str().unwrap();
         assert_eq!(ts.len(), "2026-11-23T21:07:14.123456Z".len(), "{ts}");
-        assert!(e["session"].as_u64().unwrap() >= 1);
+        assert_eq!(e["run"], run, "{e}");
+        let run_level = e["event"].as_str().unwrap().starts_with("run.");
+        assert_eq!(e["session"].as_u64().unwrap() == 0, run_level, "{e}");
     }
 }
 
@@ -281,4 +290,67 @@ async fn sigterm_drains_then_aborts_a_session_that_does_not_finish() {
                 && l.contains("\"reason\":\"shutdown\"")),
         "no session closed by the shutdown: {text}"
     );
+}
+
+/// Two runs appending to one `--log` file: each begins with `run.start`, and
+/// every (run, session) pair is distinct although session numbers restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_appending_to_one_log_never_collide() {
+    let server = LabServer::start(ServerProfile::new("mx.cli.example.test", None))
+        .await
+        .unwrap();
+    let d = temp("two-runs");
+    let log = d.join("events.jsonl");
+    for _ in 0..2 {
+        let mut p = Proxy::start(&server.addr().to_string(), &log, &[]);
+        let opts = ClientOptions {
+            ehlo: "client.cli.example.test".into(),
+            starttls: StartTls::IfOffered,
+            tls: None,
+            server_name: "mx".into(),
+            from: "a@example.test".into(),
+            to: vec!["b@example.test".into()],
+            body: b"Subject: runs\r\n\r\nhello\r\n".to_vec(),
+            helo: false,
+        };
+        let r = lab::send(format!("127.0.0.1:{}", p.port).parse().unwrap(), &opts).await;
+        assert_eq!(r.error, None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.sigterm();
+        let (code, _) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert_eq!(code, 0);
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let starts: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "run.start")
+        .collect();
+    assert_eq!(starts.len(), 2, "{text}");
+    assert_ne!(starts[0]["run"], starts[1]["run"]);
+    // Each run's lines follow its run.start, and the first line of each is it.
+    let mut current = None;
+    let mut pairs = std::collections::HashSet::new();
+    let mut summaries = 0;
+    for e in &events {
+        if e["event"] == "run.start" {
+            current = Some(e["run"].clone());
+        }
+        assert_eq!(Some(&e["run"]), current.as_ref(), "a line before its run.start: {e}");
+        if e["event"] == "session.summary" {
+            summaries += 1;
+            let pair = (e["run"].to_string(), e["session"].as_u64().unwrap());
+            assert!(pairs.insert(pair.clone()), "{pair:?} twice");
+        }
+    }
+    // Per run: the readiness probe and the real session, numbered 1 and 2 both times.
+    assert_eq!(summaries, 4, "{text}");
+    let sessions: std::collections::HashSet<u64> =
+        pairs.iter().map(|(_, s)| *s).collect();
+    assert!(sessions.len() < pairs.len(), "session numbers restart per run");
 }

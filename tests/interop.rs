@@ -525,7 +525,7 @@ fn assert_relayed(o: &Outcome) {
     let conn = named(o, "upstream.connected");
     assert!(!conn.is_empty(), "no upstream.connected: {:#?}", o.events);
     for c in conn {
-        assert_eq!(c["addr"], format!("127.0.0.1:{}", o.upstream_port), "{c}");
+        assert_eq!(c["server"], format!("127.0.0.1:{}", o.upstream_port), "{c}");
     }
     assert!(!named(o, "session.open").is_empty());
     assert_eq!(

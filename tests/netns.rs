@@ -580,7 +580,8 @@ fn redirect_relays_to_the_original_destination_and_refuses_a_loop() {
     assert_eq!(ip_of(&s1["client"]), CLIENT_IP, "{s1}");
     let conn = events(&evs, "upstream.connected");
     assert_eq!(conn.len(), 1, "{evs:#?}");
-    assert_eq!(conn[0]["addr"], format!("{SERVER_IP}:25"));
+    assert_eq!(conn[0]["server"], format!("{SERVER_IP}:25"));
+    assert_eq!(conn[0]["server_port"], 25);
     assert_eq!(conn[0]["session"], s1["session"]);
     // Not spoofed: smtptap connects from its own server-side address.
     assert_eq!(ip_of(&conn[0]["local"]), "10.77.2.1");
@@ -665,7 +666,7 @@ fn relay_one_and_check(lab: &mut Lab, pid: u32, e: &Expect) {
     }
     let conn = events(&evs, "upstream.connected");
     assert_eq!(conn.len(), 1, "{evs:#?}");
-    assert_eq!(conn[0]["addr"], e.server);
+    assert_eq!(conn[0]["server"], e.server);
     assert_eq!(ip_of(&conn[0]["local"]), e.server_sees);
     assert!(events(&evs, "upstream.loop_refused").is_empty());
     let rec = lab.server_records();

@@ -179,8 +179,9 @@ async fn upstream_refused_gets_421_and_an_event() {
     let events = proxy.wait_summaries(1).await;
     let failed = named(&events, 1, "upstream.failed");
     assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["error"], "refused", "{}", failed[0]);
     assert!(
-        failed[0]["error"]
+        failed[0]["detail"]
             .as_str()
             .unwrap()
             .to_lowercase()

@@ -163,8 +163,9 @@ async fn an_unreachable_crl_is_reported() {
     let events = session_through(&issued, &extra).await;
     let crl_ev = named(&events, 1, "cert.crl");
     assert_eq!(crl_ev[0]["ok"], false);
+    assert_eq!(crl_ev[0]["error"], "refused", "{}", crl_ev[0]);
     assert!(
-        crl_ev[0]["error"].as_str().unwrap().contains("refused"),
+        crl_ev[0]["detail"].as_str().unwrap().contains("refused"),
         "{}",
         crl_ev[0]
     );
@@ -187,8 +188,9 @@ async fn a_non_crl_response_is_an_error_not_a_pass() {
     let events = session_through(&issued, &extra).await;
     let crl_ev = named(&events, 1, "cert.crl");
     assert_eq!(crl_ev[0]["ok"], false);
+    assert_eq!(crl_ev[0]["error"], "not_a_crl", "{}", crl_ev[0]);
     assert!(
-        crl_ev[0]["error"].as_str().unwrap().contains("not a CRL"),
+        crl_ev[0]["detail"].as_str().unwrap().contains("not a CRL"),
         "{}",
         crl_ev[0]
     );
@@ -250,11 +252,13 @@ async fn slow_crl_servers_are_bounded_by_the_chain_budget() {
         assert_eq!(ev["ok"], false);
     }
     // The first fetch has its full 5 s; the second what is left of the 10 s.
-    let e = crl_ev[0]["error"].as_str().unwrap();
+    let codes: Vec<_> = crl_ev.iter().map(|e| e["error"].clone()).collect();
+    assert_eq!(codes, ["timeout", "timeout", "budget"], "{crl_ev:#?}");
+    let e = crl_ev[0]["detail"].as_str().unwrap();
     assert!(e.starts_with("timed out after 5.0s"), "{e}");
-    let e = crl_ev[1]["error"].as_str().unwrap();
+    let e = crl_ev[1]["detail"].as_str().unwrap();
     assert!(e.starts_with("timed out after "), "{e}");
-    let e = crl_ev[2]["error"].as_str().unwrap();
+    let e = crl_ev[2]["detail"].as_str().unwrap();
     assert_eq!(e, "not fetched: this chain's CRL fetches already took 10 s");
     assert!(finding_ids(&events).contains(&"cert.crl_unavailable".to_string()));
 }
