@@ -2,38 +2,40 @@
 //!
 //! # Layout
 //!
-//! Data flows one way; each arrow is a module boundary:
+//! Data flows one way; each arrow is a module boundary, and dependencies
+//! point down it (accept → relay → session core → observers → events → sinks):
 //!
 //! ```text
 //!  client ──▶ proxy (accept; transparent: original destination) ──▶ proxy::upstream ──▶ server
 //!               │ one controller task per session
 //!               ▼
-//!         proxy::relay ── TapMsg{Chunk{side, ts, Bytes} | Eof} ──try_send──▶ session (analysis task)
-//!               (never waits; on overflow the tap stops and says so)          ├─▶ smtp::SmtpObserver (cleartext, sans-IO)
-//!                                                                              ├─▶ tls::TlsObserver   (after STARTTLS, sans-IO)
-//!                                                                              ├─▶ cert (chain, trust, names, CRLs)
-//!                                                                              └─▶ capture::SessionCapture ──▶ writer thread ──▶ pcapng
-//!         session ──▶ Event ──▶ sink (writer thread) ──▶ JSON lines, console transcript
-//!                      └──▶ diagnose (pure) ──▶ findings ──▶ summary ──▶ session.summary
+//!         proxy::relay ── TapMsg{Chunk | Eof} ──try_send──▶ proxy::analysis (driver task)
+//!               (never waits; on overflow the tap stops and says so)  │ feeds facts, serves requests (proxy::crl)
+//!                                                                      ▼
+//!                          session::SessionAnalyzer (sans-IO: bytes(leg, side, ts) in, events + requests out)
+//!                            ├─▶ smtp::SmtpObserver (cleartext)      ├─▶ cert (chain, trust, names)
+//!                            ├─▶ tls::TlsObserver   (per leg)        └─▶ capture::SessionCapture ──▶ writer thread ──▶ pcapng
+//!                            └─▶ diagnose (pure) ──▶ summary ──▶ session.summary
+//!         events ──▶ sink (writer thread) ──▶ JSON lines, console transcript
 //! ```
 //!
 //! | module | owns | must not |
 //! |---|---|---|
-//! | [`proxy`] | sockets: listeners, upstream connect, transparent interception, the relay, shutdown | parse protocols, wait on analysis |
-//! | [`session`] | one analysis task per session: observers → events → summary | touch sockets, block the relay |
-//! | [`smtp`] | the sans-IO SMTP observer (commands, replies, DATA/BDAT, AUTH redaction, STARTTLS) | touch sockets |
-//! | [`tls`] | the sans-IO TLS record/handshake observer, JA3/JA4 | touch sockets |
-//! | [`cert`] | X.509 fields, chain trust (webpki), RFC 6125 name checks, CRLs, minting | touch the relay |
-//! | [`diagnose`] | findings as a pure function of a session's events | do I/O |
-//! | [`summary`] | the `session.summary` fields, derived from the events | do I/O |
-//! | [`event`] | the event envelope and session-level events | do I/O |
+//! | [`proxy`] | sockets and the clock of live sessions: listeners, upstream connect, transparent interception, the relay, the session core's live driver (`proxy::analysis`), CRL fetching and its cache (`proxy::crl`), run.start/run.stop, shutdown | parse protocols, wait on analysis in the relay |
+//! | [`session`] | the sans-IO session core: one [`session::SessionAnalyzer`] per session (stage machine, capture policy, name learning, revocation requests, kept events, close and summary) | do I/O, read the clock, spawn, depend on `proxy` |
+//! | [`smtp`] | the sans-IO SMTP observer (commands, replies, envelope, DATA/BDAT, AUTH redaction, STARTTLS) | touch sockets, read the clock |
+//! | [`tls`] | the sans-IO TLS record/handshake observer, JA3/JA4 | touch sockets, read the clock |
+//! | [`cert`] | X.509 fields, chain trust (webpki), RFC 6125 name checks, CRL parsing, minting (`cert::mint` reads the clock for validity) | touch sockets or fetch anything |
+//! | [`diagnose`] | findings as a pure function of a session's typed events | do I/O |
+//! | [`summary`] | the `session.summary` fields, derived from the typed events | do I/O |
+//! | [`event`] | the event envelope (run, session, leg), the log schema v1 conventions, session-level events | do I/O |
 //! | [`sink`] | JSON lines and console transcript writers (own thread) | block the relay |
-//! | [`capture`] | pcapng synthesis (sans-IO flows) and its writer thread | block the relay |
+//! | [`capture`] | pcapng synthesis (sans-IO flows) and its writer thread (files) | block the relay |
 //! | [`net`] | IP networks (CIDR) for filters and per-destination settings | — |
-//! | [`config`] | `config.toml` parsing and validation into resolved types | guess defaults silently |
+//! | [`config`] | `config.toml` parsing and validation into resolved types; the resolved form as JSON | guess defaults silently |
 //! | [`cli`] | argument parsing and wiring for the binary | hold logic the library lacks |
-//! | [`headers`] | `smtptap headers`: TLS facts from Received headers | — |
-//! | [`lab`] | a real SMTP server and client for the lab demo and tests | be used by the proxy |
+//! | [`headers`] | `smtptap headers`: TLS facts from Received headers | do network I/O |
+//! | [`lab`] | a real SMTP server and client (sockets) for the lab demo, tests and benchmarks | be used by the proxy |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -341,7 +341,11 @@ async fn two_runs_appending_to_one_log_never_collide() {
         if e["event"] == "run.start" {
             current = Some(e["run"].clone());
         }
-        assert_eq!(Some(&e["run"]), current.as_ref(), "a line before its run.start: {e}");
+        assert_eq!(
+            Some(&e["run"]),
+            current.as_ref(),
+            "a line before its run.start: {e}"
+        );
         if e["event"] == "session.summary" {
             summaries += 1;
             let pair = (e["run"].to_string(), e["session"].as_u64().unwrap());
@@ -350,7 +354,9 @@ async fn two_runs_appending_to_one_log_never_collide() {
     }
     // Per run: the readiness probe and the real session, numbered 1 and 2 both times.
     assert_eq!(summaries, 4, "{text}");
-    let sessions: std::collections::HashSet<u64> =
-        pairs.iter().map(|(_, s)| *s).collect();
-    assert!(sessions.len() < pairs.len(), "session numbers restart per run");
+    let sessions: std::collections::HashSet<u64> = pairs.iter().map(|(_, s)| *s).collect();
+    assert!(
+        sessions.len() < pairs.len(),
+        "session numbers restart per run"
+    );
 }

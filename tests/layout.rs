@@ -19,7 +19,9 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
-            if p.file_name().is_some_and(|n| n != "tests" && n != "fixtures") {
+            if p.file_name()
+                .is_some_and(|n| n != "tests" && n != "fixtures")
+            {
                 out.extend(sources(&p));
             }
         } else if p.extension().is_some_and(|x| x == "rs")
@@ -94,13 +96,24 @@ fn the_core_and_the_parsers_do_no_io_and_read_no_clock() {
             "File::",
         ],
     );
-    assert!(bad.is_empty(), "sans-IO modules doing I/O:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "sans-IO modules doing I/O:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]
 fn the_core_does_not_depend_on_the_proxy() {
-    let bad = offending(&sans_io_files(), &["crate::proxy", "crate::sink", "crate::cli"]);
-    assert!(bad.is_empty(), "dependencies pointing up the data flow:\n{}", bad.join("\n"));
+    let bad = offending(
+        &sans_io_files(),
+        &["crate::proxy", "crate::sink", "crate::cli"],
+    );
+    assert!(
+        bad.is_empty(),
+        "dependencies pointing up the data flow:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]

@@ -395,7 +395,7 @@ pub struct FlowInfo {
 }
 
 /// Counters returned by [`Capture::shutdown`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CaptureStats {
     /// Sessions selected by the filters.
     pub sessions: u64,

@@ -58,8 +58,6 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::capture::FlowInfo;
 use crate::cert::{self, CheckContext};
 use crate::config::Upstream;
@@ -78,7 +76,7 @@ use revocation::PendingChain;
 use stage::Stage;
 
 /// Facts known when the session starts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct SessionInfo {
     /// Session id.
     pub id: SessionId,
@@ -87,19 +85,11 @@ pub struct SessionInfo {
     /// The proxy address the client connected to.
     pub listener: SocketAddr,
     /// The configured upstream (or, transparent, the original destination).
-    #[serde(skip, default = "default_upstream")]
     pub upstream: Upstream,
     /// When the connection was accepted.
     pub opened: Timestamp,
     /// TLS from the first byte, by configuration.
     pub implicit_tls: bool,
-}
-
-fn default_upstream() -> Upstream {
-    Upstream {
-        host: String::new(),
-        port: 0,
-    }
 }
 
 /// The analysis of one session (see the module doc).

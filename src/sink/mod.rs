@@ -57,11 +57,6 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Queues one event; waits (asynchronously, at most [`STALL`]) when the writer is behind.
-    pub async fn send(&self, ev: Event) {
-        self.send_batch(vec![ev]).await;
-    }
-
     /// Queues several events, in order; waits at most [`STALL`] when the
     /// writer is behind, and drops them (counted) while it is stalled.
     pub async fn send_batch(&self, evs: Vec<Event>) {
@@ -87,16 +82,6 @@ impl EventSink {
                 );
             }
         }
-    }
-
-    /// Events dropped because the writer was stalled, not yet reported.
-    pub fn dropped(&self) -> u64 {
-        self.state.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Queues one event from synchronous code (e.g. the CLI); drops it if the queue is full.
-    pub fn try_send(&self, ev: Event) {
-        let _ = self.tx.try_send(vec![ev]);
     }
 }
 

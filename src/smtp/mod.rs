@@ -82,8 +82,7 @@ pub struct Mark {
 }
 
 /// What a [`Mark`] covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkKind {
     /// DATA or BDAT payload bytes, including dot-stuffing and the final
     /// `.\r\n` (message content: never stored unless asked).

@@ -241,7 +241,7 @@ pub struct ClientHelloInfo {
 }
 
 /// Record and byte counts of one direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SideStats {
     /// Bytes fed.
     pub bytes: u64,
@@ -252,7 +252,7 @@ pub struct SideStats {
 }
 
 /// Per-direction counters, for a session summary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TlsStats {
     /// Client → server.
     pub client: SideStats,
