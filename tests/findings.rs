@@ -1638,5 +1638,5 @@ async fn cert_announced_name_mismatch_of_the_sending_server() {
     let chains = named(&events, 1, "cert.chain");
     assert!(chains
         .iter()
-        .any(|c| c["role"] == "client" && c["trusted"] == true));
+        .any(|c| c["side"] == "client" && c["trusted"] == true));
 }
