@@ -1,0 +1,291 @@
+//! TLS findings: a handshake that failed (and why, from the alerts), a peer
+//! that did not speak TLS, weak or obsolete parameters, what passive
+//! observation could not see, a missing client certificate.
+
+use super::Severity;
+use super::{ids, Finding, Negotiated, SessionView};
+use crate::event::{SessionEvent, Side};
+use crate::tls::TlsEvent;
+
+pub(super) fn rules(v: &SessionView, out: &mut Vec<Finding>) {
+    if !v.tls_started() {
+        return;
+    }
+    if !v.tls_established() {
+        out.extend(not_tls(v));
+        out.extend(handshake_failed(v));
+    }
+    if let Some(n) = v.negotiated() {
+        out.extend(legacy_negotiated(n));
+        out.extend(weak_cipher(n));
+    }
+    out.extend(legacy_offered(v));
+    out.extend(no_sni(v));
+    out.extend(certificate_hidden(v));
+    out.extend(client_cert_missing(v));
+}
+
+/// After STARTTLS a side did not speak TLS (and TLS was never established).
+fn not_tls(v: &SessionView) -> Option<Finding> {
+    let (side, reason, offset) = v.tls().find_map(|t| match t {
+        TlsEvent::Desync {
+            side,
+            reason,
+            offset,
+        } => Some((side, reason, offset)),
+        _ => None,
+    })?;
+    Some(Finding::new(
+        ids::TLS_NOT_TLS,
+        Severity::Error,
+        format!("After STARTTLS the {side} did not speak TLS"),
+        vec![format!("{side} at byte {offset}: {reason}")],
+        "After the server's 220 to STARTTLS both sides must start a TLS handshake. A peer that \
+         goes on in cleartext, or a middlebox that answered STARTTLS itself, breaks the session. \
+         Look for SMTP inspection on firewalls between the servers.",
+    ))
+}
+
+/// TLS started but was never established (and the observer followed it:
+/// a desync is `tls.not_tls`).
+fn handshake_failed(v: &SessionView) -> Option<Finding> {
+    if v.tls().any(|t| matches!(t, TlsEvent::Desync { .. })) {
+        return None;
+    }
+    let mut ev = Vec::new();
+    match v.client_hello() {
+        Some(ch) => ev.push(format!(
+            "ClientHello: up to {}, {} cipher suites, SNI {}",
+            ch.max_version,
+            // Signalling values (renegotiation/fallback SCSV) and GREASE are not suites.
+            ch.cipher_suites
+                .iter()
+                .filter(|n| !n.contains("SCSV") && n.as_str() != "GREASE")
+                .count(),
+            ch.sni.as_deref().unwrap_or("(none)")
+        )),
+        None => ev.push("no ClientHello was seen after STARTTLS".into()),
+    }
+    if let Some(n) = v.negotiated() {
+        ev.push(format!("ServerHello: {}, {}", n.version, n.cipher_suite));
+    }
+    let mut meaning = None;
+    for t in v.tls() {
+        let TlsEvent::Alert {
+            side,
+            level,
+            description,
+            code,
+            ..
+        } = t
+        else {
+            continue;
+        };
+        if description == "close_notify" {
+            continue;
+        }
+        ev.push(format!(
+            "TLS alert from the {side}: {level} {description} ({code})"
+        ));
+        meaning.get_or_insert_with(|| alert_meaning(description, *side));
+    }
+    if let Some((client_end, server_end, reason)) = v.session().find_map(|e| match e {
+        SessionEvent::Close {
+            client_end,
+            server_end,
+            reason,
+            ..
+        } => Some((client_end, server_end, reason)),
+        _ => None,
+    }) {
+        ev.push(format!(
+            "connection ended: client {client_end}, server {server_end} ({reason})"
+        ));
+    }
+    let meaning = meaning.unwrap_or_else(|| silent_failure_meaning(v).into());
+    Some(Finding::new(
+        ids::TLS_HANDSHAKE_FAILED,
+        Severity::Error,
+        format!("The TLS handshake failed: {meaning}"),
+        ev,
+        "Compare what the client offered with what the server accepts (versions and suites \
+         above). For certificate alerts, see the certificate findings: the trust, expiry and \
+         name of the server's certificate. Mail for this session did not go encrypted; an \
+         opportunistic sender may now retry in cleartext.",
+    ))
+}
+
+/// What a handshake that ended without an alert most likely means.
+fn silent_failure_meaning(v: &SessionView) -> &'static str {
+    let has = |f: fn(&TlsEvent) -> bool| v.tls().any(f);
+    if has(|t| {
+        matches!(
+            t,
+            TlsEvent::Certificate { .. } | TlsEvent::CertificateHidden { .. }
+        )
+    }) {
+        "the connection was closed without an alert after the server sent its certificate: typically the client rejected the certificate silently (Windows Schannel does this)"
+    } else if has(|t| matches!(t, TlsEvent::ClientHello(_)))
+        && !has(|t| matches!(t, TlsEvent::ServerHello { .. }))
+    {
+        "the server closed the connection after the ClientHello without choosing a version or suite: no common protocol version or cipher suite"
+    } else {
+        "the handshake did not complete"
+    }
+}
+
+/// What an alert sent by `from` says, in words.
+fn alert_meaning(desc: &str, from: Side) -> String {
+    let other = from.peer();
+    match desc {
+        "handshake_failure" | "insufficient_security" => format!(
+            "no TLS version or cipher suite acceptable to both sides (the {from} found nothing in common with what the {other} offered)"
+        ),
+        "protocol_version" => format!("the {from} refuses the TLS version the {other} proposed (one side is limited to old TLS 1.0/1.1, or requires a newer version)"),
+        "unknown_ca" => format!("the {from} does not trust the CA that issued the {other}'s certificate (missing root or intermediate, or a private CA)"),
+        "bad_certificate" | "certificate_unknown" | "unsupported_certificate" => {
+            format!("the {from} rejected the {other}'s certificate (bad, wrong name or usage, or untrusted)")
+        }
+        "certificate_expired" => format!("the {from} says the {other}'s certificate has expired"),
+        "certificate_revoked" => format!("the {from} says the {other}'s certificate is revoked"),
+        "decrypt_error" | "bad_record_mac" => "a cryptographic check failed (a middlebox altering bytes, or a broken implementation)".into(),
+        "illegal_parameter" | "decode_error" | "unexpected_message" => format!("the {from} found the {other}'s handshake malformed"),
+        "certificate_required" => format!("the {from} requires a client certificate and none was sent"),
+        "unrecognized_name" => format!("the {from} has no certificate for the name (SNI) the client asked for"),
+        "no_application_protocol" => "no common ALPN protocol".into(),
+        // TLS 1.3 encrypts alerts; the observer reports a record the size of
+        // an alert. From the client, after the server's encrypted flight
+        // (certificate included), it is almost always a rejected certificate.
+        "encrypted" if from == Side::Client => "the client sent an encrypted alert after the server's certificate (TLS 1.3 hides its reason): most likely it rejected the certificate (untrusted issuer, wrong name or expired)".into(),
+        "encrypted" => format!("the {from} sent an encrypted alert (TLS 1.3 hides its reason)"),
+        _ => format!("the {from} aborted the handshake"),
+    }
+}
+
+fn is_legacy(version: &str) -> bool {
+    matches!(version, "SSLv3" | "TLSv1.0" | "TLSv1.1")
+}
+
+fn legacy_negotiated(n: Negotiated) -> Option<Finding> {
+    let (ver, suite) = (n.version, n.cipher_suite);
+    is_legacy(ver).then(|| {
+        Finding::new(
+            ids::TLS_LEGACY_VERSION,
+            Severity::Warning,
+            format!("The session negotiated {ver}, an obsolete protocol version"),
+            vec![format!("ServerHello: {ver}, {suite}")],
+            "TLS 1.0 and 1.1 are deprecated (RFC 8996) and refused by current cloud gateways. \
+             Enable TLS 1.2 on both servers (Windows: the SCHANNEL protocol registry keys and \
+             .NET strong crypto; old appliances need an update).",
+        )
+    })
+}
+
+fn weak_cipher(n: Negotiated) -> Option<Finding> {
+    let (ver, suite) = (n.version, n.cipher_suite);
+    let why = weak_suite(suite)?;
+    Some(Finding::new(
+        ids::TLS_WEAK_CIPHER,
+        Severity::Warning,
+        format!("The negotiated cipher suite is weak: {why}"),
+        vec![format!("ServerHello: {ver}, {suite}")],
+        "Prefer ECDHE key exchange with AES-GCM or ChaCha20-Poly1305 on the server (and \
+         remove RC4, 3DES, NULL, EXPORT and static-RSA suites from both sides).",
+    ))
+}
+
+/// Why a suite is weak, if it is.
+fn weak_suite(suite: &str) -> Option<&'static str> {
+    let s = suite.to_ascii_uppercase();
+    if s.contains("_NULL_") || s.ends_with("_NULL") {
+        Some("no encryption (NULL)")
+    } else if s.contains("EXPORT") {
+        Some("EXPORT-grade")
+    } else if s.contains("RC4") {
+        Some("RC4 is broken")
+    } else if s.contains("3DES") || s.contains("_DES_") {
+        Some("3DES/DES (64-bit blocks, Sweet32)")
+    } else if s.starts_with("TLS_RSA_WITH_") {
+        Some("static RSA key exchange: no forward secrecy")
+    } else if s.contains("_CBC_SHA") && !s.contains("SHA256") && !s.contains("SHA384") {
+        Some("CBC with SHA-1 MAC")
+    } else {
+        None
+    }
+}
+
+/// The client offers nothing newer than an obsolete version (and no
+/// ServerHello says what was negotiated).
+fn legacy_offered(v: &SessionView) -> Option<Finding> {
+    let max = v.client_hello()?.max_version.as_str();
+    if !is_legacy(max) || v.negotiated().is_some() {
+        return None;
+    }
+    Some(Finding::new(
+        ids::TLS_LEGACY_VERSION,
+        Severity::Warning,
+        format!("The client offers at most {max}, an obsolete protocol version"),
+        vec![format!("ClientHello: up to {max}")],
+        "Enable TLS 1.2 on the sending server; many receivers refuse anything older.",
+    ))
+}
+
+fn no_sni(v: &SessionView) -> Option<Finding> {
+    if v.client_hello()?.sni.is_some() {
+        return None;
+    }
+    Some(Finding::new(
+        ids::TLS_NO_SNI,
+        Severity::Info,
+        "The client sent no server name (SNI)",
+        vec!["ClientHello without a server_name extension".into()],
+        "Common among MTAs and harmless for most receivers; a receiver hosting several \
+         certificates presents its default one.",
+    ))
+}
+
+fn certificate_hidden(v: &SessionView) -> Option<Finding> {
+    let version = v.tls().find_map(|t| match t {
+        TlsEvent::CertificateHidden { version, .. } => Some(version),
+        _ => None,
+    })?;
+    if v.server_leaf().is_some() {
+        return None;
+    }
+    Some(Finding::new(
+        ids::TLS_CERTIFICATE_HIDDEN,
+        Severity::Info,
+        "TLS 1.3: the server's certificate is encrypted and was not seen",
+        vec![format!("negotiated {version}")],
+        "Passive observation cannot see a TLS 1.3 certificate. Read it from the client's \
+         log, or connect to the server with TLS 1.2 (openssl s_client -starttls smtp \
+         -tls1_2 -connect HOST:25) to see the chain it presents.",
+    ))
+}
+
+fn client_cert_missing(v: &SessionView) -> Option<Finding> {
+    if !v
+        .tls()
+        .any(|t| matches!(t, TlsEvent::CertificateRequest { .. }))
+    {
+        return None;
+    }
+    let client_sent = v.tls().any(
+        |t| matches!(t, TlsEvent::Certificate { side: Side::Client, count, .. } if *count > 0),
+    );
+    let hidden = v.negotiated().is_some_and(|n| n.version == "TLSv1.3");
+    if client_sent || hidden {
+        return None;
+    }
+    Some(Finding::new(
+        ids::TLS_CLIENT_CERT_MISSING,
+        Severity::Warning,
+        "The server asked for a client certificate and the client sent none",
+        vec![
+            "CertificateRequest from the server; the client's Certificate message was empty".into(),
+        ],
+        "Harmless if the server only asks; if it requires one (mutual TLS, e.g. a partner \
+         connector restricted to your certificate), configure the sending server to present \
+         its certificate (Exchange: the Send connector's TlsCertificateName).",
+    ))
+}
