@@ -1,0 +1,171 @@
+//! Run and session lifecycle lines: `run.*`, `session.*`, `upstream.*`,
+//! `observer.*`, `tls.started` (the summary has its own file).
+
+use super::LineKind::{Fact, Problem, Server};
+use super::Lines;
+use crate::event::{Event, EventKind, SessionEvent};
+
+pub(super) fn render(ev: &Event, e: &SessionEvent) -> Lines {
+    match e {
+        SessionEvent::RunStart { .. } => run_start(ev),
+        SessionEvent::RunStop {
+            sessions,
+            aborted_at_shutdown,
+        } => vec![run_stop(*sessions, *aborted_at_shutdown)],
+        SessionEvent::Open {
+            client,
+            listener,
+            upstream,
+            implicit_tls,
+            ..
+        } => vec![(
+            Fact,
+            format!(
+                "session {}: client {client} connected to {listener}; upstream {upstream}{}",
+                ev.session,
+                if *implicit_tls { " (implicit TLS)" } else { "" }
+            ),
+        )],
+        SessionEvent::UpstreamConnected {
+            server,
+            local,
+            connect_s,
+            ..
+        } => vec![(
+            Fact,
+            format!(
+                "connected to upstream {server} from {local} in {:.1} ms",
+                connect_s * 1000.0
+            ),
+        )],
+        SessionEvent::UpstreamLoopRefused {
+            original_dst,
+            reason,
+        } => vec![(
+            Problem,
+            format!(
+                "refused: the original destination {original_dst} is smtptap itself ({reason})"
+            ),
+        )],
+        SessionEvent::UpstreamFailed {
+            upstream,
+            error,
+            detail,
+            reply,
+            ..
+        } => vec![
+            (
+                Problem,
+                format!("upstream {upstream} unreachable: {}", words(error, detail)),
+            ),
+            match reply {
+                Some(r) => (Server, format!("{r}   (sent by smtptap)")),
+                None => (Fact, "closed the client connection without a reply".into()),
+            },
+        ],
+        SessionEvent::TlsStarted { after } => vec![(Fact, tls_started(after).into())],
+        SessionEvent::PriorTlsFailure {
+            prior_session,
+            ago_s,
+            reason,
+        } => vec![(
+            Problem,
+            format!(
+                "this client's TLS handshake failed {ago_s:.1} s ago (session #{prior_session}: {reason})"
+            ),
+        )],
+        SessionEvent::HalfClose { side } => {
+            vec![(Fact, format!("{side} closed its side (FIN)"))]
+        }
+        SessionEvent::ObserverLagged {
+            bytes_not_analysed,
+            ..
+        } => vec![(
+            Problem,
+            format!(
+                "analysis fell behind: {bytes_not_analysed} bytes relayed but not analysed (mail not affected)"
+            ),
+        )],
+        SessionEvent::Close { .. } => close(e),
+        SessionEvent::Summary(s) => super::summary::render(s),
+    }
+}
+
+/// What an `error` code means, in words: its `detail`, unless empty.
+pub(super) fn words<'a>(error: &'a str, detail: &'a str) -> &'a str {
+    if detail.is_empty() {
+        error
+    } else {
+        detail
+    }
+}
+
+/// `smtptap 0.1.0 run r20261123T210700Z-4c1f: proxy, log schema v1`.
+fn run_start(ev: &Event) -> Lines {
+    let EventKind::Session(SessionEvent::RunStart {
+        version,
+        schema,
+        mode,
+        ..
+    }) = &ev.kind
+    else {
+        return Vec::new();
+    };
+    let run = if ev.run.is_empty() {
+        String::new()
+    } else {
+        format!(" run {}", ev.run)
+    };
+    vec![(
+        Fact,
+        format!("smtptap {version}{run}: {mode}, log schema v{schema}"),
+    )]
+}
+
+fn run_stop(sessions: u64, aborted_at_shutdown: bool) -> (super::LineKind, String) {
+    if aborted_at_shutdown {
+        (
+            Problem,
+            format!(
+                "run stopped after {sessions} session(s); sessions still open at the drain timeout were aborted"
+            ),
+        )
+    } else {
+        (Fact, format!("run stopped after {sessions} session(s)"))
+    }
+}
+
+fn close(e: &SessionEvent) -> Lines {
+    let SessionEvent::Close {
+        reason,
+        client_end,
+        server_end,
+        error,
+        detail,
+        client_bytes,
+        server_bytes,
+        ..
+    } = e
+    else {
+        return Vec::new();
+    };
+    let mut t = format!(
+        "session closed ({reason}): client {client_end}, server {server_end}; {client_bytes} bytes from client, {server_bytes} from server"
+    );
+    // The words of the socket error; its code when there are none.
+    if let Some(w) = detail.as_deref().or(error.as_deref()) {
+        t.push_str("; ");
+        t.push_str(w);
+    }
+    vec![(Fact, t)]
+}
+
+fn tls_started(after: &str) -> &'static str {
+    match after {
+        "implicit" => "TLS from the first byte (implicit TLS)",
+        "implicit_detected" => {
+            "the client spoke TLS first and the server answered in TLS: implicit TLS (SMTPS), detected"
+        }
+        _ => "STARTTLS accepted: the connection is TLS from here on",
+    }
+}
