@@ -83,7 +83,7 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// Stable identifier (`headers.hop_without_tls`); documented in
-    /// `docs/findings-headers.part.md`.
+    /// `docs/findings.md`, "Findings of `smtptap headers`".
     pub id: String,
     /// How serious it is.
     pub severity: Severity,

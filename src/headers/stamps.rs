@@ -1,7 +1,8 @@
 //! The TLS stamps receiving servers write into their `Received:` fields, and
 //! the judgement of what a hop's transport was (TLS, none, local, unknown).
 //!
-//! Formats recognised (each documented in `docs/findings-headers.part.md`):
+//! Formats recognised (what a hop's transport can be, and the findings drawn
+//! from it, are documented in `docs/findings.md`, "Findings of `smtptap headers`"):
 //!
 //! ```text
 //! postfix    (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)
