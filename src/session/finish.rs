@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::diagnose::{self, Finding};
+use crate::diagnose::{self, ids, Finding};
 use crate::event::{SessionEvent, Side, Timestamp};
 use crate::summary;
 
@@ -138,7 +138,7 @@ impl SessionAnalyzer {
         if started {
             let failed = findings
                 .iter()
-                .find(|f| f.id == "tls.handshake_failed" || f.id == "tls.not_tls")
+                .find(|f| f.id == ids::TLS_HANDSHAKE_FAILED || f.id == ids::TLS_NOT_TLS)
                 .map(|f| f.title.clone());
             self.shared
                 .record_tls_outcome(self.info.client.ip(), self.info.id, ts, failed);

@@ -264,7 +264,11 @@ fn starttls_tls12_session_is_the_same_at_every_split_point() {
     assert!(chain.contains("\"run\":\"rtest\""), "{chain}");
     let summary = lines.last().unwrap();
     assert!(summary.contains("\"tls_version\":\"TLSv1.2\""), "{summary}");
-    assert!(summary.contains("\"findings\":[]"), "{summary}");
+    // A clean session: nothing worse than information.
+    let v: serde_json::Value = serde_json::from_str(summary).unwrap();
+    for f in v["findings"].as_array().unwrap() {
+        assert_eq!(f["severity"], "info", "{summary}");
+    }
     assert_split_invariant(&sh, &chunks);
 }
 
