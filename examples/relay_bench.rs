@@ -12,6 +12,10 @@
 //! QUIT) in cleartext, so the figures include connection setup. Results go to
 //! stdout as a Markdown table (see docs/performance.md).
 //!
+//! With `SMTPTAP_BASELINE=/path/to/another/smtptap` the same load also goes
+//! through that binary (e.g. a build of an earlier commit), alternated with
+//! this one, so a change is measured before and after in one run.
+//!
 //! When `haproxy` is on the PATH (`apt-get install haproxy`), the same load
 //! also goes through haproxy in `mode tcp`, the usual reference for a plain TCP
 //! relay; otherwise that row says it was not run.
@@ -67,6 +71,7 @@ async fn load(addr: SocketAddr, messages: usize, size: usize, conc: usize) -> (f
 /// Runs the load through the release `smtptap` binary, as a separate process
 /// (like haproxy), optionally capturing to `capture`.
 async fn through_proxy(
+    baseline: Option<&str>,
     upstream: SocketAddr,
     capture: Option<&str>,
     messages: usize,
@@ -74,12 +79,15 @@ async fn through_proxy(
     conc: usize,
 ) -> Result<(f64, usize), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("smtptap"))
-        .filter(|p| p.exists())
-        .ok_or("target/release/smtptap not found: run `cargo build --release` first")?;
+    let bin = match baseline {
+        Some(b) => std::path::PathBuf::from(b),
+        None => exe
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("smtptap"))
+            .filter(|p| p.exists())
+            .ok_or("target/release/smtptap not found: run `cargo build --release` first")?,
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -179,9 +187,18 @@ async fn main() -> Result<(), String> {
         );
     };
     row("direct (client → lab server)", direct, f0);
-    let (p, f1) = through_proxy(up, None, messages, size, conc).await?;
+    let baseline = std::env::var("SMTPTAP_BASELINE").ok();
+    if let Some(b) = baseline.as_deref() {
+        let (p, f) = through_proxy(Some(b), up, None, messages, size, conc).await?;
+        row("through the baseline smtptap", p, f);
+    }
+    let (p, f1) = through_proxy(None, up, None, messages, size, conc).await?;
     row("through smtptap", p, f1);
-    let (pc, f2) = through_proxy(up, Some(&cap), messages, size, conc).await?;
+    if let Some(b) = baseline.as_deref() {
+        let (p, f) = through_proxy(Some(b), up, None, messages, size, conc).await?;
+        row("through the baseline smtptap (again)", p, f);
+    }
+    let (pc, f2) = through_proxy(None, up, Some(&cap), messages, size, conc).await?;
     row("through smtptap, capture on", pc, f2);
     match haproxy(up).await {
         Ok(mut child) => {

@@ -414,19 +414,22 @@ fn disk_full_is_one_error_event_and_calls_return_immediately() {
     let errors: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::Capture(CaptureEvent::Error { path, error, .. }) => {
-                Some((e.session, path, error))
-            }
+            EventKind::Capture(CaptureEvent::Error {
+                path,
+                error,
+                detail,
+            }) => Some((e.session, path, error, detail)),
             _ => None,
         })
         .collect();
     assert_eq!(errors.len(), 1, "{events:?}");
     assert_eq!(errors[0].0, 0);
     assert_eq!(errors[0].1, "/dev/full");
+    assert_eq!(errors[0].2, "no_space");
     assert!(
-        errors[0].2.contains("No space left on device"),
+        errors[0].3.contains("No space left on device"),
         "{}",
-        errors[0].2
+        errors[0].3
     );
     let json = serde_json::to_string(
         &events

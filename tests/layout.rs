@@ -40,6 +40,11 @@ fn offending(files: &[PathBuf], words: &[&str]) -> Vec<String> {
         let text = std::fs::read_to_string(f).unwrap();
         for (i, line) in text.lines().enumerate() {
             let code = line.trim_start();
+            // An inline test module (last in the file, by convention) may
+            // build real peers and read the clock.
+            if code.starts_with("mod tests {") {
+                break;
+            }
             if code.starts_with("//") {
                 continue;
             }
