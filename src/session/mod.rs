@@ -317,6 +317,16 @@ impl SessionAnalyzer {
         self.analyze_chain(ts, leg, sender, &ders, &[]);
     }
 
+    /// A certificate chain the driver learnt other than from the wire bytes
+    /// fed here (a TLS 1.3 handshake the driver itself made, as the probe
+    /// does): analysed exactly like a chain seen on the wire, on `leg`.
+    pub fn peer_chain(&mut self, ts: Timestamp, leg: Leg, sender: Side, ders: Vec<Vec<u8>>) {
+        if self.finished || ders.is_empty() {
+            return;
+        }
+        self.on_chain(ts, leg, sender, ders);
+    }
+
     /// The results of a [`Request::FetchCrls`]: `cert.crl` events, then the
     /// chain's analysis with those CRLs.
     pub fn crls_fetched(&mut self, id: RequestId, outcomes: Vec<CrlOutcome>) {

@@ -494,3 +494,33 @@ fn upstream_failure_ends_the_session_with_a_code() {
     );
     assert_eq!(evs.last().unwrap().name(), "session.summary");
 }
+
+/// A chain handed over by the driver (TLS 1.3: not on the wire) is judged
+/// like one seen on the wire, with the names learnt from the conversation.
+#[test]
+fn a_chain_from_the_driver_is_analysed_like_one_from_the_wire() {
+    let p = pki(&["other.example"], None);
+    let sh = shared(&p, "");
+    let mut a = SessionAnalyzer::new(info(1, at(0)), sh);
+    for (i, (side, b)) in cleartext().into_iter().chain(tls(&p, false)).enumerate() {
+        a.bytes(Leg::EndToEnd, side, at(i as u64), &b);
+    }
+    a.peer_chain(
+        at(50),
+        Leg::EndToEnd,
+        Side::Server,
+        vec![p.leaf.to_vec(), p.ca.to_vec()],
+    );
+    a.close(at(60), Ends::aborted(), None);
+    let names = a
+        .kept()
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::Cert(CertEvent::Names { checks, .. }) => Some(checks.clone()),
+            _ => None,
+        })
+        .expect("names checked");
+    assert!(names.iter().any(|c| c.name == "mx.example" && !c.matched));
+    let summary = serde_json::to_string(a.kept().last().unwrap()).unwrap();
+    assert!(summary.contains("cert.name_mismatch"), "{summary}");
+}
