@@ -499,18 +499,14 @@ fn upstream_failure_ends_the_session_with_a_code() {
 /// like one seen on the wire, with the names learnt from the conversation.
 #[test]
 fn a_chain_from_the_driver_is_analysed_like_one_from_the_wire() {
-    let p = pki(&["other.example"], None);
-    let sh = shared(&p, "");
-    let mut a = SessionAnalyzer::new(info(1, at(0)), sh);
+    let p = pki(&["mx.example"], None);
+    let other = pki(&["other.example"], None);
+    let mut a = SessionAnalyzer::new(info(1, at(0)), shared(&other, ""));
     for (i, (side, b)) in cleartext().into_iter().chain(tls(&p, false)).enumerate() {
         a.bytes(Leg::EndToEnd, side, at(i as u64), &b);
     }
-    a.peer_chain(
-        at(50),
-        Leg::EndToEnd,
-        Side::Server,
-        vec![p.leaf.to_vec(), p.ca.to_vec()],
-    );
+    let chain = vec![other.leaf.to_vec(), other.ca.to_vec()];
+    a.peer_chain(at(50), Leg::EndToEnd, Side::Server, chain);
     a.close(at(60), Ends::aborted(), None);
     let names = a
         .kept()
