@@ -518,5 +518,5 @@ fn a_chain_from_the_driver_is_analysed_like_one_from_the_wire() {
         .expect("names checked");
     assert!(names.iter().any(|c| c.name == "mx.example" && !c.matched));
     let summary = serde_json::to_string(a.kept().last().unwrap()).unwrap();
-    assert!(summary.contains("cert.name_mismatch"), "{summary}");
+    assert!(summary.contains("cert.host_mismatch"), "{summary}");
 }
