@@ -1110,6 +1110,71 @@ async fn tls_certificate_hidden_in_tls13() {
     assert!(named(&events, 1, "cert.info").is_empty());
 }
 
+/// TLS 1.3 hides the certificate: the expected name, trust and expiry
+/// configured for the session could not be checked, and that is said, naming
+/// the name and pointing at `smtptap probe`.
+#[tokio::test]
+async fn cert_not_checked_when_tls13_hides_the_certificate() {
+    let p = pki("not-checked");
+    let issued = p.issue(&leaf(&[MX]));
+    let server = LabServer::start(ServerProfile::new(MX, Some(server_tls(&issued))))
+        .await
+        .unwrap();
+    let opts = client(StartTls::Required, Some(lab::client_config_opportunistic()));
+    let (events, report) = through_proxy(
+        &server,
+        &opts,
+        &p.toml("expect_names = [\"mx.partner.example\"]"),
+    )
+    .await;
+    assert!(report.tls && report.error.is_none(), "{report:?}");
+    let f = findings_of(&events, 1);
+    check(
+        &f,
+        &[
+            ("tls.certificate_hidden", "info"),
+            ("cert.not_checked", "info"),
+        ],
+    );
+    evidence_has(
+        &f,
+        "cert.not_checked",
+        "expected name not checked: mx.partner.example",
+    );
+    evidence_has(
+        &f,
+        "cert.not_checked",
+        "trust of the chain and expiry dates not checked",
+    );
+    let nc = finding(&f, "cert.not_checked");
+    assert!(
+        nc["title"].as_str().unwrap().contains("mx.partner.example"),
+        "{nc}"
+    );
+    assert!(
+        nc["advice"]
+            .as_str()
+            .unwrap()
+            .contains("smtptap probe HOST --expect-name mx.partner.example"),
+        "{nc}"
+    );
+    assert!(named(&events, 1, "cert.info").is_empty());
+
+    // With TLS 1.2 the certificate is seen and checked: no such finding.
+    let (events, _) = through_proxy(
+        &server,
+        &client(StartTls::Required, Some(tls12())),
+        &p.toml(&format!("expect_names = [\"{MX}\"]")),
+    )
+    .await;
+    let f = findings_of(&events, 1);
+    assert!(
+        f.iter().all(|x| x["id"] != "cert.not_checked"),
+        "{}",
+        pretty(&f)
+    );
+}
+
 #[tokio::test]
 async fn tls_client_cert_missing() {
     let p = pki("client-cert");

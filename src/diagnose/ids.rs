@@ -73,6 +73,8 @@ pub const CERT_ANNOUNCED_NAME_MISMATCH: &str = "cert.announced_name_mismatch";
 pub const CERT_CRL_UNAVAILABLE: &str = "cert.crl_unavailable";
 /// The server's leaf names no CRL or OCSP location.
 pub const CERT_NO_REVOCATION_INFO: &str = "cert.no_revocation_info";
+/// TLS 1.3 hid the server's certificate: the configured checks were not made.
+pub const CERT_NOT_CHECKED: &str = "cert.not_checked";
 
 // Messages (message.rs)
 /// The end of data (or BDAT LAST) was refused, in cleartext.
@@ -116,6 +118,7 @@ pub const ALL: &[&str] = &[
     CERT_ANNOUNCED_NAME_MISMATCH,
     CERT_CRL_UNAVAILABLE,
     CERT_NO_REVOCATION_INFO,
+    CERT_NOT_CHECKED,
     SMTP_MESSAGE_REJECTED,
     SMTP_REJECTED_AFTER_TLS,
     SMTP_RECIPIENT_REJECTED,

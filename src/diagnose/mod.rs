@@ -92,12 +92,23 @@ impl Finding {
 pub struct Context {
     /// Warn when a certificate expires within this many days.
     pub expiry_warning_days: u32,
+    /// The names the server's certificate was configured to carry
+    /// (`tls.expect_names`, `--expect-name`, or the destination's).
+    pub expected_names: Vec<String>,
+    /// The host name dialled, when it is a name (not an IP address): the
+    /// certificate is checked against it too.
+    pub dialled_name: Option<String>,
+    /// Whether chains are checked (trust, expiry): a trust store is loaded.
+    pub checks_chains: bool,
 }
 
 impl Default for Context {
     fn default() -> Self {
         Context {
             expiry_warning_days: 30,
+            expected_names: Vec::new(),
+            dialled_name: None,
+            checks_chains: true,
         }
     }
 }
