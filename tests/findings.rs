@@ -886,6 +886,13 @@ async fn tls_handshake_failed_client_rejects_untrusted_certificate() {
         title.contains("the client does not trust the CA"),
         "{title}"
     );
+    // smtptap trusts the chain: no certificate finding to point at; the
+    // advice says where the client's reason is instead.
+    let advice = finding(&f, "tls.handshake_failed")["advice"]
+        .as_str()
+        .unwrap();
+    assert!(!advice.contains("see the certificate findings"), "{advice}");
+    assert!(advice.contains("Read the client's log"), "{advice}");
 }
 
 #[tokio::test]
@@ -924,6 +931,13 @@ async fn tls_handshake_failed_tls13_client_rejects_certificate_with_encrypted_al
         title.contains("most likely it rejected the certificate"),
         "{title}"
     );
+    // No certificate finding exists (TLS 1.3 hid it): the advice says how to
+    // check the certificate instead.
+    let advice = finding(&f, "tls.handshake_failed")["advice"]
+        .as_str()
+        .unwrap();
+    assert!(!advice.contains("see the certificate findings"), "{advice}");
+    assert!(advice.contains("smtptap probe HOST"), "{advice}");
 }
 
 fn provider_with(suites: &[rustls::SupportedCipherSuite]) -> Arc<rustls::crypto::CryptoProvider> {

@@ -120,8 +120,13 @@ pub fn diagnose(events: &[Event], ctx: &Context) -> Vec<Finding> {
     let mut out = Vec::new();
     relay::rules(&v, &mut out);
     smtp::rules(&v, &mut out);
-    tls::rules(&v, &mut out);
-    cert::rules(&v, ctx, &mut out);
+    // The handshake's advice depends on whether the certificate findings
+    // have anything to say.
+    let mut certs = Vec::new();
+    cert::rules(&v, ctx, &mut certs);
+    let cert_problems = certs.iter().any(|f| f.severity > Severity::Info);
+    tls::rules(&v, cert_problems, &mut out);
+    out.extend(certs);
     message::rules(&v, &mut out);
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
