@@ -643,6 +643,58 @@ async fn starttls_not_used() {
     evidence_has(&f, "starttls.not_used", "client sent MAIL without STARTTLS");
 }
 
+/// A client that authenticates with AUTH PLAIN before STARTTLS: an error
+/// naming the mechanism; the secret is nowhere in the events.
+#[tokio::test]
+async fn smtp_auth_cleartext() {
+    let server = scripted_server("220 mx.example.test ESMTP\r\n", |l| {
+        let l = l.to_ascii_uppercase();
+        Some(
+            if l.starts_with("EHLO") {
+                "250-mx.example.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n"
+            } else if l.starts_with("AUTH") {
+                "235 2.7.0 Authentication successful\r\n"
+            } else if l.starts_with("QUIT") {
+                "221 2.0.0 Bye\r\n"
+            } else {
+                "250 2.0.0 Ok\r\n"
+            }
+            .to_string(),
+        )
+    })
+    .await;
+    let proxy = TestProxy::start(&server.to_string(), "").await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    read_until(&mut c, b"ESMTP\r\n").await;
+    c.write_all(b"EHLO client.example.test\r\n").await.unwrap();
+    read_until(&mut c, b"250 STARTTLS\r\n").await;
+    // "\0alice\0s3cret-Pa55" in base64.
+    let secret = "AGFsaWNlAHMzY3JldC1QYTU1";
+    c.write_all(format!("AUTH PLAIN {secret}\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut c, b"235").await;
+    c.write_all(b"QUIT\r\n").await.unwrap();
+    read_until(&mut c, b"221").await;
+    drop(c);
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(&f, &[("smtp.auth_cleartext", "error")]);
+    evidence_has(
+        &f,
+        "smtp.auth_cleartext",
+        "client: AUTH PLAIN with an initial response before any TLS",
+    );
+    evidence_has(
+        &f,
+        "smtp.auth_cleartext",
+        "STARTTLS was offered in the EHLO reply",
+    );
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(secret), "the secret reached the events");
+}
+
 #[tokio::test]
 async fn tls_cleartext_fallback() {
     let p = pki("fallback");

@@ -29,6 +29,8 @@ pub const STARTTLS_REQUIRED: &str = "starttls.required";
 pub const STARTTLS_REFUSED: &str = "starttls.refused";
 /// STARTTLS offered, the client sent MAIL without it.
 pub const STARTTLS_NOT_USED: &str = "starttls.not_used";
+/// The client sent AUTH (credentials) before TLS, or on a session without TLS.
+pub const SMTP_AUTH_CLEARTEXT: &str = "smtp.auth_cleartext";
 /// A cleartext session right after a failed TLS handshake from the same client.
 pub const TLS_CLEARTEXT_FALLBACK: &str = "tls.cleartext_fallback";
 
@@ -98,6 +100,7 @@ pub const ALL: &[&str] = &[
     STARTTLS_REQUIRED,
     STARTTLS_REFUSED,
     STARTTLS_NOT_USED,
+    SMTP_AUTH_CLEARTEXT,
     TLS_CLEARTEXT_FALLBACK,
     TLS_HANDSHAKE_FAILED,
     TLS_NOT_TLS,

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 
-pub use view::{presented_by_peer, Capabilities, Hello, Negotiated, Reply, SessionView};
+pub use view::{presented_by_peer, Capabilities, Hello, Negotiated, Ordered, Reply, SessionView};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
