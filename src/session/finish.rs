@@ -97,8 +97,14 @@ impl SessionAnalyzer {
                 },
             );
         }
-        let reason = ends.reason();
-        let error = ends.error();
+        let reason = ends.reason(self.quit_answered);
+        let mut error = ends.error();
+        if reason == "completed" {
+            // A reset after QUIT and its 221: kept, as a detail of a normal end.
+            if let Some((_, d)) = &mut error {
+                d.push_str(" (after QUIT and its 221: a normal end)");
+            }
+        }
         self.emit(
             ts,
             None,
