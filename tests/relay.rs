@@ -610,7 +610,7 @@ async fn a_client_reset_after_quit_and_221_is_a_completed_session() {
             read_to(&mut c, b"221 2.0.0 Bye\r\n").await;
         }
         // A reset: SO_LINGER 0, then close.
-        c.set_linger(Some(Duration::ZERO)).unwrap();
+        c.set_zero_linger().unwrap();
         drop(c);
         let events = proxy.wait_summaries(1).await;
         proxy.stop().await;
