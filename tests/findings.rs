@@ -643,6 +643,58 @@ async fn starttls_not_used() {
     evidence_has(&f, "starttls.not_used", "client sent MAIL without STARTTLS");
 }
 
+/// A client that authenticates with AUTH PLAIN before STARTTLS: an error
+/// naming the mechanism; the secret is nowhere in the events.
+#[tokio::test]
+async fn smtp_auth_cleartext() {
+    let server = scripted_server("220 mx.example.test ESMTP\r\n", |l| {
+        let l = l.to_ascii_uppercase();
+        Some(
+            if l.starts_with("EHLO") {
+                "250-mx.example.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n"
+            } else if l.starts_with("AUTH") {
+                "235 2.7.0 Authentication successful\r\n"
+            } else if l.starts_with("QUIT") {
+                "221 2.0.0 Bye\r\n"
+            } else {
+                "250 2.0.0 Ok\r\n"
+            }
+            .to_string(),
+        )
+    })
+    .await;
+    let proxy = TestProxy::start(&server.to_string(), "").await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    read_until(&mut c, b"ESMTP\r\n").await;
+    c.write_all(b"EHLO client.example.test\r\n").await.unwrap();
+    read_until(&mut c, b"250 STARTTLS\r\n").await;
+    // "\0alice\0s3cret-Pa55" in base64.
+    let secret = "AGFsaWNlAHMzY3JldC1QYTU1";
+    c.write_all(format!("AUTH PLAIN {secret}\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut c, b"235").await;
+    c.write_all(b"QUIT\r\n").await.unwrap();
+    read_until(&mut c, b"221").await;
+    drop(c);
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(&f, &[("smtp.auth_cleartext", "error")]);
+    evidence_has(
+        &f,
+        "smtp.auth_cleartext",
+        "client: AUTH PLAIN with an initial response before any TLS",
+    );
+    evidence_has(
+        &f,
+        "smtp.auth_cleartext",
+        "STARTTLS was offered in the EHLO reply",
+    );
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(secret), "the secret reached the events");
+}
+
 #[tokio::test]
 async fn tls_cleartext_fallback() {
     let p = pki("fallback");
@@ -886,6 +938,13 @@ async fn tls_handshake_failed_client_rejects_untrusted_certificate() {
         title.contains("the client does not trust the CA"),
         "{title}"
     );
+    // smtptap trusts the chain: no certificate finding to point at; the
+    // advice says where the client's reason is instead.
+    let advice = finding(&f, "tls.handshake_failed")["advice"]
+        .as_str()
+        .unwrap();
+    assert!(!advice.contains("see the certificate findings"), "{advice}");
+    assert!(advice.contains("Read the client's log"), "{advice}");
 }
 
 #[tokio::test]
@@ -924,6 +983,13 @@ async fn tls_handshake_failed_tls13_client_rejects_certificate_with_encrypted_al
         title.contains("most likely it rejected the certificate"),
         "{title}"
     );
+    // No certificate finding exists (TLS 1.3 hid it): the advice says how to
+    // check the certificate instead.
+    let advice = finding(&f, "tls.handshake_failed")["advice"]
+        .as_str()
+        .unwrap();
+    assert!(!advice.contains("see the certificate findings"), "{advice}");
+    assert!(advice.contains("smtptap probe HOST"), "{advice}");
 }
 
 fn provider_with(suites: &[rustls::SupportedCipherSuite]) -> Arc<rustls::crypto::CryptoProvider> {
@@ -1108,6 +1174,71 @@ async fn tls_certificate_hidden_in_tls13() {
     check(&f, &[("tls.certificate_hidden", "info")]);
     evidence_has(&f, "tls.certificate_hidden", "negotiated TLSv1.3");
     assert!(named(&events, 1, "cert.info").is_empty());
+}
+
+/// TLS 1.3 hides the certificate: the expected name, trust and expiry
+/// configured for the session could not be checked, and that is said, naming
+/// the name and pointing at `smtptap probe`.
+#[tokio::test]
+async fn cert_not_checked_when_tls13_hides_the_certificate() {
+    let p = pki("not-checked");
+    let issued = p.issue(&leaf(&[MX]));
+    let server = LabServer::start(ServerProfile::new(MX, Some(server_tls(&issued))))
+        .await
+        .unwrap();
+    let opts = client(StartTls::Required, Some(lab::client_config_opportunistic()));
+    let (events, report) = through_proxy(
+        &server,
+        &opts,
+        &p.toml("expect_names = [\"mx.partner.example\"]"),
+    )
+    .await;
+    assert!(report.tls && report.error.is_none(), "{report:?}");
+    let f = findings_of(&events, 1);
+    check(
+        &f,
+        &[
+            ("tls.certificate_hidden", "info"),
+            ("cert.not_checked", "info"),
+        ],
+    );
+    evidence_has(
+        &f,
+        "cert.not_checked",
+        "expected name not checked: mx.partner.example",
+    );
+    evidence_has(
+        &f,
+        "cert.not_checked",
+        "trust of the chain and expiry dates not checked",
+    );
+    let nc = finding(&f, "cert.not_checked");
+    assert!(
+        nc["title"].as_str().unwrap().contains("mx.partner.example"),
+        "{nc}"
+    );
+    assert!(
+        nc["advice"]
+            .as_str()
+            .unwrap()
+            .contains("smtptap probe HOST --expect-name mx.partner.example"),
+        "{nc}"
+    );
+    assert!(named(&events, 1, "cert.info").is_empty());
+
+    // With TLS 1.2 the certificate is seen and checked: no such finding.
+    let (events, _) = through_proxy(
+        &server,
+        &client(StartTls::Required, Some(tls12())),
+        &p.toml(&format!("expect_names = [\"{MX}\"]")),
+    )
+    .await;
+    let f = findings_of(&events, 1);
+    assert!(
+        f.iter().all(|x| x["id"] != "cert.not_checked"),
+        "{}",
+        pretty(&f)
+    );
 }
 
 #[tokio::test]

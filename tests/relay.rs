@@ -558,3 +558,73 @@ async fn a_long_session_is_counted_exactly_beyond_the_kept_events() {
     assert_eq!(sum["messages_rejected"], N / 7);
     assert_eq!(sum["last_reply"], "221 2.0.0 Bye");
 }
+
+/// Reads from `c` until `needle` arrived (or EOF).
+async fn read_to(c: &mut TcpStream, needle: &[u8]) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("peer silent")
+            .unwrap();
+        assert!(n > 0, "closed before {needle:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Many MTAs reset the connection after QUIT and its 221: the session
+/// `completed`, and the reset is kept as a detail. Before the 221 a reset is
+/// an error.
+#[tokio::test]
+async fn a_client_reset_after_quit_and_221_is_a_completed_session() {
+    for quit in [true, false] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = l.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"220 mx.example.test ESMTP\r\n").await.unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                let reply: &[u8] = if buf[..n].starts_with(b"QUIT") {
+                    b"221 2.0.0 Bye\r\n"
+                } else {
+                    b"250 mx.example.test\r\n"
+                };
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let proxy = TestProxy::start(&up.to_string(), "").await;
+        let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+        read_to(&mut c, b"ESMTP\r\n").await;
+        c.write_all(b"EHLO client.example.test\r\n").await.unwrap();
+        read_to(&mut c, b"250 mx.example.test\r\n").await;
+        if quit {
+            c.write_all(b"QUIT\r\n").await.unwrap();
+            read_to(&mut c, b"221 2.0.0 Bye\r\n").await;
+        }
+        // A reset: SO_LINGER 0, then close.
+        c.set_zero_linger().unwrap();
+        drop(c);
+        let events = proxy.wait_summaries(1).await;
+        proxy.stop().await;
+        let close = &named(&events, 1, "session.close")[0];
+        let summary = &named(&events, 1, "session.summary")[0];
+        assert_eq!(close["error"], "reset", "{close}");
+        if quit {
+            assert_eq!(close["reason"], "completed", "{close}");
+            assert_eq!(summary["close_reason"], "completed", "{summary}");
+            let d = close["detail"].as_str().unwrap();
+            assert!(d.contains("after QUIT and its 221: a normal end"), "{d}");
+        } else {
+            assert_eq!(close["reason"], "error", "{close}");
+            assert_eq!(summary["close_reason"], "error", "{summary}");
+        }
+    }
+}

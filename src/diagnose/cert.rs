@@ -5,6 +5,7 @@
 use super::{ids, Context, Finding, SessionView, Severity};
 use crate::cert::{CertEvent, CertInfo, NameCheck, NameSource};
 use crate::event::Side;
+use crate::tls::TlsEvent;
 
 pub(super) fn rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
     for c in v.certs() {
@@ -54,6 +55,88 @@ pub(super) fn rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
     }
     out.extend(crl_unavailable(v));
     out.extend(no_revocation_info(v));
+    out.extend(not_checked(v, ctx));
+}
+
+/// TLS 1.3 hid the server's certificate and no chain reached the analysis
+/// otherwise: the configured checks (expected names, the name dialled,
+/// trust, expiry) could not be made. Info: nothing is known to be wrong with
+/// the mail system, but no verdict was reached, and the names are said.
+fn not_checked(v: &SessionView, ctx: &Context) -> Option<Finding> {
+    let version = v.tls().find_map(|t| match t {
+        TlsEvent::CertificateHidden { version, .. } => Some(version),
+        _ => None,
+    })?;
+    let server_cert_seen = v.certs().any(|c| {
+        matches!(
+            c,
+            CertEvent::Info {
+                side: Side::Server,
+                ..
+            } | CertEvent::Chain {
+                side: Side::Server,
+                ..
+            } | CertEvent::Names {
+                side: Side::Server,
+                ..
+            } | CertEvent::ParseError {
+                side: Side::Server,
+                ..
+            }
+        )
+    });
+    if server_cert_seen {
+        return None;
+    }
+    let mut ev = Vec::new();
+    let mut unchecked = Vec::new();
+    if !ctx.expected_names.is_empty() {
+        let names = ctx.expected_names.join(", ");
+        ev.push(format!("expected name not checked: {names}"));
+        unchecked.push(format!(
+            "the expected name {}",
+            ctx.expected_names.join(" or ")
+        ));
+    }
+    if let Some(d) = &ctx.dialled_name {
+        ev.push(format!("host name dialled not checked: {d}"));
+        unchecked.push(format!("the host name dialled ({d})"));
+    }
+    if ctx.checks_chains {
+        ev.push("trust of the chain and expiry dates not checked".into());
+        unchecked.push("trust and expiry".into());
+    }
+    if unchecked.is_empty() {
+        return None;
+    }
+    ev.push(format!(
+        "negotiated {version}: the server's certificate was encrypted and not visible"
+    ));
+    let host = ctx.dialled_name.as_deref().unwrap_or("HOST");
+    let expect: String = if ctx.expected_names.is_empty() {
+        String::new()
+    } else {
+        ctx.expected_names
+            .iter()
+            .map(|n| format!(" --expect-name {n}"))
+            .collect()
+    };
+    Some(Finding::new(
+        ids::CERT_NOT_CHECKED,
+        Severity::Info,
+        format!(
+            "The server's certificate could not be checked ({}): TLS 1.3 hid it",
+            unchecked.join(", ")
+        ),
+        ev,
+        format!(
+            "Passive observation cannot read a TLS 1.3 certificate, so this session says nothing \
+             about it either way. Check it directly: `smtptap probe {host}{expect}` connects to \
+             the server itself and checks names, trust and expiry (a side-probe that does this \
+             during proxy sessions is coming). Meanwhile, `openssl s_client -starttls smtp \
+             -tls1_2 -connect {host}:25` shows the chain over TLS 1.2."
+        ),
+    ))
 }
 
 /// The validity of one certificate, as `cert.info` states it.

@@ -29,6 +29,8 @@ pub const STARTTLS_REQUIRED: &str = "starttls.required";
 pub const STARTTLS_REFUSED: &str = "starttls.refused";
 /// STARTTLS offered, the client sent MAIL without it.
 pub const STARTTLS_NOT_USED: &str = "starttls.not_used";
+/// The client sent AUTH (credentials) before TLS, or on a session without TLS.
+pub const SMTP_AUTH_CLEARTEXT: &str = "smtp.auth_cleartext";
 /// A cleartext session right after a failed TLS handshake from the same client.
 pub const TLS_CLEARTEXT_FALLBACK: &str = "tls.cleartext_fallback";
 
@@ -73,6 +75,8 @@ pub const CERT_ANNOUNCED_NAME_MISMATCH: &str = "cert.announced_name_mismatch";
 pub const CERT_CRL_UNAVAILABLE: &str = "cert.crl_unavailable";
 /// The server's leaf names no CRL or OCSP location.
 pub const CERT_NO_REVOCATION_INFO: &str = "cert.no_revocation_info";
+/// TLS 1.3 hid the server's certificate: the configured checks were not made.
+pub const CERT_NOT_CHECKED: &str = "cert.not_checked";
 
 // Messages (message.rs)
 /// The end of data (or BDAT LAST) was refused, in cleartext.
@@ -96,6 +100,7 @@ pub const ALL: &[&str] = &[
     STARTTLS_REQUIRED,
     STARTTLS_REFUSED,
     STARTTLS_NOT_USED,
+    SMTP_AUTH_CLEARTEXT,
     TLS_CLEARTEXT_FALLBACK,
     TLS_HANDSHAKE_FAILED,
     TLS_NOT_TLS,
@@ -116,6 +121,7 @@ pub const ALL: &[&str] = &[
     CERT_ANNOUNCED_NAME_MISMATCH,
     CERT_CRL_UNAVAILABLE,
     CERT_NO_REVOCATION_INFO,
+    CERT_NOT_CHECKED,
     SMTP_MESSAGE_REJECTED,
     SMTP_REJECTED_AFTER_TLS,
     SMTP_RECIPIENT_REJECTED,

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
 
-pub use view::{presented_by_peer, Capabilities, Hello, Negotiated, Reply, SessionView};
+pub use view::{presented_by_peer, Capabilities, Hello, Negotiated, Ordered, Reply, SessionView};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -92,12 +92,23 @@ impl Finding {
 pub struct Context {
     /// Warn when a certificate expires within this many days.
     pub expiry_warning_days: u32,
+    /// The names the server's certificate was configured to carry
+    /// (`tls.expect_names`, `--expect-name`, or the destination's).
+    pub expected_names: Vec<String>,
+    /// The host name dialled, when it is a name (not an IP address): the
+    /// certificate is checked against it too.
+    pub dialled_name: Option<String>,
+    /// Whether chains are checked (trust, expiry): a trust store is loaded.
+    pub checks_chains: bool,
 }
 
 impl Default for Context {
     fn default() -> Self {
         Context {
             expiry_warning_days: 30,
+            expected_names: Vec::new(),
+            dialled_name: None,
+            checks_chains: true,
         }
     }
 }
@@ -109,8 +120,13 @@ pub fn diagnose(events: &[Event], ctx: &Context) -> Vec<Finding> {
     let mut out = Vec::new();
     relay::rules(&v, &mut out);
     smtp::rules(&v, &mut out);
-    tls::rules(&v, &mut out);
-    cert::rules(&v, ctx, &mut out);
+    // The handshake's advice depends on whether the certificate findings
+    // have anything to say.
+    let mut certs = Vec::new();
+    cert::rules(&v, ctx, &mut certs);
+    let cert_problems = certs.iter().any(|f| f.severity > Severity::Info);
+    tls::rules(&v, cert_problems, &mut out);
+    out.extend(certs);
     message::rules(&v, &mut out);
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out

@@ -2,7 +2,7 @@
 //! TLS being offered, required, refused, skipped, or masked by a firewall;
 //! an observer that lost track; a cleartext retry after a failed handshake.
 
-use super::{ids, Finding, SessionView, Severity};
+use super::{ids, Finding, Ordered, SessionView, Severity};
 use crate::event::{SessionEvent, Side};
 use crate::smtp::SmtpEvent;
 
@@ -22,7 +22,105 @@ pub(super) fn rules(v: &SessionView, out: &mut Vec<Finding>) {
     if !was_required {
         out.extend(starttls_not_used(v));
     }
+    out.extend(auth_cleartext(v));
     out.extend(cleartext_fallback(v));
+}
+
+/// Mechanisms whose exchange carries the secret itself (or a bearer token)
+/// readably: anyone on the path can reuse it.
+fn reveals_secret(mechanism: &str) -> bool {
+    matches!(
+        mechanism,
+        "PLAIN" | "LOGIN" | "XOAUTH2" | "OAUTHBEARER" | "XOAUTH"
+    )
+}
+
+/// The client authenticated (AUTH) before TLS started, or on a session that
+/// never had TLS. Evidence: the mechanism and sizes, never the secret.
+fn auth_cleartext(v: &SessionView) -> Option<Finding> {
+    let mut mechanism = None;
+    let mut initial = false;
+    let mut responses = 0u64;
+    let mut response_bytes = 0u64;
+    for e in v.events_in_order() {
+        match e {
+            Ordered::TlsStarted => break,
+            Ordered::Smtp(SmtpEvent::Auth {
+                mechanism: m,
+                initial_response,
+            }) => {
+                mechanism.get_or_insert(m.as_str());
+                initial |= *initial_response;
+            }
+            Ordered::Smtp(SmtpEvent::AuthData {
+                side: Side::Client,
+                bytes,
+                cancel: false,
+            }) if mechanism.is_some() && *bytes > 0 => {
+                responses += 1;
+                response_bytes += bytes;
+            }
+            _ => {}
+        }
+    }
+    let mechanism = mechanism?;
+    let sent = initial || responses > 0;
+    let mut ev = vec![format!(
+        "client: AUTH {mechanism}{} before any TLS",
+        if initial {
+            " with an initial response"
+        } else {
+            ""
+        }
+    )];
+    if responses > 0 {
+        ev.push(format!(
+            "then {responses} SASL response line(s), {response_bytes} bytes, in cleartext"
+        ));
+    }
+    if !sent {
+        ev.push("no credential followed the AUTH command".into());
+    }
+    ev.push(
+        match v.starttls_offered() {
+            Some(true) => "STARTTLS was offered in the EHLO reply",
+            Some(false) => "the server did not offer STARTTLS",
+            None => "no EHLO reply was seen",
+        }
+        .into(),
+    );
+    ev.push("the credentials themselves are redacted: not in the log or capture".into());
+    let readable = sent && reveals_secret(mechanism);
+    let (severity, title) = if readable {
+        (
+            Severity::Error,
+            format!("The client sent its credentials in cleartext (AUTH {mechanism} before TLS)"),
+        )
+    } else if sent {
+        (
+            Severity::Warning,
+            format!(
+                "The client authenticated in cleartext (AUTH {mechanism} before TLS): the user name and a hash of the password crossed the network"
+            ),
+        )
+    } else {
+        (
+            Severity::Warning,
+            format!("The client started AUTH {mechanism} in cleartext, before TLS"),
+        )
+    };
+    Some(Finding::new(
+        ids::SMTP_AUTH_CLEARTEXT,
+        severity,
+        title,
+        ev,
+        "Authenticate only over TLS. On the client: STARTTLS before AUTH (Postfix \
+         smtp_tls_security_level = encrypt with smtp_sasl_auth_enable; submission on 587 with \
+         STARTTLS, or 465). On the server: refuse AUTH without TLS (Postfix smtpd_tls_auth_only \
+         = yes; Exchange: the Receive connector's -AuthMechanism with BasicAuthRequireTLS). If \
+         credentials were sent, anyone on the path could read them: change the password or \
+         revoke the token.",
+    ))
 }
 
 fn masked_by_firewall(v: &SessionView) -> Option<Finding> {

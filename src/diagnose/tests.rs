@@ -399,3 +399,64 @@ fn a_clean_session_has_no_finding() {
     ];
     assert!(diagnose(&events, &Context::default()).is_empty());
 }
+
+fn auth(mechanism: &str, initial: bool) -> Event {
+    ev(SmtpEvent::Auth {
+        mechanism: mechanism.into(),
+        initial_response: initial,
+    })
+}
+
+#[test]
+fn auth_before_tls_is_reported_by_how_much_it_reveals() {
+    let started = || {
+        ev(SessionEvent::TlsStarted {
+            after: "starttls".into(),
+        })
+    };
+    let plain = diagnose(&[auth("PLAIN", true)], &Context::default());
+    assert_eq!(
+        find(&plain, ids::SMTP_AUTH_CLEARTEXT).severity,
+        Severity::Error
+    );
+    let login = [
+        auth("LOGIN", false),
+        ev(SmtpEvent::AuthData {
+            side: Side::Client,
+            bytes: 8,
+            cancel: false,
+        }),
+    ];
+    let f = diagnose(&login, &Context::default());
+    let a = find(&f, ids::SMTP_AUTH_CLEARTEXT);
+    assert_eq!(a.severity, Severity::Error);
+    assert!(
+        a.evidence
+            .iter()
+            .any(|e| e.contains("1 SASL response line(s), 8 bytes")),
+        "{a:#?}"
+    );
+    let cram = diagnose(
+        &[
+            auth("CRAM-MD5", false),
+            ev(SmtpEvent::AuthData {
+                side: Side::Client,
+                bytes: 40,
+                cancel: false,
+            }),
+        ],
+        &Context::default(),
+    );
+    assert_eq!(
+        find(&cram, ids::SMTP_AUTH_CLEARTEXT).severity,
+        Severity::Warning
+    );
+    let refused = diagnose(&[auth("LOGIN", false)], &Context::default());
+    assert_eq!(
+        find(&refused, ids::SMTP_AUTH_CLEARTEXT).severity,
+        Severity::Warning
+    );
+    // After STARTTLS: not this finding.
+    let after = diagnose(&[started(), auth("PLAIN", true)], &Context::default());
+    assert!(!ids_of(&after).contains(&ids::SMTP_AUTH_CLEARTEXT));
+}

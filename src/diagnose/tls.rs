@@ -7,13 +7,14 @@ use super::{ids, Finding, Negotiated, SessionView};
 use crate::event::{SessionEvent, Side};
 use crate::tls::TlsEvent;
 
-pub(super) fn rules(v: &SessionView, out: &mut Vec<Finding>) {
+/// `cert_problems`: the certificate findings have a warning or an error.
+pub(super) fn rules(v: &SessionView, cert_problems: bool, out: &mut Vec<Finding>) {
     if !v.tls_started() {
         return;
     }
     if !v.tls_established() {
         out.extend(not_tls(v));
-        out.extend(handshake_failed(v));
+        out.extend(handshake_failed(v, cert_problems));
     }
     if let Some(n) = v.negotiated() {
         out.extend(legacy_negotiated(n));
@@ -48,7 +49,7 @@ fn not_tls(v: &SessionView) -> Option<Finding> {
 
 /// TLS started but was never established (and the observer followed it:
 /// a desync is `tls.not_tls`).
-fn handshake_failed(v: &SessionView) -> Option<Finding> {
+fn handshake_failed(v: &SessionView, cert_problems: bool) -> Option<Finding> {
     if v.tls().any(|t| matches!(t, TlsEvent::Desync { .. })) {
         return None;
     }
@@ -108,11 +109,40 @@ fn handshake_failed(v: &SessionView) -> Option<Finding> {
         Severity::Error,
         format!("The TLS handshake failed: {meaning}"),
         ev,
-        "Compare what the client offered with what the server accepts (versions and suites \
-         above). For certificate alerts, see the certificate findings: the trust, expiry and \
-         name of the server's certificate. Mail for this session did not go encrypted; an \
-         opportunistic sender may now retry in cleartext.",
+        format!(
+            "Compare what the client offered with what the server accepts (versions and suites \
+             above). {} Mail for this session did not go encrypted; an opportunistic sender may \
+             now retry in cleartext.",
+            certificate_advice(v, cert_problems)
+        ),
     ))
+}
+
+/// What to do about the certificate side of a failed handshake: point at the
+/// certificate findings only when there are some.
+fn certificate_advice(v: &SessionView, cert_problems: bool) -> &'static str {
+    let hidden = v
+        .tls()
+        .any(|t| matches!(t, TlsEvent::CertificateHidden { .. }));
+    if cert_problems {
+        "For certificate alerts, see the certificate findings: the trust, expiry and name of \
+         the server's certificate."
+    } else if v.server_leaf().is_some() {
+        "smtptap found nothing wrong with the server's certificate (its trust store, dates and \
+         the names it knows of): if the client rejected it, the client's own rules differ. Read \
+         the client's log for its reason (Postfix: \"Server certificate not verified\" or \
+         \"certificate verification failed\"; Exchange: the SMTP send protocol log), then \
+         compare the CAs the client trusts and the name it expects with the certificate's."
+    } else if hidden {
+        "TLS 1.3 hid the server's certificate, so smtptap could not check it: check it with \
+         `smtptap probe HOST --expect-name NAME` (or `openssl s_client -starttls smtp -tls1_2 \
+         -connect HOST:25`), and read the client's log for why it gave up (Postfix: \"Server \
+         certificate not verified\"; Exchange: the SMTP send protocol log)."
+    } else {
+        "The handshake ended before the server's certificate was seen: look at protocol \
+         versions, cipher suites and SNI rather than at the certificate, and read both sides' \
+         logs for their reason."
+    }
 }
 
 /// What a handshake that ended without an alert most likely means.

@@ -90,6 +90,16 @@ pub struct Negotiated<'a> {
     pub cipher_suite: &'a str,
 }
 
+/// An SMTP fact or the start of TLS, in the order they happened
+/// ([`SessionView::events_in_order`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Ordered<'a> {
+    /// A cleartext SMTP fact.
+    Smtp(&'a SmtpEvent),
+    /// TLS started (`tls.started`).
+    TlsStarted,
+}
+
 /// A session's events (in order), with typed questions about them.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionView<'a> {
@@ -106,6 +116,16 @@ impl<'a> SessionView<'a> {
     pub fn smtp(&self) -> impl Iterator<Item = &'a SmtpEvent> + 'a {
         self.events.iter().filter_map(|e| match &e.kind {
             EventKind::Smtp(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The SMTP facts and the start of TLS, in order: what was said before
+    /// TLS and what after.
+    pub fn events_in_order(&self) -> impl Iterator<Item = Ordered<'a>> + 'a {
+        self.events.iter().filter_map(|e| match &e.kind {
+            EventKind::Smtp(s) => Some(Ordered::Smtp(s)),
+            EventKind::Session(SessionEvent::TlsStarted { .. }) => Some(Ordered::TlsStarted),
             _ => None,
         })
     }

@@ -462,7 +462,7 @@ fn findings_for(hops: &[Hop], parsed: bool) -> Vec<Finding> {
                 .map(|h| format!("hop {}: {}", h.index, h.tls.state.label()))
                 .collect::<Vec<_>>()
                 .join(", "),
-            advice: "Nothing to change for transport encryption. Stamps say what each receiver negotiated, not whether certificates were verified; for that, see the certificate findings or probe the servers.".into(),
+            advice: "Nothing to change for transport encryption. Stamps say what each receiver negotiated, not whether certificates were verified; to check a server's certificate, run `smtptap probe HOST --expect-name NAME`, or put smtptap in front of it with TLS 1.2 (a TLS 1.3 certificate is not visible on the wire).".into(),
         });
     }
     for h in hops {

@@ -97,8 +97,14 @@ impl SessionAnalyzer {
                 },
             );
         }
-        let reason = ends.reason();
-        let error = ends.error();
+        let reason = ends.reason(self.quit_answered);
+        let mut error = ends.error();
+        if reason == "completed" {
+            // A reset after QUIT and its 221: kept, as a detail of a normal end.
+            if let Some((_, d)) = &mut error {
+                d.push_str(" (after QUIT and its 221: a normal end)");
+            }
+        }
         self.emit(
             ts,
             None,
@@ -125,8 +131,22 @@ impl SessionAnalyzer {
         server_bytes: u64,
         reason: &str,
     ) {
+        let cfg = &self.shared.cfg;
+        let expected_names = match upstream_addr.or(self.upstream_addr) {
+            Some(a) => cfg.expect_names_for(a.ip()),
+            None => &cfg.tls.expect_names,
+        }
+        .to_vec();
+        let host = &self.info.upstream.host;
+        let dialled_name = (!host.is_empty()
+            && host.parse::<std::net::IpAddr>().is_err()
+            && !host.starts_with('['))
+        .then(|| host.clone());
         let ctx = diagnose::Context {
-            expiry_warning_days: self.shared.cfg.tls.expiry_warning_days,
+            expiry_warning_days: cfg.tls.expiry_warning_days,
+            expected_names,
+            dialled_name,
+            checks_chains: self.shared.trust.is_some(),
         };
         let findings: Vec<Finding> = diagnose::diagnose(&self.rec.kept, &ctx);
         let started = self.rec.kept.iter().any(|e| {

@@ -69,18 +69,34 @@ impl Ends {
         }
     }
 
-    /// `session.close`'s `reason`.
-    pub fn reason(&self) -> &'static str {
+    /// `session.close`'s `reason`. `quit_answered`: the server answered the
+    /// client's QUIT with 221, so the conversation was over; a reset or a
+    /// broken pipe after that is how many MTAs end a connection, and the
+    /// session `completed` (the socket error stays in `error`/`detail`).
+    pub fn reason(&self, quit_answered: bool) -> &'static str {
         let ends = [&self.client_end, &self.server_end];
         if ends.iter().any(|e| **e == DirEnd::Idle) {
             "idle_timeout"
         } else if ends.iter().any(|e| **e == DirEnd::Aborted) {
             "shutdown"
-        } else if ends.iter().any(|e| matches!(e, DirEnd::Error { .. })) {
+        } else if ends.iter().any(|e| matches!(e, DirEnd::Error { .. }))
+            && !(quit_answered && self.only_resets())
+        {
             "error"
         } else {
             "completed"
         }
+    }
+
+    /// Every socket error is a reset or a broken pipe (the peer went away),
+    /// not a timeout or anything else.
+    fn only_resets(&self) -> bool {
+        [&self.client_end, &self.server_end]
+            .iter()
+            .all(|e| match e {
+                DirEnd::Error { code, .. } => matches!(*code, "reset" | "broken_pipe"),
+                _ => true,
+            })
     }
 
     /// The first socket error, as (code, words).

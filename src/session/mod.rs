@@ -120,6 +120,9 @@ pub struct SessionAnalyzer {
     next_request: RequestId,
     /// `session.summary` was written: later inputs are ignored.
     finished: bool,
+    /// The server answered the client's QUIT with 221: the conversation is
+    /// over, and a reset after it is a normal end ([`Ends::reason`]).
+    quit_answered: bool,
 }
 
 impl SessionAnalyzer {
@@ -145,6 +148,7 @@ impl SessionAnalyzer {
             pending: Vec::new(),
             next_request: 1,
             finished: false,
+            quit_answered: false,
         };
         let i = &a.info;
         let open = SessionEvent::Open {
@@ -285,6 +289,16 @@ impl SessionAnalyzer {
     fn emit(&mut self, ts: Timestamp, leg: Option<Leg>, kind: impl Into<EventKind>) {
         let kind = kind.into();
         self.names.learn(&kind);
+        if let EventKind::Smtp(crate::smtp::SmtpEvent::Reply {
+            code: 221,
+            command: Some(c),
+            ..
+        }) = &kind
+        {
+            if c.trim().eq_ignore_ascii_case("QUIT") {
+                self.quit_answered = true;
+            }
+        }
         let leg = match &kind {
             EventKind::Tls(_) | EventKind::Cert(_) => leg.or(Some(Leg::EndToEnd)),
             _ => leg,

@@ -520,3 +520,72 @@ fn a_chain_from_the_driver_is_analysed_like_one_from_the_wire() {
     let summary = serde_json::to_string(a.kept().last().unwrap()).unwrap();
     assert!(summary.contains("cert.host_mismatch"), "{summary}");
 }
+
+/// A cleartext session ended by the client's reset: `error` before QUIT's
+/// 221, `completed` (the reset kept as a detail) after it.
+#[test]
+fn a_reset_after_quit_and_221_is_a_normal_end() {
+    let p = pki(&["mx.example"], None);
+    let shared = shared(&p, "");
+    let close_of = |chunks: &[&str]| -> serde_json::Value {
+        let mut a = SessionAnalyzer::new(info(1, at(0)), shared.clone());
+        a.upstream_connected(
+            at(0),
+            "192.0.2.25:25".parse().unwrap(),
+            "192.0.2.10:51514".parse().unwrap(),
+            0.001,
+        );
+        for (i, c) in chunks.iter().enumerate() {
+            let side = if i % 2 == 0 {
+                Side::Server
+            } else {
+                Side::Client
+            };
+            a.bytes(Leg::EndToEnd, side, at(i as u64), c.as_bytes());
+        }
+        let ends = Ends {
+            client_end: DirEnd::Error {
+                code: "reset",
+                detail: "reading from client: Connection reset by peer (os error 104)".into(),
+            },
+            server_end: DirEnd::Fin,
+            client_bytes: 10,
+            server_bytes: 10,
+        };
+        a.close(at(9), ends, None);
+        let events = a.take_events();
+        let close = events
+            .iter()
+            .find(|e| matches!(e.kind, EventKind::Session(SessionEvent::Close { .. })))
+            .unwrap();
+        let sum = events
+            .iter()
+            .find(|e| matches!(e.kind, EventKind::Session(SessionEvent::Summary(_))))
+            .unwrap();
+        let mut v = serde_json::to_value(close).unwrap();
+        v["summary_close_reason"] = serde_json::to_value(sum).unwrap()["close_reason"].clone();
+        v
+    };
+    let greeting = [
+        "220 mx.example ESMTP\r\n",
+        "EHLO client.example\r\n",
+        "250 mx.example\r\n",
+    ];
+    let mut quit = greeting.to_vec();
+    quit.extend(["QUIT\r\n", "221 2.0.0 Bye\r\n"]);
+    let c = close_of(&quit[..]);
+    assert_eq!(c["reason"], "completed", "{c}");
+    assert_eq!(c["summary_close_reason"], "completed", "{c}");
+    assert_eq!(c["error"], "reset", "{c}");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Connection reset by peer") && detail.contains("after QUIT and its 221"),
+        "{detail}"
+    );
+    // Without QUIT's 221 the reset is an error.
+    let mut no_221 = greeting.to_vec();
+    no_221.push("QUIT\r\n");
+    let c = close_of(&no_221[..]);
+    assert_eq!(c["reason"], "error", "{c}");
+    assert_eq!(c["summary_close_reason"], "error", "{c}");
+}
