@@ -43,6 +43,7 @@ use crate::event::{Event, EventKind, Leg, RunId, SessionEvent, Side, Timestamp, 
 use crate::proxy::crl::CrlCache;
 use crate::session::{Analysis, DirEnd, Ends, Request, SessionAnalyzer, SessionInfo};
 use crate::sink::console::Console;
+use crate::smtp::{SmtpLimits, SmtpObserver};
 use tap::{TapLog, TapStream, Tapped};
 use verify::{Seen, SeenLog};
 
@@ -286,6 +287,11 @@ struct Driver {
     bytes: [u64; 2],
     fins: [bool; 2],
     error_finding: bool,
+    /// The SMTP dialogue inside TLS, which the probe alone sees in the clear
+    /// (the session core, like the relay, sees only records).
+    inner: Option<SmtpObserver>,
+    /// The cleartext banner, to start the inner observer past it.
+    banner: Vec<u8>,
 }
 
 impl Driver {
@@ -330,6 +336,35 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Starts following the SMTP dialogue inside TLS.
+    fn start_inner(&mut self, after_banner: bool) {
+        let mut obs = SmtpObserver::new(SmtpLimits::default());
+        if after_banner {
+            // The banner was reported in cleartext; the observer only needs
+            // to know it was seen, so its events are dropped.
+            let (mut evs, mut marks) = (Vec::new(), Vec::new());
+            obs.feed(Side::Server, &self.banner, &mut evs, &mut marks);
+        }
+        self.inner = Some(obs);
+    }
+
+    /// Plaintext SMTP inside TLS: reported as `smtp.*` events of the session
+    /// (transcript and JSON). They are not part of the diagnosis.
+    fn inner_bytes(&mut self, side: Side, data: &[u8]) {
+        let Some(obs) = self.inner.as_mut() else {
+            return;
+        };
+        let (mut evs, mut marks) = (Vec::new(), Vec::new());
+        obs.feed(side, data, &mut evs, &mut marks);
+        let ts = Timestamp::now();
+        let id = self.a.info().id;
+        for e in evs {
+            let ev = Event::new(ts, id, e).in_run(&self.run);
+            self.out.write(ev);
+        }
+        self.out.flush();
     }
 
     fn flush_events(&mut self) {
@@ -450,6 +485,8 @@ pub async fn run_to(cfg: ProxyConfig, analysis: Analysis, plan: Plan, out: &mut 
         bytes: [0, 0],
         fins: [false, false],
         error_finding: false,
+        inner: None,
+        banner: Vec::new(),
     };
     let code = match connected {
         Err(failure) => {
@@ -535,6 +572,8 @@ struct Reply {
 struct Conn<S> {
     s: S,
     buf: Vec<u8>,
+    /// Inside TLS: the plaintext is reported through the inner observer.
+    tls: bool,
 }
 
 fn io_end(what: &str, e: &std::io::Error) -> DirEnd {
@@ -542,8 +581,12 @@ fn io_end(what: &str, e: &std::io::Error) -> DirEnd {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(s: S) -> Self {
-        Conn { s, buf: Vec::new() }
+    fn new(s: S, tls: bool) -> Self {
+        Conn {
+            s,
+            buf: Vec::new(),
+            tls,
+        }
     }
 
     async fn send(&mut self, d: &mut Driver, line: &str) -> Result<(), DirEnd> {
@@ -555,6 +598,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         .await;
         d.sync().await;
+        if self.tls && r.is_ok() {
+            d.inner_bytes(Side::Client, &b);
+        }
         r.map_err(|e| io_end("sending", &e))
     }
 
@@ -596,7 +642,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             .into(),
                     })
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    if self.tls {
+                        d.inner_bytes(Side::Server, &chunk[..n]);
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
                 Err(e) => return Err(io_end("reading", &e)),
             }
         }
@@ -621,7 +672,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// QUIT, close our direction, and read until the server closes (briefly).
-    async fn quit(mut self, d: &mut Driver) -> Result<(), DirEnd> {
+    async fn quit(mut self, d: &mut Driver) -> Result<S, DirEnd> {
         let _ = self.command(d, "QUIT").await?;
         let _ = self.s.shutdown().await;
         let mut rest = [0u8; 4096];
@@ -635,11 +686,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         d.sync().await;
-        Ok(())
+        Ok(self.s)
     }
 
     /// Over TLS: EHLO, the optional envelope (MAIL, RCPT, RSET), QUIT.
-    async fn after_tls(mut self, d: &mut Driver, plan: &Plan) -> Result<(), DirEnd> {
+    async fn after_tls(mut self, d: &mut Driver, plan: &Plan) -> Result<S, DirEnd> {
         let hello = self.hello(d, &plan.ehlo).await?;
         if let (Some(_), Some(from)) = (hello, &plan.mail_from) {
             let r = self.command(d, &format!("MAIL FROM:<{from}>")).await?;
@@ -695,6 +746,22 @@ async fn handshake(
     }
 }
 
+/// After TLS ended (close_notify), the TCP FIN beneath it (briefly).
+async fn drain_tcp(d: &mut Driver, tls: tokio_rustls::client::TlsStream<TapStream>) {
+    let (mut tcp, _) = tls.into_inner();
+    let mut rest = [0u8; 4096];
+    let drain = async {
+        loop {
+            match tcp.read(&mut rest).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    d.sync().await;
+}
+
 /// The whole dialogue.
 async fn converse(
     d: &mut Driver,
@@ -705,28 +772,40 @@ async fn converse(
 ) -> Result<(), DirEnd> {
     if plan.implicit_tls {
         let s = handshake(d, tcp, tls, sni).await?;
-        let mut c = Conn::new(s);
+        d.start_inner(false);
+        let mut c = Conn::new(s, true);
         let banner = c.reply(d).await?;
-        if banner.code / 100 != 2 {
-            return c.quit(d).await;
-        }
-        return c.after_tls(d, plan).await;
+        let s = if banner.code / 100 != 2 {
+            c.quit(d).await?
+        } else {
+            c.after_tls(d, plan).await?
+        };
+        drain_tcp(d, s).await;
+        return Ok(());
     }
-    let mut c = Conn::new(tcp);
+    let mut c = Conn::new(tcp, false);
     let banner = c.reply(d).await?;
+    d.banner = banner
+        .lines
+        .iter()
+        .flat_map(|l| format!("{l}\r\n").into_bytes())
+        .collect();
     if banner.code / 100 != 2 {
-        return c.quit(d).await;
+        return c.quit(d).await.map(drop);
     }
     let Some(caps) = c.hello(d, &plan.ehlo).await? else {
-        return c.quit(d).await;
+        return c.quit(d).await.map(drop);
     };
     if !offers_starttls(&caps) {
-        return c.quit(d).await;
+        return c.quit(d).await.map(drop);
     }
     let r = c.command(d, "STARTTLS").await?;
     if r.code != 220 {
-        return c.quit(d).await;
+        return c.quit(d).await.map(drop);
     }
     let s = handshake(d, c.s, tls, sni).await?;
-    Conn::new(s).after_tls(d, plan).await
+    d.start_inner(true);
+    let s = Conn::new(s, true).after_tls(d, plan).await?;
+    drain_tcp(d, s).await;
+    Ok(())
 }
