@@ -310,3 +310,42 @@ async fn a_tls13_client_certificate_request_is_reported() {
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_server() {
+    let p = pki("implicit");
+    let issued = p.root.issue(&leaf(&[MX])).unwrap();
+    let tls = lab::server_config(issued.chain_der.clone(), issued.key_der.clone()).unwrap();
+    let mut profile = ServerProfile::new(MX, Some(tls));
+    profile.implicit_tls = true;
+    profile.offer_starttls = false;
+    let s = LabServer::start(profile).await.unwrap();
+    let r = probe(args(&[
+        &target(&s),
+        "--implicit-tls",
+        "--ca-file",
+        &ca(&p),
+        "--sni",
+        MX,
+        "--json",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let evs = events(&r);
+    assert_eq!(
+        named(&evs, "tls.client_hello")[0]["sni"],
+        MX,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(named(&evs, "cert.info").len(), 1);
+    // The banner and EHLO came inside TLS.
+    assert_eq!(named(&evs, "smtp.banner").len(), 1, "{}", r.stdout);
+    assert!(
+        named(&evs, "smtp.command")
+            .iter()
+            .any(|c| c["verb"] == "QUIT"),
+        "{}",
+        r.stdout
+    );
+}

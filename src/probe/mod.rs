@@ -361,6 +361,11 @@ impl Driver {
         let ts = Timestamp::now();
         let id = self.a.info().id;
         for e in evs {
+            // Inside TLS no STARTTLS is offered, rightly: the capabilities
+            // fact would read as a problem; the reply lines carry them.
+            if matches!(e, crate::smtp::SmtpEvent::Capabilities { .. }) {
+                continue;
+            }
             let ev = Event::new(ts, id, e).in_run(&self.run);
             self.out.write(ev);
         }
