@@ -66,7 +66,12 @@ async fn probe(args: Vec<String>) -> Run {
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtptap"))
             .arg("probe")
-            .args(["--ehlo", "probe.example.test", "--timeout", "20"])
+            .args(["--ehlo", "probe.example.test"])
+            .args(if args.iter().any(|a| a == "--timeout") {
+                &[][..]
+            } else {
+                &["--timeout", "20"][..]
+            })
             .args(&args)
             .env_remove("RUST_LOG")
             .output()
@@ -348,4 +353,81 @@ async fn implicit_tls_server() {
         "{}",
         r.stdout
     );
+}
+
+/// A TLS 1.2 server that requires a client certificate from `p`'s CA.
+async fn server_requiring_client_cert(p: &Pki) -> LabServer {
+    let issued = p.root.issue(&leaf(&[MX])).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(p.root.der()))
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(issued.rustls_chain(), issued.rustls_key())
+        .unwrap();
+    LabServer::start(ServerProfile::new(MX, Some(Arc::new(cfg))))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_client_certificate_fails_without_and_passes_with_one() {
+    let p = pki("client-cert-required");
+    let s = server_requiring_client_cert(&p).await;
+    let r = probe(args(&[&target(&s), "--ca-file", &ca(&p), "--json"])).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let evs = events(&r);
+    assert_eq!(named(&evs, "tls.certificate_request").len(), 1);
+    let f = findings(&evs);
+    assert!(!errors(&f).is_empty(), "{f:#?}");
+
+    let dir = temp_dir("probe-client-cert-files");
+    let client = p
+        .root
+        .issue(&LeafSpec::client(["probe.example.test"]))
+        .unwrap();
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    std::fs::write(&cert, client.chain_pem()).unwrap();
+    std::fs::write(&key, client.key_pem()).unwrap();
+    let r = probe(args(&[
+        &target(&s),
+        "--ca-file",
+        &ca(&p),
+        "--client-cert",
+        &cert.display().to_string(),
+        "--client-key",
+        &key.display().to_string(),
+        "--json",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let evs = events(&r);
+    assert_eq!(
+        named(&evs, "session.summary")[0]["tls_established"],
+        true,
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out_with_exit_1() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = l.accept().await {
+            held.push(c);
+        }
+    });
+    let started = std::time::Instant::now();
+    let r = probe(args(&[&addr.to_string(), "--timeout", "1"])).await;
+    hold.abort();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(r.stdout.contains("gave up after 1s"), "{}", r.stdout);
 }
