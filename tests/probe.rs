@@ -382,8 +382,12 @@ async fn a_required_client_certificate_fails_without_and_passes_with_one() {
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let evs = events(&r);
     assert_eq!(named(&evs, "tls.certificate_request").len(), 1);
+    // The server's alert is read after the failed handshake: the finding says
+    // who gave up and why.
     let f = findings(&evs);
-    assert!(!errors(&f).is_empty(), "{f:#?}");
+    assert_eq!(errors(&f), vec!["tls.handshake_failed".to_string()]);
+    let ev = finding(&f, "tls.handshake_failed")["evidence"].to_string();
+    assert!(ev.contains("fatal certificate_required"), "{ev}");
 
     let dir = temp_dir("probe-client-cert-files");
     let client = p
@@ -430,4 +434,19 @@ async fn a_silent_server_times_out_with_exit_1() {
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert!(r.stdout.contains("gave up after 1s"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_refused_exits_1() {
+    let p = pki("refused");
+    let issued = p.root.issue(&leaf(&[MX])).unwrap();
+    let tls = lab::server_config(issued.chain_der.clone(), issued.key_der.clone()).unwrap();
+    let mut profile = ServerProfile::new(MX, Some(tls));
+    profile.refuse_starttls = true;
+    let s = LabServer::start(profile).await.unwrap();
+    let r = probe(args(&[&target(&s), "--ca-file", &ca(&p)])).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("454 4.7.0"), "{}", r.stdout);
+    assert!(r.stdout.contains("-> QUIT"), "{}", r.stdout);
+    assert!(r.stdout.contains("[error]"), "{}", r.stdout);
 }

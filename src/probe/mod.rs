@@ -732,6 +732,7 @@ async fn handshake(
     })?;
     let r = tokio_rustls::TlsConnector::from(cfg)
         .connect(sni, tcp)
+        .into_fallible()
         .await;
     match r {
         Ok(tls) => {
@@ -744,7 +745,10 @@ async fn handshake(
             d.after_handshake(version.as_deref()).await;
             Ok(tls)
         }
-        Err(e) => {
+        Err((e, mut tcp)) => {
+            // The server's alert (and FIN) may still be unread: the analysis
+            // needs them to say who gave up and why.
+            drain_raw(&mut tcp).await;
             d.after_handshake(None).await;
             Err(io_end("TLS handshake", &e))
         }
@@ -754,6 +758,12 @@ async fn handshake(
 /// After TLS ended (close_notify), the TCP FIN beneath it (briefly).
 async fn drain_tcp(d: &mut Driver, tls: tokio_rustls::client::TlsStream<TapStream>) {
     let (mut tcp, _) = tls.into_inner();
+    drain_raw(&mut tcp).await;
+    d.sync().await;
+}
+
+/// Reads what the server still sends until it closes (at most 2 s).
+async fn drain_raw(tcp: &mut TapStream) {
     let mut rest = [0u8; 4096];
     let drain = async {
         loop {
@@ -764,7 +774,6 @@ async fn drain_tcp(d: &mut Driver, tls: tokio_rustls::client::TlsStream<TapStrea
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    d.sync().await;
 }
 
 /// The whole dialogue.
