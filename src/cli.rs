@@ -32,6 +32,10 @@ pub enum Command {
     Proxy(Box<ProxyArgs>),
     /// Read a delivered message's Received headers: which hops used TLS, and how.
     Headers(crate::headers::HeadersArgs),
+    /// Check a server actively: connect, EHLO, STARTTLS, handshake, EHLO, QUIT; report and judge.
+    /// The exit status is the verdict: 0 no error finding, 1 an error finding,
+    /// 2 usage or configuration error, 3 could not connect.
+    Probe(Box<crate::probe::ProbeArgs>),
 }
 
 /// `smtptap proxy` flags. Flags override the values of `--config`.
@@ -189,6 +193,7 @@ pub fn main() -> ExitCode {
             let code = crate::headers::run(&args, &mut std::io::stdout().lock());
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
+        Command::Probe(args) => ExitCode::from(crate::probe::main(&args)),
     }
 }
 
