@@ -192,14 +192,9 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_through_the_binary_then_sigterm_flushes_and_exits_zero() {
-    let server = LabServer::start(ServerProfile::new("mx.cli.example.test", None))
-        .await
-        .unwrap();
-    let d = temp("session");
-    let log = d.join("events.jsonl");
-    let mut p = Proxy::start(&server.addr().to_string(), &log, &[]);
+/// Sends one message through the proxy on `port`, then stops it with
+/// SIGTERM; returns the exit code and the console.
+async fn one_message_then_sigterm(mut p: Proxy, subject: &str) -> (i32, String) {
     let opts = ClientOptions {
         ehlo: "client.cli.example.test".into(),
         starttls: StartTls::IfOffered,
@@ -207,16 +202,27 @@ async fn a_session_through_the_binary_then_sigterm_flushes_and_exits_zero() {
         server_name: "mx".into(),
         from: "a@example.test".into(),
         to: vec!["b@example.test".into()],
-        body: b"Subject: cli\r\n\r\nhello\r\n".to_vec(),
+        body: format!("Subject: {subject}\r\n\r\nhello\r\n").into_bytes(),
         helo: false,
     };
     let r = lab::send(format!("127.0.0.1:{}", p.port).parse().unwrap(), &opts).await;
     assert_eq!(r.error, None);
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.sigterm();
-    let (code, console) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(20)))
+    tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(20)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_through_the_binary_then_sigterm_flushes_and_exits_zero() {
+    let server = LabServer::start(ServerProfile::new("mx.cli.example.test", None))
         .await
         .unwrap();
+    let d = temp("session");
+    let log = d.join("events.jsonl");
+    let p = Proxy::start(&server.addr().to_string(), &log, &[]);
+    let (code, console) = one_message_then_sigterm(p, "cli").await;
     assert_eq!(code, 0);
     assert!(
         console.contains(" -> EHLO client.cli.example.test"),
@@ -302,24 +308,8 @@ async fn two_runs_appending_to_one_log_never_collide() {
     let d = temp("two-runs");
     let log = d.join("events.jsonl");
     for _ in 0..2 {
-        let mut p = Proxy::start(&server.addr().to_string(), &log, &[]);
-        let opts = ClientOptions {
-            ehlo: "client.cli.example.test".into(),
-            starttls: StartTls::IfOffered,
-            tls: None,
-            server_name: "mx".into(),
-            from: "a@example.test".into(),
-            to: vec!["b@example.test".into()],
-            body: b"Subject: runs\r\n\r\nhello\r\n".to_vec(),
-            helo: false,
-        };
-        let r = lab::send(format!("127.0.0.1:{}", p.port).parse().unwrap(), &opts).await;
-        assert_eq!(r.error, None);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        p.sigterm();
-        let (code, _) = tokio::task::spawn_blocking(move || p.wait(Duration::from_secs(20)))
-            .await
-            .unwrap();
+        let p = Proxy::start(&server.addr().to_string(), &log, &[]);
+        let (code, _) = one_message_then_sigterm(p, "runs").await;
         assert_eq!(code, 0);
     }
     let text = std::fs::read_to_string(&log).unwrap();

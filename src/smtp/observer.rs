@@ -50,6 +50,31 @@ struct Envelope {
     rcpt_count: u64,
 }
 
+impl Envelope {
+    /// The `smtp.message` that ends this transaction.
+    fn message(
+        self,
+        via: &str,
+        size: u64,
+        accepted: bool,
+        code: u16,
+        enhanced: Option<String>,
+        text: String,
+    ) -> SmtpEvent {
+        SmtpEvent::Message {
+            via: via.into(),
+            size,
+            accepted,
+            code,
+            enhanced,
+            text,
+            mail_from: self.mail_from,
+            rcpt_to: self.rcpt_to,
+            rcpt_count: self.rcpt_count,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
@@ -843,31 +868,11 @@ impl SmtpObserver {
             PendingKind::Reset if ok => self.envelope = Envelope::default(),
             PendingKind::EndOfData { size } => {
                 let env = std::mem::take(&mut self.envelope);
-                out.push(SmtpEvent::Message {
-                    via: "DATA".into(),
-                    size,
-                    accepted: ok,
-                    code,
-                    enhanced,
-                    text,
-                    mail_from: env.mail_from,
-                    rcpt_to: env.rcpt_to,
-                    rcpt_count: env.rcpt_count,
-                })
+                out.push(env.message("DATA", size, ok, code, enhanced, text));
             }
             PendingKind::Bdat { last: true, total } => {
                 let env = std::mem::take(&mut self.envelope);
-                out.push(SmtpEvent::Message {
-                    via: "BDAT".into(),
-                    size: total,
-                    accepted: ok,
-                    code,
-                    enhanced,
-                    text,
-                    mail_from: env.mail_from,
-                    rcpt_to: env.rcpt_to,
-                    rcpt_count: env.rcpt_count,
-                })
+                out.push(env.message("BDAT", total, ok, code, enhanced, text));
             }
             _ => {}
         }
