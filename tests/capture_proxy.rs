@@ -118,6 +118,10 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
         "unexpected capture error"
     );
 
+    // Private to its owner: a capture holds whole conversations.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "capture file mode {mode:o}");
     let f = file.display().to_string();
     let (from_client, from_server) = follow_raw(&f, up.port());
     // Compare lengths, then contents with assert! (assert_eq! on megabytes is unreadable).

@@ -232,6 +232,10 @@ async fn a_session_through_the_binary_then_sigterm_flushes_and_exits_zero() {
         console.contains("<-  250 2.0.0 Ok: queued as LAB1"),
         "{console}"
     );
+    // Private to its owner: the log names hosts, addresses and envelopes.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "log file mode {mode:o}");
     let text = std::fs::read_to_string(&log).unwrap();
     let events: Vec<serde_json::Value> = text
         .lines()

@@ -217,7 +217,16 @@ impl OpenFile {
     /// `buffer`: write buffer size (per-session files get a small one, since
     /// many may be open at once).
     fn create(path: &Path, legs: Legs, buffer: usize) -> io::Result<OpenFile> {
-        let file = File::create(path)?;
+        // Private to the owner: a capture holds whole conversations.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)?
+        };
         let w = Counting {
             inner: BufWriter::with_capacity(buffer, file),
             n: 0,

@@ -11,11 +11,14 @@ pub fn write(w: &mut dyn Write, ev: &Event) -> io::Result<()> {
     w.write_all(&line)
 }
 
-/// Opens a JSON lines file for appending (created if missing).
+/// Opens a JSON lines file for appending (created if missing, readable by
+/// its owner only: the log names hosts, addresses and mail envelopes).
 pub fn open(path: &std::path::Path) -> io::Result<Box<dyn Write + Send>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     Ok(Box::new(io::BufWriter::with_capacity(64 * 1024, f)))
