@@ -62,7 +62,10 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
     let (up, up_task) = scripted_upstream(script).await;
     let proxy = TestProxy::start(
         &up.to_string(),
-        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+        &format!(
+            "[capture]\nenabled = true\nbodies = true\npath = \"{}\"\n",
+            file.display()
+        ),
     )
     .await;
 
@@ -181,7 +184,10 @@ async fn starttls_session_capture_dissects_smtp_and_the_tls12_handshake() {
         .unwrap();
     let proxy = TestProxy::start(
         &server.addr().to_string(),
-        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+        &format!(
+            "[capture]\nenabled = true\nbodies = true\npath = \"{}\"\n",
+            file.display()
+        ),
     )
     .await;
     let mut body = Vec::new();
@@ -286,7 +292,10 @@ async fn after_an_smtp_desync_credentials_stay_out_of_the_capture() {
     });
     let proxy = TestProxy::start(
         &up.to_string(),
-        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+        &format!(
+            "[capture]\nenabled = true\nbodies = true\npath = \"{}\"\n",
+            file.display()
+        ),
     )
     .await;
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
@@ -332,7 +341,10 @@ async fn cleartext_after_starttls_keeps_credentials_out_of_the_capture() {
     let (up, server) = starttls_upstream(b"220 2.0.0 Ready to start TLS\r\n").await;
     let proxy = TestProxy::start(
         &up.to_string(),
-        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+        &format!(
+            "[capture]\nenabled = true\nbodies = true\npath = \"{}\"\n",
+            file.display()
+        ),
     )
     .await;
     let (sent, _) = client_script(
@@ -381,7 +393,10 @@ async fn bytes_pipelined_after_a_refused_starttls_stay_out_of_the_capture() {
         starttls_upstream(b"454 4.7.0 TLS not available due to local problem\r\n").await;
     let proxy = TestProxy::start(
         &up.to_string(),
-        &format!("[capture]\nenabled = true\npath = \"{}\"\n", file.display()),
+        &format!(
+            "[capture]\nenabled = true\nbodies = true\npath = \"{}\"\n",
+            file.display()
+        ),
     )
     .await;
     let (sent, last) = client_script(

@@ -237,7 +237,9 @@ impl Default for CaptureSection {
             per_session: false,
             rotate_bytes: DEFAULT_ROTATE_BYTES,
             legs: Legs::ClientView,
-            bodies: true,
+            // Off by default: the tool is about TLS, and many organisations
+            // forbid capturing mail content.
+            bodies: false,
             redact_auth: true,
             max_bytes_per_session: 0,
             clients: Vec::new(),

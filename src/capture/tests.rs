@@ -323,7 +323,8 @@ fn resolve_errors_name_the_key() {
 fn section_parses_from_toml_with_defaults_and_rejects_unknown_keys() {
     let s: CaptureSection =
         toml::from_str("enabled = true\npath = \"cap.pcapng\"\nlegs = \"both\"\n").unwrap();
-    assert!(s.enabled && s.bodies && s.redact_auth && !s.per_session);
+    // Bodies are left out unless asked (privacy by default).
+    assert!(s.enabled && !s.bodies && s.redact_auth && !s.per_session);
     assert_eq!(s.legs, Legs::Both);
     assert_eq!(s.rotate_bytes, DEFAULT_ROTATE_BYTES);
     let c = s.resolve("capture").unwrap();
