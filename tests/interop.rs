@@ -897,6 +897,42 @@ fn captures_tshark_dissects_the_swaks_starttls_session() {
     );
 }
 
+/// The Wireshark hint the README prints, run word for word (FILE and
+/// UPSTREAM_PORT filled in): it must dissect the SMTP of a capture whose
+/// upstream is on a non-standard port.
+#[test]
+fn the_readme_tshark_decode_hint_works_as_printed() {
+    need("tshark", "/usr/bin/tshark");
+    let o = swaks_plain_to_c();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("tshark -r FILE -d tcp.port==UPSTREAM_PORT,smtp"))
+        .expect("the README's decode hint");
+    let pcap = o.pcap.display().to_string();
+    let port = o.upstream_port.to_string();
+    let words: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.replace("FILE", &pcap).replace("UPSTREAM_PORT", &port))
+        .collect();
+    let out = Command::new("tshark")
+        .args(&words)
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SMTP") && text.contains("530"),
+        "{line}\n{text}"
+    );
+}
+
 #[test]
 fn captures_tshark_sees_the_530_of_the_tls_required_profile() {
     let o = swaks_plain_to_c();
