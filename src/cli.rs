@@ -219,29 +219,10 @@ fn proxy_main(args: &ProxyArgs) -> ExitCode {
     };
     if args.check {
         println!("{file}: configuration is valid");
-        println!(
-            "  listen:   {}",
-            cfg.listen
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!(
-            "  upstream: {}{}",
-            cfg.upstream,
-            if cfg.implicit_tls {
-                " (implicit TLS)"
-            } else {
-                ""
-            }
-        );
-        println!("  limits:   {:?}", cfg.limits);
-        println!("  log:      {:?}", cfg.log);
-        println!("  tls:      {:?}", cfg.tls);
-        println!("  capture:  {:?}", cfg.capture);
-        for d in &cfg.destinations {
-            println!("  destination {}: expect_names {:?}", d.net, d.expect_names);
+        println!("# the resolved configuration (defaults filled in):");
+        match toml::to_string_pretty(&toml_of(cfg.resolved_json())) {
+            Ok(text) => print!("{text}"),
+            Err(e) => eprintln!("smtptap: cannot show the resolved configuration: {e}"),
         }
         return ExitCode::SUCCESS;
     }
@@ -335,5 +316,27 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A JSON value as TOML: nulls (unset options) are left out, since TOML has
+/// no null.
+fn toml_of(v: serde_json::Value) -> toml::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => toml::Value::String(String::new()),
+        J::Bool(b) => toml::Value::Boolean(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        J::String(s) => toml::Value::String(s),
+        J::Array(a) => toml::Value::Array(a.into_iter().map(toml_of).collect()),
+        J::Object(o) => toml::Value::Table(
+            o.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, toml_of(v)))
+                .collect(),
+        ),
     }
 }

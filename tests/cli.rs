@@ -46,7 +46,25 @@ fn check_accepts_the_shipped_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    // The resolved configuration is printed as TOML, not as Rust Debug text.
+    let body: String = stdout.lines().skip(1).collect::<Vec<_>>().join("\n");
+    let parsed: toml::Value = toml::from_str(&body).expect("--check prints TOML");
+    assert_eq!(
+        parsed["limits"]["max_sessions"].as_integer(),
+        Some(500),
+        "{body}"
+    );
+    assert_eq!(
+        parsed["tls"]["mozilla_roots"].as_bool(),
+        Some(true),
+        "{body}"
+    );
+    assert!(
+        !stdout.contains("Limits {") && !stdout.contains("Some("),
+        "{stdout}"
+    );
 }
 
 #[test]

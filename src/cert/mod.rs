@@ -154,7 +154,7 @@ pub enum CertEvent {
         /// "unsupported_key", "wrong_usage" (EKU lacks serverAuth/clientAuth),
         /// "ca_used_as_leaf" (a CA:TRUE certificate presented as the leaf), "other".
         error: Option<String>,
-        /// Human explanation, including webpki's own error.
+        /// Human explanation in words (with dates for validity failures).
         detail: Option<String>,
         /// Each certificate is issued (by name) by the next one.
         order_ok: bool,

@@ -368,6 +368,27 @@ fn expired_and_not_yet_valid_leaves() {
         assert!(!trusted, "{kind}");
         assert_eq!(error.as_deref(), Some(kind));
         assert!(!missing);
+        // Words and dates, no Rust Debug text (`CertExpired { time: UnixTime(…) }`).
+        let detail = ev
+            .iter()
+            .find_map(|e| match e {
+                CertEvent::Chain { detail, .. } => detail.clone(),
+                _ => None,
+            })
+            .unwrap();
+        let edge = if kind == "expired" {
+            "not after 20"
+        } else {
+            "not before 20"
+        };
+        assert!(
+            detail.contains(edge) && detail.contains("checked at 20"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains('{') && !detail.contains("UnixTime"),
+            "{detail}"
+        );
         match &ev[0] {
             CertEvent::Info {
                 expired,

@@ -254,7 +254,10 @@ pub(crate) fn verify(
             return Verdict {
                 trusted: false,
                 error: Some(error_kind(&e, leaf_self_signed).into()),
-                detail: Some(format!("leaf certificate rejected by webpki: {e:?}")),
+                detail: Some(format!(
+                    "the leaf certificate could not be read as an end-entity certificate: {}",
+                    describe(&e, leaf_self_signed)
+                )),
                 anchor: None,
             }
         }
@@ -297,7 +300,7 @@ pub(crate) fn verify(
         Err(e) => Verdict {
             trusted: false,
             error: Some(error_kind(&e, leaf_self_signed).into()),
-            detail: Some(format!("{}: webpki {e:?}", describe(&e, leaf_self_signed))),
+            detail: Some(detail(&e, leaf_self_signed)),
             anchor: None,
         },
     }
@@ -320,6 +323,39 @@ fn error_kind(e: &webpki::Error, leaf_self_signed: bool) -> &'static str {
         | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => "unsupported_key",
         E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => "wrong_usage",
         _ => "other",
+    }
+}
+
+/// The words for a verification failure, with the dates when validity is
+/// the reason (no Rust Debug text reaches a user).
+fn detail(e: &webpki::Error, leaf_self_signed: bool) -> String {
+    let when = |t: &rustls_pki_types::UnixTime| {
+        let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+        time::OffsetDateTime::from_unix_timestamp(secs)
+            .ok()
+            .and_then(|d| {
+                d.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("{secs} s after 1970"))
+    };
+    let base = describe(e, leaf_self_signed);
+    match e {
+        webpki::Error::CertExpired { time, not_after } => {
+            format!(
+                "{base} (not after {}, checked at {})",
+                when(not_after),
+                when(time)
+            )
+        }
+        webpki::Error::CertNotValidYet { time, not_before } => {
+            format!(
+                "{base} (not before {}, checked at {})",
+                when(not_before),
+                when(time)
+            )
+        }
+        _ => base.to_string(),
     }
 }
 
