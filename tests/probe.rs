@@ -436,6 +436,30 @@ async fn a_silent_server_times_out_with_exit_1() {
     assert!(r.stdout.contains("gave up after 1s"), "{}", r.stdout);
 }
 
+/// A server whose banner never ends (`220-` lines forever): the probe stops
+/// at its reply bound and says so, instead of reading until it runs out of
+/// memory or time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_multi_line_reply_is_cut_at_the_bound() {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let flood = tokio::spawn(async move {
+        if let Ok((mut c, _)) = l.accept().await {
+            let line = b"220-mx.example.test still greeting you\r\n".repeat(64);
+            while c.write_all(&line).await.is_ok() {}
+        }
+    });
+    let r = probe(args(&[&addr.to_string(), "--timeout", "20"])).await;
+    flood.abort();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("an SMTP reply of more than 1000 lines"),
+        "{}",
+        r.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_refused_exits_1() {
     let p = pki("refused");

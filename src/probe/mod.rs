@@ -39,6 +39,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::cli::ProxyArgs;
 use crate::config::{ProxyConfig, Upstream, UpstreamTarget};
 use crate::diagnose::Severity;
+
+/// Most lines and bytes of one server reply the probe reads before giving up
+/// (the relay's SMTP observer has the same line bound).
+const MAX_REPLY_LINES: usize = 1000;
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Most bytes read while draining a closing server (each kept by the tap
+/// until the next sync).
+const MAX_DRAIN: usize = 1024 * 1024;
 use crate::event::{Event, EventKind, Leg, RunId, SessionEvent, Side, Timestamp, SCHEMA_VERSION};
 use crate::proxy::crl::CrlCache;
 use crate::session::{Analysis, DirEnd, Ends, Request, SessionAnalyzer, SessionInfo};
@@ -612,10 +620,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Reads one complete reply (all its lines).
     async fn reply(&mut self, d: &mut Driver) -> Result<Reply, DirEnd> {
         let mut lines = Vec::new();
+        let mut total = 0usize;
         loop {
             while let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
                 let text = String::from_utf8_lossy(&line[..pos]).to_string();
+                // Bounded whatever the server sends: an endless multi-line
+                // reply ends the probe instead of growing its memory.
+                total += line.len();
+                if lines.len() >= MAX_REPLY_LINES || total > MAX_REPLY_BYTES {
+                    return Err(DirEnd::Error {
+                        code: "other",
+                        detail: format!(
+                            "an SMTP reply of more than {MAX_REPLY_LINES} lines or {} KiB",
+                            MAX_REPLY_BYTES / 1024
+                        ),
+                    });
+                }
                 let last = text.as_bytes().get(3) != Some(&b'-');
                 let code = text.get(..3).and_then(|c| c.parse::<u16>().ok());
                 lines.push(text);
@@ -630,7 +651,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     };
                 }
             }
-            if self.buf.len() > 64 * 1024 {
+            if self.buf.len() > MAX_REPLY_BYTES {
                 return Err(DirEnd::Error {
                     code: "other",
                     detail: "an SMTP reply longer than 64 KiB".into(),
@@ -682,10 +703,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = self.s.shutdown().await;
         let mut rest = [0u8; 4096];
         let drain = async {
-            loop {
+            let mut total = 0;
+            while total < MAX_DRAIN {
                 match self.s.read(&mut rest).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    Ok(n) => total += n,
                 }
             }
         };
@@ -762,14 +784,16 @@ async fn drain_tcp(d: &mut Driver, tls: tokio_rustls::client::TlsStream<TapStrea
     d.sync().await;
 }
 
-/// Reads what the server still sends until it closes (at most 2 s).
+/// Reads what the server still sends until it closes (at most 2 s and
+/// [`MAX_DRAIN`] bytes: the tap keeps what it reads until the next sync).
 async fn drain_raw(tcp: &mut TapStream) {
     let mut rest = [0u8; 4096];
     let drain = async {
-        loop {
+        let mut total = 0;
+        while total < MAX_DRAIN {
             match tcp.read(&mut rest).await {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(n) => total += n,
             }
         }
     };

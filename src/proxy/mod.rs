@@ -1,6 +1,7 @@
 //! The live proxy: listeners, the upstream connection, the relay, the
-//! driver of the session core, CRL fetching, and graceful shutdown. With
-//! `lab` (a demo peer), the only module that touches sockets.
+//! driver of the session core, CRL fetching, and graceful shutdown. Besides
+//! `probe` (its own client connection) and `lab` (demo peers), the only
+//! module that touches sockets.
 //!
 //! ```text
 //!  listener(s) ──accept──▶ session controller (one task per connection)

@@ -4,9 +4,9 @@
 //! [`Event`]s and [`Request`]s for work it must not do itself (fetch these
 //! CRLs). It reads no clock (time comes with the inputs, so a capture's
 //! timestamps work as live ones do), touches no socket, spawns nothing, and
-//! runs without an async runtime. The live proxy (`proxy::analysis`) drives
-//! it today; the probe, intercept mode and offline analysis drive the same
-//! type.
+//! runs without an async runtime. The live proxy (`proxy::analysis`) and
+//! `smtptap probe` (`probe`) drive it today; intercept mode and offline
+//! analysis will drive the same type.
 //!
 //! ```text
 //!  driver ──opened / upstream_connected / upstream_failed / loop_refused──▶ ┐
