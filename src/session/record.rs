@@ -108,14 +108,8 @@ impl Record {
                 text,
                 ..
             }) => {
-                c.last_reply = Some(
-                    match enhanced.as_deref() {
-                        Some(e) if !e.is_empty() => format!("{code} {e} {text}"),
-                        _ => format!("{code} {text}"),
-                    }
-                    .trim_end()
-                    .to_string(),
-                );
+                // The same spelling as the diagnosis quotes replies in.
+                c.last_reply = Some(crate::diagnose::Reply::new(*code, enhanced, text).line());
             }
             _ => {}
         }
