@@ -150,6 +150,14 @@ pub struct RawTls {
     pub expiry_warning_days: Option<u32>,
     /// Compare the certificate with the host name announced in the banner and EHLO reply.
     pub check_announced_names: Option<bool>,
+    /// Side-probe the upstream when TLS 1.3 hides its certificate.
+    pub side_probe: Option<bool>,
+    /// Seconds a side-probe's result is reused for the same upstream and SNI.
+    pub side_probe_cache_secs: Option<u64>,
+    /// Most new side-probes per minute (the rest are reported as rate-limited).
+    pub side_probe_per_minute: Option<u32>,
+    /// Seconds a side-probe may take.
+    pub side_probe_timeout_secs: Option<u64>,
 }
 
 /// What to do for a client whose upstream cannot be reached.
@@ -227,6 +235,15 @@ pub struct TlsSettings {
     pub expiry_warning_days: u32,
     /// Compare the certificate with the banner/EHLO host names.
     pub check_announced_names: bool,
+    /// Side-probe the upstream when a passthrough session's TLS 1.3 hides
+    /// the server's certificate.
+    pub side_probe: bool,
+    /// How long a side-probe's result is reused (same upstream address and SNI).
+    pub side_probe_cache: Duration,
+    /// Most new side-probes per minute, across the run.
+    pub side_probe_per_minute: u32,
+    /// Deadline of one side-probe (connect, EHLO, STARTTLS, handshake).
+    pub side_probe_timeout: Duration,
 }
 
 impl Default for TlsSettings {
@@ -240,6 +257,10 @@ impl Default for TlsSettings {
             crl_files: Vec::new(),
             expiry_warning_days: 30,
             check_announced_names: true,
+            side_probe: true,
+            side_probe_cache: Duration::from_secs(600),
+            side_probe_per_minute: 30,
+            side_probe_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -434,6 +455,10 @@ impl ProxyConfig {
                 "crl_files": self.tls.crl_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "expiry_warning_days": self.tls.expiry_warning_days,
                 "check_announced_names": self.tls.check_announced_names,
+                "side_probe": self.tls.side_probe,
+                "side_probe_cache_s": secs(self.tls.side_probe_cache),
+                "side_probe_per_minute": self.tls.side_probe_per_minute,
+                "side_probe_timeout_s": secs(self.tls.side_probe_timeout),
             },
             "destinations": self.destinations.iter().map(|d| json!({
                 "match": d.net.to_string(),
@@ -652,7 +677,23 @@ impl RawConfig {
             check_revocation: t.check_revocation.unwrap_or(td.check_revocation),
             expiry_warning_days: t.expiry_warning_days.unwrap_or(td.expiry_warning_days),
             check_announced_names: t.check_announced_names.unwrap_or(td.check_announced_names),
+            side_probe: t.side_probe.unwrap_or(td.side_probe),
+            side_probe_cache: Duration::from_secs(
+                t.side_probe_cache_secs
+                    .unwrap_or(td.side_probe_cache.as_secs()),
+            ),
+            side_probe_per_minute: t.side_probe_per_minute.unwrap_or(td.side_probe_per_minute),
+            side_probe_timeout: Duration::from_secs(
+                t.side_probe_timeout_secs
+                    .unwrap_or(td.side_probe_timeout.as_secs()),
+            ),
         };
+        if tls.side_probe && tls.side_probe_timeout.is_zero() {
+            return Err(err(
+                "tls.side_probe_timeout_secs",
+                "must be at least 1 (or set side_probe = false)".into(),
+            ));
+        }
         if !tls.mozilla_roots && !tls.system_roots && tls.ca_files.is_empty() {
             return Err(err(
                 "tls",

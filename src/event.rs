@@ -166,6 +166,28 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// Where a certificate that was not on this session's wire came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// smtptap's own connection to the same upstream, made because this
+    /// session's TLS 1.3 hid the certificate (`tls.side_probe`).
+    SideProbe,
+    /// The TLS handshake the driver made itself (`smtptap probe`'s own
+    /// TLS 1.3 connection): the chain rustls received.
+    Handshake,
+}
+
+impl Source {
+    /// The word used in the log.
+    pub fn word(self) -> &'static str {
+        match self {
+            Source::SideProbe => "side_probe",
+            Source::Handshake => "handshake",
+        }
+    }
+}
+
 /// One fact about one session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -180,6 +202,10 @@ pub struct Event {
     /// The TLS session a `tls.*` or `cert.*` fact belongs to (absent on others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<Leg>,
+    /// Where a `cert.*` fact's certificate came from when it was not this
+    /// session's own wire bytes (absent: seen on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
     /// What happened; serialized flat, with the dotted name in `event`.
     #[serde(flatten)]
     pub kind: EventKind,
@@ -193,8 +219,15 @@ impl Event {
             run: empty_run(),
             session,
             leg: None,
+            source: None,
             kind: kind.into(),
         }
+    }
+
+    /// The same event, with its evidence's `source`.
+    pub fn from_source(mut self, source: Option<Source>) -> Self {
+        self.source = source;
+        self
     }
 
     /// The same event, on `leg`.
@@ -380,6 +413,37 @@ pub enum SessionEvent {
         /// Whether the reply reached the client's socket.
         reply_delivered: bool,
     },
+    /// The side-probe: smtptap's own connection to this session's upstream
+    /// (EHLO, STARTTLS, a TLS handshake with the client's SNI), made because
+    /// this session's TLS 1.3 hid the server's certificate. Its chain
+    /// follows as `cert.*` events with `source: "side_probe"`.
+    #[serde(rename = "tls.side_probe")]
+    SideProbe {
+        /// The upstream address probed (the one this session connected to).
+        server_ip: std::net::IpAddr,
+        /// Its port.
+        server_port: u16,
+        /// The SNI sent (the client's), if any.
+        sni: Option<String>,
+        /// Whether the probe got the server's certificate.
+        ok: bool,
+        /// The TLS version the probe negotiated.
+        version: Option<String>,
+        /// The cipher suite the probe negotiated.
+        cipher: Option<String>,
+        /// Certificates in the chain the server sent the probe.
+        chain_len: usize,
+        /// The result came from the cache (another session's probe).
+        cached: bool,
+        /// Seconds between the probe and this session's use of it.
+        age_s: f64,
+        /// Why it failed, as a stable code: `refused`, `timeout`,
+        /// `no_starttls`, `starttls_refused`, `handshake`, `rate_limited`,
+        /// `not_smtp`, `other`.
+        error: Option<String>,
+        /// Why, in words.
+        detail: Option<String>,
+    },
     /// From here on the stream is TLS (after a STARTTLS 220, or implicit TLS).
     #[serde(rename = "tls.started")]
     TlsStarted {
@@ -451,6 +515,7 @@ impl SessionEvent {
             SessionEvent::UpstreamLoopRefused { .. } => "upstream.loop_refused",
             SessionEvent::UpstreamFailed { .. } => "upstream.failed",
             SessionEvent::TlsStarted { .. } => "tls.started",
+            SessionEvent::SideProbe { .. } => "tls.side_probe",
             SessionEvent::PriorTlsFailure { .. } => "session.prior_tls_failure",
             SessionEvent::HalfClose { .. } => "session.half_close",
             SessionEvent::ObserverLagged { .. } => "observer.lagged",

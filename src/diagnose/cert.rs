@@ -4,10 +4,51 @@
 
 use super::{ids, Context, Finding, SessionView, Severity};
 use crate::cert::{CertEvent, CertInfo, NameCheck, NameSource};
-use crate::event::Side;
+use crate::event::{SessionEvent, Side, Source};
 use crate::tls::TlsEvent;
 
-pub(super) fn rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
+pub(super) fn rules(v: &SessionView, ctx: &Context, all: &mut Vec<Finding>) {
+    let mut found = Vec::new();
+    from_chains(v, ctx, &mut found);
+    if v.server_cert_source() == Some(Source::SideProbe) {
+        let line = side_probe_evidence(v);
+        for f in &mut found {
+            f.evidence.push(line.clone());
+        }
+    }
+    all.extend(found);
+    all.extend(not_checked(v, ctx));
+}
+
+/// The evidence line that says a certificate finding rests on the
+/// side-probe, not on this session's own handshake.
+fn side_probe_evidence(v: &SessionView) -> String {
+    let (at, to) = match v.side_probe() {
+        Some((
+            ev,
+            SessionEvent::SideProbe {
+                server_ip,
+                server_port,
+                sni,
+                ..
+            },
+        )) => (
+            ev.ts.to_string(),
+            format!(
+                "{server_ip}:{server_port}{}",
+                sni.as_deref()
+                    .map(|n| format!(" (SNI {n})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        _ => (String::from("?"), String::from("the upstream")),
+    };
+    format!(
+        "evidence from smtptap's side-probe of {to} at {at}: this session's TLS 1.3 hid its own          certificate, so the chain was read on smtptap's own connection to the same server"
+    )
+}
+
+fn from_chains(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
     for c in v.certs() {
         if let CertEvent::Info {
             side,
@@ -55,7 +96,6 @@ pub(super) fn rules(v: &SessionView, ctx: &Context, out: &mut Vec<Finding>) {
     }
     out.extend(crl_unavailable(v));
     out.extend(no_revocation_info(v));
-    out.extend(not_checked(v, ctx));
 }
 
 /// TLS 1.3 hid the server's certificate and no chain reached the analysis
@@ -112,6 +152,27 @@ fn not_checked(v: &SessionView, ctx: &Context) -> Option<Finding> {
     ev.push(format!(
         "negotiated {version}: the server's certificate was encrypted and not visible"
     ));
+    let probe_failed = match v.side_probe() {
+        Some((
+            _,
+            SessionEvent::SideProbe {
+                ok: false,
+                error,
+                detail,
+                ..
+            },
+        )) => {
+            ev.push(format!(
+                "the side-probe got no certificate: {}",
+                detail
+                    .as_deref()
+                    .or(error.as_deref())
+                    .unwrap_or("no reason given")
+            ));
+            true
+        }
+        _ => false,
+    };
     let host = ctx.dialled_name.as_deref().unwrap_or("HOST");
     let expect: String = if ctx.expected_names.is_empty() {
         String::new()
@@ -131,10 +192,14 @@ fn not_checked(v: &SessionView, ctx: &Context) -> Option<Finding> {
         ev,
         format!(
             "Passive observation cannot read a TLS 1.3 certificate, so this session says nothing \
-             about it either way. Check it directly: `smtptap probe {host}{expect}` connects to \
-             the server itself and checks names, trust and expiry (a side-probe that does this \
-             during proxy sessions is coming). Meanwhile, `openssl s_client -starttls smtp \
-             -tls1_2 -connect {host}:25` shows the chain over TLS 1.2."
+             about it either way{}. Check it directly: `smtptap probe {host}{expect}` connects to \
+             the server itself and checks names, trust and expiry; `openssl s_client \
+             -starttls smtp -tls1_2 -connect {host}:25` shows the chain over TLS 1.2.",
+            if probe_failed {
+                " (and smtptap's side-probe, which reads it on a connection of its own, failed)"
+            } else {
+                " (turn on tls.side_probe to have smtptap read it on a connection of its own)"
+            }
         ),
     ))
 }

@@ -155,6 +155,27 @@ impl<'a> SessionView<'a> {
         })
     }
 
+    /// Where the server's certificate facts came from when not the wire
+    /// (`source` of the first server-side `cert.*` event).
+    pub fn server_cert_source(&self) -> Option<crate::event::Source> {
+        self.events.iter().find_map(|e| match &e.kind {
+            EventKind::Cert(c)
+                if cert_side(c) == Side::Server && presented_by_peer(Side::Server, e.leg) =>
+            {
+                Some(e.source)
+            }
+            _ => None,
+        })?
+    }
+
+    /// The side-probe's report, if one was made: `(when, event)`.
+    pub fn side_probe(&self) -> Option<(&'a Event, &'a SessionEvent)> {
+        self.events.iter().find_map(|e| match &e.kind {
+            EventKind::Session(s @ SessionEvent::SideProbe { .. }) => Some((e, s)),
+            _ => None,
+        })
+    }
+
     /// The server's greeting.
     pub fn banner(&self) -> Option<Reply<'a>> {
         self.smtp().find_map(|e| match e {

@@ -341,6 +341,9 @@ impl Driver {
                             tokio::task::spawn_blocking(move || cache.fetch_chain(&urls)).await;
                         self.a.crls_fetched(id, outcomes.unwrap_or_default());
                     }
+                    // The probe's own handshake is the evidence: it hands the
+                    // chain over with `peer_chain`, no side-probe needed.
+                    Request::SideProbe { .. } => {}
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The live driver of the session core: one task per session receives what
 //! the relay tapped and what the session controller reports, feeds them to a
 //! [`SessionAnalyzer`], does the I/O the analyzer requests (CRL fetches, on
-//! the blocking pool), and hands the resulting events to the sinks.
+//! the blocking pool; side-probes, in a task of their own, see
+//! [`super::side_probe`]), and hands the resulting events to the sinks.
 //!
 //! ```text
 //!  controller ──Control (connected / upstream failed / loop / closed)──┐
@@ -25,8 +26,12 @@ use tokio::sync::mpsc;
 
 use super::crl::CrlCache;
 use super::relay::{RelayOutcome, TapMsg};
+use super::side_probe::{SideProbes, Target};
 use crate::event::{Leg, Side, Timestamp};
-use crate::session::{Analysis, Ends, Request, SessionAnalyzer, SessionInfo, UpstreamFailure};
+use crate::session::{
+    Analysis, Ends, Request, RequestId, SessionAnalyzer, SessionInfo, SideProbeError,
+    SideProbeOutcome, UpstreamFailure,
+};
 use crate::sink::EventSink;
 
 /// Messages from the session controller, in order: any `LoopRefused`, one of
@@ -81,8 +86,37 @@ async fn flush(a: &mut SessionAnalyzer, sink: &EventSink) {
     }
 }
 
-/// Does what the analyzer asked for and feeds the results back.
-async fn serve_requests(a: &mut SessionAnalyzer, crls: &Arc<CrlCache>) {
+/// A side-probe running in its own task for this session.
+type SideTask = (RequestId, tokio::task::JoinHandle<SideProbeOutcome>);
+
+/// The side-probe's result when it comes (never, if there is none).
+async fn side_result(side: &mut Option<SideTask>) -> SideProbeOutcome {
+    match side {
+        Some((_, h)) => h.await.unwrap_or_else(|e| died(&e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+fn died(why: &str) -> SideProbeOutcome {
+    SideProbeOutcome {
+        result: Err(SideProbeError {
+            code: "other",
+            detail: format!("the side-probe task ended: {why}"),
+        }),
+        cached: false,
+        age_s: 0.0,
+    }
+}
+
+/// Does what the analyzer asked for and feeds the results back. A
+/// side-probe is started in its own task (its answer comes later, see
+/// [`run`]); CRLs are fetched before the next input.
+async fn serve_requests(
+    a: &mut SessionAnalyzer,
+    crls: &Arc<CrlCache>,
+    probes: &Arc<SideProbes>,
+    side: &mut Option<SideTask>,
+) {
     loop {
         let requests = a.take_requests();
         if requests.is_empty() {
@@ -97,6 +131,21 @@ async fn serve_requests(a: &mut SessionAnalyzer, crls: &Arc<CrlCache>) {
                     // A fetch task that died is judged as no CRLs at all.
                     a.crls_fetched(id, outcomes.unwrap_or_default());
                 }
+                Request::SideProbe {
+                    id,
+                    addr,
+                    sni,
+                    ehlo,
+                    implicit_tls,
+                } => {
+                    let t = Target {
+                        addr,
+                        sni,
+                        ehlo,
+                        implicit_tls,
+                    };
+                    *side = Some((id, tokio::spawn(probes.clone().get(t))));
+                }
             }
         }
     }
@@ -109,9 +158,11 @@ pub async fn run(
     mut ctl: mpsc::Receiver<Control>,
     shared: Arc<Analysis>,
     crls: Arc<CrlCache>,
+    probes: Arc<SideProbes>,
     sink: EventSink,
 ) {
     let mut a = SessionAnalyzer::new(info, shared);
+    let mut side: Option<SideTask> = None;
     loop {
         match ctl.recv().await {
             Some(Control::LoopRefused {
@@ -137,12 +188,31 @@ pub async fn run(
         }
     }
     flush(&mut a, &sink).await;
-    while let Some(msg) = data.recv().await {
-        match msg {
-            TapMsg::Data(c) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
-            TapMsg::Eof { side, ts } => a.fin(Leg::EndToEnd, side, ts),
+    loop {
+        tokio::select! {
+            msg = data.recv() => match msg {
+                Some(TapMsg::Data(c)) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
+                Some(TapMsg::Eof { side, ts }) => a.fin(Leg::EndToEnd, side, ts),
+                None => break,
+            },
+            r = side_result(&mut side) => {
+                if let Some((id, _)) = side.take() {
+                    a.side_probe_done(id, Timestamp::now(), r);
+                }
+            }
         }
-        serve_requests(&mut a, &crls).await;
+        serve_requests(&mut a, &crls, &probes, &mut side).await;
+        flush(&mut a, &sink).await;
+    }
+    // The relay is over: a side-probe still running is waited for (within
+    // its deadline), so its certificate is judged in this session's summary.
+    if let Some((id, h)) = side.take() {
+        let r = match tokio::time::timeout(probes.deadline(), h).await {
+            Ok(r) => r.unwrap_or_else(|e| died(&e.to_string())),
+            Err(_) => died("no answer within its deadline"),
+        };
+        a.side_probe_done(id, Timestamp::now(), r);
+        serve_requests(&mut a, &crls, &probes, &mut side).await;
         flush(&mut a, &sink).await;
     }
     let (ts, ends, loss) = match ctl.recv().await {

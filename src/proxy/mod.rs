@@ -21,6 +21,7 @@
 pub mod analysis;
 pub mod crl;
 pub mod relay;
+pub mod side_probe;
 pub mod transparent;
 pub mod upstream;
 
@@ -59,6 +60,7 @@ pub struct Proxy {
     sink: EventSink,
     analysis: Arc<Analysis>,
     crls: Arc<CrlCache>,
+    probes: Arc<side_probe::SideProbes>,
 }
 
 /// Counters reported when the proxy stops.
@@ -81,11 +83,12 @@ impl Proxy {
             listeners.push(l);
         }
         Ok(Proxy {
-            cfg: Arc::new(cfg),
             listeners,
             sink,
             analysis: Arc::new(analysis),
             crls: Arc::new(CrlCache::default()),
+            probes: Arc::new(side_probe::SideProbes::new(&cfg.tls)),
+            cfg: Arc::new(cfg),
         })
     }
 
@@ -130,6 +133,7 @@ impl Proxy {
                 sink: self.sink.clone(),
                 analysis: self.analysis.clone(),
                 crls: self.crls.clone(),
+                probes: self.probes.clone(),
                 abort: abort_rx.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(
@@ -219,6 +223,7 @@ struct SessionCtx {
     sink: EventSink,
     analysis: Arc<Analysis>,
     crls: Arc<CrlCache>,
+    probes: Arc<side_probe::SideProbes>,
     abort: watch::Receiver<bool>,
 }
 
@@ -302,6 +307,7 @@ async fn run_session(
         ctl_rx,
         ctx.analysis.clone(),
         ctx.crls.clone(),
+        ctx.probes.clone(),
         ctx.sink.clone(),
     ));
 

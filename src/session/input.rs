@@ -137,6 +137,56 @@ pub enum Request {
         /// At most [`super::revocation::MAX_CRL_URLS`] `http://` URLs, in chain order.
         urls: Vec<String>,
     },
+    /// TLS 1.3 hid the server's certificate (`tls.side_probe = true`): make
+    /// a connection of our own to `addr` (EHLO `ehlo`, STARTTLS unless
+    /// `implicit_tls`, a TLS handshake with `sni`), record the chain the
+    /// server presents, QUIT, and answer with
+    /// [`super::SessionAnalyzer::side_probe_done`]. Never on the client's
+    /// path; a cached recent result for the same address and SNI will do.
+    SideProbe {
+        /// Echo it back with the result.
+        id: RequestId,
+        /// The upstream address this session is connected to.
+        addr: std::net::SocketAddr,
+        /// The client's SNI, if it sent one.
+        sni: Option<String>,
+        /// The name the client said in EHLO, if any (the probe says the same).
+        ehlo: Option<String>,
+        /// TLS from the first byte (no STARTTLS).
+        implicit_tls: bool,
+    },
+}
+
+/// What a side-probe learnt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideProbeTls {
+    /// The negotiated version (`TLSv1.3`).
+    pub version: String,
+    /// The negotiated cipher suite (IANA name).
+    pub cipher: String,
+    /// The server's chain as presented, leaf first (DER).
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// Why a side-probe got no certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideProbeError {
+    /// A stable code: `refused`, `timeout`, `no_starttls`, `starttls_refused`,
+    /// `handshake`, `rate_limited`, `not_smtp`, `other`.
+    pub code: &'static str,
+    /// The words.
+    pub detail: String,
+}
+
+/// The answer to a [`Request::SideProbe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideProbeOutcome {
+    /// The chain, or why not.
+    pub result: Result<SideProbeTls, SideProbeError>,
+    /// The result came from the cache (a probe made for another session).
+    pub cached: bool,
+    /// Seconds between the probe and now.
+    pub age_s: f64,
 }
 
 /// Why a CRL could not be obtained.

@@ -50,6 +50,7 @@ mod names;
 mod record;
 pub mod revocation;
 mod shared;
+mod side_probe;
 pub mod stage;
 
 #[cfg(test)]
@@ -61,11 +62,14 @@ use std::sync::Arc;
 use crate::capture::FlowInfo;
 use crate::cert::{self, CheckContext};
 use crate::config::Upstream;
-use crate::event::{Event, EventKind, Leg, SessionEvent, SessionId, Side, Timestamp};
+use crate::event::{Event, EventKind, Leg, SessionEvent, SessionId, Side, Source, Timestamp};
 use crate::smtp::{SmtpLimits, SmtpObserver};
 use crate::tls::TlsObserver;
 
-pub use input::{CrlError, CrlOutcome, DirEnd, Ends, Request, RequestId, UpstreamFailure};
+pub use input::{
+    CrlError, CrlOutcome, DirEnd, Ends, Request, RequestId, SideProbeError, SideProbeOutcome,
+    SideProbeTls, UpstreamFailure,
+};
 pub use record::{MAX_KEPT_BYTES, MAX_KEPT_EVENTS};
 pub use shared::{Analysis, PriorFailure, FALLBACK_WINDOW};
 
@@ -123,6 +127,8 @@ pub struct SessionAnalyzer {
     /// The server answered the client's QUIT with 221: the conversation is
     /// over, and a reset after it is a normal end ([`Ends::reason`]).
     quit_answered: bool,
+    /// The side-probe asked for when TLS 1.3 hides the certificate.
+    side: side_probe::SideProbeState,
 }
 
 impl SessionAnalyzer {
@@ -149,6 +155,7 @@ impl SessionAnalyzer {
             next_request: 1,
             finished: false,
             quit_answered: false,
+            side: side_probe::SideProbeState::default(),
         };
         let i = &a.info;
         let open = SessionEvent::Open {
@@ -287,8 +294,22 @@ impl SessionAnalyzer {
 
     /// Records an event.
     fn emit(&mut self, ts: Timestamp, leg: Option<Leg>, kind: impl Into<EventKind>) {
+        self.emit_from(ts, leg, None, kind);
+    }
+
+    /// Records an event whose evidence came from `source` (not the wire).
+    fn emit_from(
+        &mut self,
+        ts: Timestamp,
+        leg: Option<Leg>,
+        source: Option<Source>,
+        kind: impl Into<EventKind>,
+    ) {
         let kind = kind.into();
         self.names.learn(&kind);
+        if self.side.learn(&kind, leg) {
+            self.ask_side_probe();
+        }
         if let EventKind::Smtp(crate::smtp::SmtpEvent::Reply {
             code: 221,
             command: Some(c),
@@ -303,12 +324,92 @@ impl SessionAnalyzer {
             EventKind::Tls(_) | EventKind::Cert(_) => leg.or(Some(Leg::EndToEnd)),
             _ => leg,
         };
-        self.rec.push(ts, leg, kind);
+        self.rec.push(ts, leg, source, kind);
+    }
+
+    /// TLS 1.3 hid the server's certificate: ask the driver for a
+    /// side-probe, if configured and if chains are checked at all.
+    fn ask_side_probe(&mut self) {
+        let (Some(addr), true, true) = (
+            self.upstream_addr,
+            self.shared.cfg.tls.side_probe,
+            self.shared.trust.is_some(),
+        ) else {
+            return;
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        let r = self.side.request(id, addr, self.info.implicit_tls);
+        self.requests.push(r);
+    }
+
+    /// The answer to a [`Request::SideProbe`]: a `tls.side_probe` event,
+    /// then (on success) the chain's analysis, its events marked
+    /// `source: "side_probe"`. An answer after the session closed, or to
+    /// another request, is ignored.
+    pub fn side_probe_done(&mut self, id: RequestId, ts: Timestamp, outcome: SideProbeOutcome) {
+        if self.finished || self.side.asked != Some(id) {
+            return;
+        }
+        self.side.asked = None;
+        let Some(addr) = self.upstream_addr else {
+            return;
+        };
+        let (ok, version, cipher, chain_len, error, detail) = match &outcome.result {
+            Ok(t) => (
+                true,
+                Some(t.version.clone()),
+                Some(t.cipher.clone()),
+                t.chain.len(),
+                None,
+                None,
+            ),
+            Err(e) => (
+                false,
+                None,
+                None,
+                0,
+                Some(e.code.to_string()),
+                Some(e.detail.clone()),
+            ),
+        };
+        let ev = SessionEvent::SideProbe {
+            server_ip: addr.ip(),
+            server_port: addr.port(),
+            sni: self.side.sni().map(str::to_string),
+            ok: ok && chain_len > 0,
+            version,
+            cipher,
+            chain_len,
+            cached: outcome.cached,
+            age_s: (outcome.age_s.max(0.0) * 1000.0).round() / 1000.0,
+            error,
+            detail,
+        };
+        self.emit(ts, Some(Leg::EndToEnd), ev);
+        if let Ok(t) = outcome.result {
+            if !t.chain.is_empty() {
+                self.on_chain(
+                    ts,
+                    Leg::EndToEnd,
+                    Side::Server,
+                    t.chain,
+                    Some(Source::SideProbe),
+                );
+            }
+        }
     }
 
     /// A certificate chain sent by `sender` on `leg`: analysed now, or once
     /// its CRLs are fetched (`check_revocation`).
-    fn on_chain(&mut self, ts: Timestamp, leg: Leg, sender: Side, ders: Vec<Vec<u8>>) {
+    fn on_chain(
+        &mut self,
+        ts: Timestamp,
+        leg: Leg,
+        sender: Side,
+        ders: Vec<Vec<u8>>,
+        source: Option<Source>,
+    ) {
         if self.shared.trust.is_none() {
             return;
         }
@@ -324,11 +425,12 @@ impl SessionAnalyzer {
                     side: sender,
                     leg,
                     ders,
+                    source,
                 });
                 return;
             }
         }
-        self.analyze_chain(ts, leg, sender, &ders, &[]);
+        self.analyze_chain(ts, leg, sender, &ders, &[], source);
     }
 
     /// A certificate chain the driver learnt other than from the wire bytes
@@ -338,7 +440,7 @@ impl SessionAnalyzer {
         if self.finished || ders.is_empty() {
             return;
         }
-        self.on_chain(ts, leg, sender, ders);
+        self.on_chain(ts, leg, sender, ders, Some(Source::Handshake));
     }
 
     /// The results of a [`Request::FetchCrls`]: `cert.crl` events, then the
@@ -350,9 +452,16 @@ impl SessionAnalyzer {
         let chain = self.pending.remove(pos);
         let (events, crls) = revocation::crl_events(chain.side, outcomes);
         for e in events {
-            self.emit(chain.ts, Some(chain.leg), e);
+            self.emit_from(chain.ts, Some(chain.leg), chain.source, e);
         }
-        self.analyze_chain(chain.ts, chain.leg, chain.side, &chain.ders, &crls);
+        self.analyze_chain(
+            chain.ts,
+            chain.leg,
+            chain.side,
+            &chain.ders,
+            &crls,
+            chain.source,
+        );
     }
 
     fn analyze_chain(
@@ -362,6 +471,7 @@ impl SessionAnalyzer {
         sender: Side,
         ders: &[Vec<u8>],
         crls: &[Vec<u8>],
+        source: Option<Source>,
     ) {
         let ctx = CheckContext {
             names: self.names.names_for(
@@ -378,7 +488,7 @@ impl SessionAnalyzer {
             None => return,
         };
         for e in events {
-            self.emit(ts, Some(leg), e);
+            self.emit_from(ts, Some(leg), source, e);
         }
     }
 }

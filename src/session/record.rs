@@ -3,7 +3,7 @@
 //! diagnosis and the summary, with the counts that must stay exact over
 //! every event. No I/O.
 
-use crate::event::{Event, EventKind, Leg, RunId, SessionId, Timestamp};
+use crate::event::{Event, EventKind, Leg, RunId, SessionId, Source, Timestamp};
 use crate::smtp::SmtpEvent;
 use crate::summary::Counts;
 use crate::tls::TlsEvent;
@@ -67,12 +67,13 @@ impl Record {
     }
 
     /// Records an event: stamped, counted, kept if it fits, queued.
-    pub fn push(&mut self, ts: Timestamp, leg: Option<Leg>, kind: EventKind) {
+    pub fn push(&mut self, ts: Timestamp, leg: Option<Leg>, source: Option<Source>, kind: EventKind) {
         self.count(&kind);
         let size = approx_size(&kind);
         let ev = Event::new(ts, self.session, kind)
             .in_run(&self.run)
-            .on_leg(leg);
+            .on_leg(leg)
+            .from_source(source);
         if self.kept.len() < MAX_KEPT_EVENTS && self.kept_bytes + size <= MAX_KEPT_BYTES {
             self.kept_bytes += size;
             self.kept.push(ev.clone());

@@ -24,6 +24,8 @@ pub(super) struct PendingChain {
     pub leg: Leg,
     /// The DER certificates, leaf first.
     pub ders: Vec<Vec<u8>>,
+    /// Where the chain came from, when not the wire.
+    pub source: Option<crate::event::Source>,
 }
 
 /// The CRL distribution points named by a chain, in order, deduplicated, at

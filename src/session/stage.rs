@@ -287,7 +287,7 @@ impl SessionAnalyzer {
             };
             self.emit(ts, Some(leg), e);
             if let Some((sender, ders)) = chain {
-                self.on_chain(ts, leg, sender, ders);
+                self.on_chain(ts, leg, sender, ders, None);
             }
         }
         if stop {

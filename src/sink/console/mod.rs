@@ -131,6 +131,11 @@ pub fn render(ev: &Event) -> Vec<(LineKind, String)> {
             *text = format!("{leg} {text}");
         }
     }
+    if ev.source == Some(crate::event::Source::SideProbe) {
+        for (_, text) in &mut out {
+            *text = format!("[side-probe] {text}");
+        }
+    }
     out
 }
 

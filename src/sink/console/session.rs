@@ -64,6 +64,50 @@ pub(super) fn render(ev: &Event, e: &SessionEvent) -> Lines {
             },
         ],
         SessionEvent::TlsStarted { after } => vec![(Fact, tls_started(after).into())],
+        SessionEvent::SideProbe {
+            server_ip,
+            server_port,
+            sni,
+            ok,
+            version,
+            cipher,
+            chain_len,
+            cached,
+            age_s,
+            error,
+            detail,
+        } => {
+            let to = match sni {
+                Some(n) => format!("{server_ip}:{server_port} (SNI {n})"),
+                None => format!("{server_ip}:{server_port} (no SNI)"),
+            };
+            let when = if *cached {
+                format!(", cached result from {age_s:.0} s ago")
+            } else {
+                String::new()
+            };
+            if *ok {
+                vec![(
+                    Fact,
+                    format!(
+                        "side-probe of {to}: {} {}, {chain_len} certificate(s); the certificate                          lines below come from smtptap's own connection{when}",
+                        version.as_deref().unwrap_or("?"),
+                        cipher.as_deref().unwrap_or("?"),
+                    ),
+                )]
+            } else {
+                vec![(
+                    Problem,
+                    format!(
+                        "side-probe of {to} failed: {}{when}",
+                        words(
+                            error.as_deref().unwrap_or("other"),
+                            detail.as_deref().unwrap_or("")
+                        )
+                    ),
+                )]
+            }
+        }
         SessionEvent::PriorTlsFailure {
             prior_session,
             ago_s,
