@@ -167,7 +167,8 @@ impl SideProbes {
             }
             if st.done.len() >= MAX_CACHED {
                 let ttl = self.ttl;
-                st.done.retain(|_, (when, _)| at.duration_since(*when) < ttl);
+                st.done
+                    .retain(|_, (when, _)| at.duration_since(*when) < ttl);
                 if st.done.len() >= MAX_CACHED {
                     if let Some(old) = st
                         .done
@@ -214,7 +215,10 @@ async fn reply<S: AsyncRead + Unpin>(
             let Some(code) = code else {
                 return Err(fail(
                     "not_smtp",
-                    format!("not an SMTP reply: {:?}", text.chars().take(80).collect::<String>()),
+                    format!(
+                        "not an SMTP reply: {:?}",
+                        text.chars().take(80).collect::<String>()
+                    ),
                 ));
             };
             if text
@@ -307,7 +311,11 @@ pub async fn probe(t: &Target) -> Result<SideProbeTls, SideProbeError> {
     }
     let seen = Arc::new(Mutex::new(crate::probe::verify::Seen::default()));
     let cfg = crate::probe::verify::client_config(seen, None).map_err(|e| fail("other", e))?;
-    let name = match t.sni.as_deref().map(rustls::pki_types::ServerName::try_from) {
+    let name = match t
+        .sni
+        .as_deref()
+        .map(rustls::pki_types::ServerName::try_from)
+    {
         Some(Ok(n)) => n.to_owned(),
         // No SNI (or one rustls cannot send): an IP address name sends none.
         _ => rustls::pki_types::ServerName::IpAddress(t.addr.ip().into()),

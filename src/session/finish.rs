@@ -75,7 +75,14 @@ impl SessionAnalyzer {
         }
         // Chains whose CRLs never came back are judged without them.
         for chain in std::mem::take(&mut self.pending) {
-            self.analyze_chain(chain.ts, chain.leg, chain.side, &chain.ders, &[], chain.source);
+            self.analyze_chain(
+                chain.ts,
+                chain.leg,
+                chain.side,
+                &chain.ders,
+                &[],
+                chain.source,
+            );
         }
         for e in self.cap.close(ts, &ends, loss) {
             self.emit(ts, None, e);

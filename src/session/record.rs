@@ -67,7 +67,13 @@ impl Record {
     }
 
     /// Records an event: stamped, counted, kept if it fits, queued.
-    pub fn push(&mut self, ts: Timestamp, leg: Option<Leg>, source: Option<Source>, kind: EventKind) {
+    pub fn push(
+        &mut self,
+        ts: Timestamp,
+        leg: Option<Leg>,
+        source: Option<Source>,
+        kind: EventKind,
+    ) {
         self.count(&kind);
         let size = approx_size(&kind);
         let ev = Event::new(ts, self.session, kind)

@@ -171,9 +171,14 @@ fn run(shared: &Arc<Analysis>, id: u64, chunks: &[(Timestamp, Side, Vec<u8>)]) -
         0.001,
     );
     let mut out: Vec<Event> = a.take_events();
+    let mut asked = Vec::new();
     for (ts, side, b) in chunks {
         a.bytes(Leg::EndToEnd, *side, *ts, b);
-        assert!(a.take_requests().is_empty());
+        for r in a.take_requests() {
+            // Only a side-probe (TLS 1.3 hid the certificate) is asked for here.
+            assert!(matches!(r, Request::SideProbe { .. }), "{r:?}");
+            asked.push(format!("{r:?}"));
+        }
         out.extend(a.take_events());
     }
     let end = chunks.last().map(|c| c.0).unwrap_or(t0);
@@ -187,6 +192,7 @@ fn run(shared: &Arc<Analysis>, id: u64, chunks: &[(Timestamp, Side, Vec<u8>)]) -
     out.extend(a.take_events());
     out.iter()
         .map(|e| serde_json::to_string(e).unwrap())
+        .chain(asked)
         .collect()
 }
 
@@ -202,6 +208,7 @@ fn session(p: &Pki, tls12: bool) -> Vec<(Timestamp, Side, Vec<u8>)> {
 fn names_of(lines: &[String]) -> Vec<String> {
     lines
         .iter()
+        .filter(|l| l.starts_with('{'))
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
                 .as_str()
@@ -588,4 +595,96 @@ fn a_reset_after_quit_and_221_is_a_normal_end() {
     let c = close_of(&no_221[..]);
     assert_eq!(c["reason"], "error", "{c}");
     assert_eq!(c["summary_close_reason"], "error", "{c}");
+}
+
+/// TLS 1.3 hides the certificate: the core asks for a side-probe once, with
+/// the client's SNI and EHLO name; the answer's chain is analysed like a
+/// wire chain, its events marked `source: side_probe`; a stray answer is
+/// ignored, and so is one after the summary.
+#[test]
+fn a_hidden_certificate_asks_for_a_side_probe_and_its_chain_is_judged() {
+    let p = pki(&["mx.example"], None);
+    let mut a = SessionAnalyzer::new(info(1, at(0)), shared(&p, ""));
+    a.upstream_connected(
+        at(0),
+        "192.0.2.25:25".parse().unwrap(),
+        "192.0.2.10:51514".parse().unwrap(),
+        0.001,
+    );
+    let mut asked = Vec::new();
+    for (i, (side, b)) in cleartext().into_iter().chain(tls(&p, false)).enumerate() {
+        a.bytes(Leg::EndToEnd, side, at(i as u64), &b);
+        asked.extend(a.take_requests());
+    }
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let Request::SideProbe {
+        id,
+        addr,
+        sni,
+        ehlo,
+        implicit_tls,
+    } = asked[0].clone()
+    else {
+        panic!("{asked:?}")
+    };
+    assert_eq!(addr, "192.0.2.25:25".parse().unwrap());
+    assert_eq!(sni.as_deref(), Some("mx.example"));
+    assert!(ehlo.is_some());
+    assert!(!implicit_tls);
+    // An answer to another request changes nothing.
+    let other = pki(&["other.example"], None);
+    let answer = |chain: Vec<Vec<u8>>| SideProbeOutcome {
+        result: Ok(SideProbeTls {
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_256_GCM_SHA384".into(),
+            chain,
+        }),
+        cached: false,
+        age_s: 0.0,
+    };
+    a.take_events();
+    a.side_probe_done(id + 100, at(40), answer(vec![other.leaf.to_vec()]));
+    assert!(a.take_events().is_empty());
+    a.side_probe_done(id, at(41), answer(vec![p.leaf.to_vec(), p.ca.to_vec()]));
+    let evs = a.take_events();
+    assert_eq!(evs[0].name(), "tls.side_probe");
+    let certs: Vec<_> = evs
+        .iter()
+        .filter(|e| e.name().starts_with("cert."))
+        .collect();
+    assert!(!certs.is_empty());
+    assert!(certs
+        .iter()
+        .all(|e| e.source == Some(crate::event::Source::SideProbe)));
+    assert!(certs.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::Cert(CertEvent::Chain { trusted: true, .. })
+    )));
+    // Answered once: a repeat is ignored.
+    a.side_probe_done(id, at(42), answer(vec![other.leaf.to_vec()]));
+    assert!(a.take_events().is_empty());
+    a.close(at(60), Ends::aborted(), None);
+    a.take_events();
+    let summary = serde_json::to_string(a.kept().last().unwrap()).unwrap();
+    assert!(!summary.contains("cert.not_checked"), "{summary}");
+    // After the summary, answers are ignored.
+    a.side_probe_done(id, at(70), answer(vec![other.leaf.to_vec()]));
+    assert!(a.take_events().is_empty());
+}
+
+/// With `side_probe = false`, or with no trust store, nothing is asked.
+#[test]
+fn no_side_probe_when_it_is_off() {
+    let p = pki(&["mx.example"], None);
+    let mut a = SessionAnalyzer::new(info(1, at(0)), shared(&p, "[tls]\nside_probe = false\n"));
+    a.upstream_connected(
+        at(0),
+        "192.0.2.25:25".parse().unwrap(),
+        "192.0.2.10:51514".parse().unwrap(),
+        0.001,
+    );
+    for (i, (side, b)) in cleartext().into_iter().chain(tls(&p, false)).enumerate() {
+        a.bytes(Leg::EndToEnd, side, at(i as u64), &b);
+        assert!(a.take_requests().is_empty());
+    }
 }
