@@ -24,6 +24,7 @@
 //! It must not: judge anything itself (findings are the session core's),
 //! send DATA, or be used by the proxy.
 
+pub mod legacy;
 pub mod tap;
 pub mod verify;
 
