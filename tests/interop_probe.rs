@@ -97,7 +97,13 @@ fn probe_agrees_with_posttls_finger_and_openssl_s_client_on_postfix() {
 
     // smtptap probe.
     let p = Command::new(env!("CARGO_BIN_EXE_smtptap"))
-        .args(["probe", &format!("127.0.0.1:{port}"), "--json", "--timeout", "20"])
+        .args([
+            "probe",
+            &format!("127.0.0.1:{port}"),
+            "--json",
+            "--timeout",
+            "20",
+        ])
         .args(["--sni", "mx.smtptap.test", "--ehlo", "probe.smtptap.test"])
         .arg("--ca-file")
         .arg(&ca)
@@ -146,7 +152,13 @@ fn probe_agrees_with_posttls_finger_and_openssl_s_client_on_postfix() {
 
     // openssl s_client -starttls smtp, its leaf through openssl x509.
     let s = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-servername", "mx.smtptap.test"])
+        .args([
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-servername",
+            "mx.smtptap.test",
+        ])
         .args(["-connect", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())
         .output()

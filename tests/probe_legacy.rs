@@ -51,8 +51,19 @@ fn cert(dir: &Path, cn: &str) -> Cert {
         "-out",
         cert.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let fp = openssl(&["x509", "-noout", "-fingerprint", "-sha256", "-in", cert.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fp = openssl(&[
+        "x509",
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+        "-in",
+        cert.to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&fp.stdout);
     let sha256 = text
         .trim()
@@ -82,16 +93,26 @@ fn s_server(c: &Cert, version_args: &[&str]) -> SServer {
     let port = common::closed_port();
     let child = Command::new("openssl")
         .args(["s_server", "-quiet", "-accept", &port.to_string()])
-        .args(["-cert", c.cert.to_str().unwrap(), "-key", c.key.to_str().unwrap()])
+        .args([
+            "-cert",
+            c.cert.to_str().unwrap(),
+            "-key",
+            c.key.to_str().unwrap(),
+        ])
         .args(version_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run openssl s_server ({e}): apt-get install -y openssl"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl s_server ({e}): apt-get install -y openssl")
+        });
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "s_server did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s_server did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     SServer { child, port }
@@ -108,7 +129,10 @@ async fn smtp_front(backend: u16) -> u16 {
         while let Ok((sock, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut s = BufReader::new(sock);
-                let _ = s.get_mut().write_all(b"220 legacy.example.test ESMTP front\r\n").await;
+                let _ = s
+                    .get_mut()
+                    .write_all(b"220 legacy.example.test ESMTP front\r\n")
+                    .await;
                 let mut line = String::new();
                 loop {
                     line.clear();
@@ -207,9 +231,17 @@ fn assert_legacy_fallback(r: &Run, c: &Cert) {
     assert_eq!(pv[0]["cipher_suite"], sh[0]["cipher_suite"]);
     let info = common::named(&evs, 2, "cert.info");
     assert!(!info.is_empty(), "no cert.info in session 2:\n{}", r.stdout);
-    assert_eq!(info[0]["sha256"], Value::String(c.sha256.clone()), "{:#}", info[0]);
+    assert_eq!(
+        info[0]["sha256"],
+        Value::String(c.sha256.clone()),
+        "{:#}",
+        info[0]
+    );
     assert!(
-        info[0]["subject"].as_str().unwrap().contains("legacy.example.test"),
+        info[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("legacy.example.test"),
         "{:#}",
         info[0]
     );
@@ -223,12 +255,23 @@ async fn tls10_only_implicit_tls_server_shows_version_suite_certificate_and_lega
     v.extend_from_slice(LEGACY);
     let s = s_server(&c, &v);
     let target = format!("127.0.0.1:{}", s.port);
-    let r = probe(&[&target, "--implicit-tls", "--sni", "legacy.example.test", "--json"]).await;
+    let r = probe(&[
+        &target,
+        "--implicit-tls",
+        "--sni",
+        "legacy.example.test",
+        "--json",
+    ])
+    .await;
     assert_legacy_fallback(&r, &c);
     // The console says the same in words.
     let r = probe(&[&target, "--implicit-tls", "--color", "never"]).await;
     assert_eq!(r.code, 1);
-    assert!(r.stdout.contains("the server chose TLSv1.0 with"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("the server chose TLSv1.0 with"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("(tls.legacy_version)"), "{}", r.stdout);
     assert!(r.stdout.contains("CN=legacy.example.test"), "{}", r.stdout);
 }
@@ -257,7 +300,12 @@ fn versions(r: &Run) -> Vec<(String, bool)> {
     let pv = common::named(&evs, 0, "probe.version");
     assert_eq!(pv.len(), 4, "{}", r.stdout);
     pv.iter()
-        .map(|v| (v["offered"].as_str().unwrap().to_string(), v["accepted"] == true))
+        .map(|v| {
+            (
+                v["offered"].as_str().unwrap().to_string(),
+                v["accepted"] == true,
+            )
+        })
         .collect()
 }
 
@@ -298,10 +346,25 @@ async fn versions_of_openssl_servers_with_known_version_sets() {
     // Behind STARTTLS, on the console.
     let s = s_server(&c, &["-tls1_2"]);
     let front = smtp_front(s.port).await;
-    let r = probe(&[&format!("127.0.0.1:{front}"), "--versions", "--color", "never"]).await;
+    let r = probe(&[
+        &format!("127.0.0.1:{front}"),
+        "--versions",
+        "--color",
+        "never",
+    ])
+    .await;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("TLSv1.2 offered: accepted: the server chose TLSv1.2 with"), "{}", r.stdout);
-    assert!(r.stdout.contains("TLSv1.0 offered: refused"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("TLSv1.2 offered: accepted: the server chose TLSv1.2 with"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("TLSv1.0 offered: refused"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,7 +379,12 @@ async fn versions_of_a_rustls_server_are_1_2_and_1_3() {
         .unwrap();
     let target = format!("127.0.0.1:{}", s.addr().port());
     let r = probe(&[&target, "--versions", "--sni", "mx.example.test", "--json"]).await;
-    assert_eq!(versions(&r), expect([false, false, true, true]), "{}", r.stdout);
+    assert_eq!(
+        versions(&r),
+        expect([false, false, true, true]),
+        "{}",
+        r.stdout
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
 

@@ -304,7 +304,8 @@ pub fn flight_end(buf: &[u8]) -> Option<FlightEnd> {
         // Whole handshake messages so far.
         let mut msgs = hs.as_slice();
         while msgs.len() >= 4 {
-            let mlen = usize::from(msgs[1]) << 16 | usize::from(msgs[2]) << 8 | usize::from(msgs[3]);
+            let mlen =
+                usize::from(msgs[1]) << 16 | usize::from(msgs[2]) << 8 | usize::from(msgs[3]);
             if msgs.len() < 4 + mlen {
                 break;
             }
@@ -411,7 +412,11 @@ mod tests {
             "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
             "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
         ] {
-            assert!(ch.cipher_suites.iter().any(|c| c == s), "{s} missing: {:?}", ch.cipher_suites);
+            assert!(
+                ch.cipher_suites.iter().any(|c| c == s),
+                "{s} missing: {:?}",
+                ch.cipher_suites
+            );
         }
         assert_eq!(ch.supported_groups[0], "x25519");
         assert_eq!(ch.ec_point_formats, vec![0]);
@@ -427,8 +432,14 @@ mod tests {
         assert_eq!(ch.legacy_version, "TLSv1.0");
         assert_eq!(ch.max_version, "TLSv1.0");
         assert!(ch.signature_algorithms.is_empty());
-        assert!(!ch.cipher_suites.iter().any(|c| c.contains("GCM") || c.ends_with("SHA256")));
-        assert!(ch.cipher_suites.iter().any(|c| c == "TLS_RSA_WITH_AES_128_CBC_SHA"));
+        assert!(!ch
+            .cipher_suites
+            .iter()
+            .any(|c| c.contains("GCM") || c.ends_with("SHA256")));
+        assert!(ch
+            .cipher_suites
+            .iter()
+            .any(|c| c == "TLS_RSA_WITH_AES_128_CBC_SHA"));
         let ch = observed(Offer::Only(TLS11), None);
         assert_eq!(ch.max_version, "TLSv1.1");
         assert_eq!(ch.record_version, "TLSv1.0");
@@ -444,7 +455,11 @@ mod tests {
         assert_eq!(ch.key_share_groups, vec!["x25519".to_string()]);
         assert_eq!(
             ch.cipher_suites,
-            vec!["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+            vec![
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256"
+            ]
         );
     }
 
@@ -493,10 +508,16 @@ mod tests {
         // The observer sees the same ServerHello.
         let mut obs = TlsObserver::new();
         let mut out = Vec::new();
-        obs.feed(Side::Client, &client_hello(Offer::Legacy, None, &rnd()), &mut out);
+        obs.feed(
+            Side::Client,
+            &client_hello(Offer::Legacy, None, &rnd()),
+            &mut out,
+        );
         obs.feed(Side::Server, &wire, &mut out);
-        assert!(out.iter().any(|e| matches!(e, TlsEvent::ServerHello { version, cipher_suite, .. }
-            if version == "TLSv1.0" && cipher_suite == "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA")));
+        assert!(out.iter().any(
+            |e| matches!(e, TlsEvent::ServerHello { version, cipher_suite, .. }
+            if version == "TLSv1.0" && cipher_suite == "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA")
+        ));
     }
 
     #[test]
@@ -511,28 +532,43 @@ mod tests {
         );
         assert_eq!(flight_end(b"220 mx ESMTP\r\n"), Some(FlightEnd::NotTls));
         // ServerHelloDone without ServerHello.
-        assert_eq!(flight_end(&record(22, TLS10, &hs(14, &[]))), Some(FlightEnd::NotTls));
+        assert_eq!(
+            flight_end(&record(22, TLS10, &hs(14, &[]))),
+            Some(FlightEnd::NotTls)
+        );
         // A flight that never ends is bounded.
         let mut long = Vec::new();
         while long.len() <= MAX_FLIGHT {
             long.extend_from_slice(&record(22, TLS12, &hs(11, &[0; 16000])[..16000]));
         }
-        assert_eq!(flight_end(&long[..long.len() - 1]), Some(FlightEnd::TooLong));
+        assert_eq!(
+            flight_end(&long[..long.len() - 1]),
+            Some(FlightEnd::TooLong)
+        );
     }
 
     #[test]
     fn the_cancel_alerts_are_read_by_the_observer() {
         let mut obs = TlsObserver::new();
         let mut out = Vec::new();
-        obs.feed(Side::Client, &client_hello(Offer::Legacy, None, &rnd()), &mut out);
+        obs.feed(
+            Side::Client,
+            &client_hello(Offer::Legacy, None, &rnd()),
+            &mut out,
+        );
         obs.feed(Side::Client, &cancel_alerts(TLS10), &mut out);
         let alerts: Vec<_> = out
             .iter()
             .filter_map(|e| match e {
-                TlsEvent::Alert { description, level, .. } => Some((level.as_str(), description.as_str())),
+                TlsEvent::Alert {
+                    description, level, ..
+                } => Some((level.as_str(), description.as_str())),
                 _ => None,
             })
             .collect();
-        assert_eq!(alerts, vec![("warning", "user_canceled"), ("warning", "close_notify")]);
+        assert_eq!(
+            alerts,
+            vec![("warning", "user_canceled"), ("warning", "close_notify")]
+        );
     }
 }

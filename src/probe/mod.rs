@@ -19,10 +19,23 @@
 //!     └── requests (CRLs) ──▶ proxy::crl::CrlCache
 //! ```
 //!
-//! It owns: the probe's socket, its SMTP dialogue, its TLS client, its
-//! clock and overall timeout, and the verdict (exit code, see [`exit`]).
-//! It must not: judge anything itself (findings are the session core's),
-//! send DATA, or be used by the proxy.
+//! Legacy servers: when the rustls handshake fails on versions or suites
+//! (see `wants_legacy`), a second session connects again and sends a
+//! hand-built legacy ClientHello ([`legacy`]: TLS 1.0 to 1.2, CBC and RSA
+//! suites), reads the server's first flight in the clear (ServerHello,
+//! Certificate, ServerHelloDone), stops with a `user_canceled` alert and
+//! closes; those bytes go to a fresh [`SessionAnalyzer`] like the main
+//! probe's, so the version, suite, certificate and findings are the core's,
+//! and a `probe.version` event says what the server chose. `--versions` does
+//! the same once per version (TLS 1.0, 1.1, 1.2, 1.3 offered alone) and
+//! writes only the `probe.version` facts (session 0), with its own verdict.
+//!
+//! It owns: the probe's sockets, its SMTP dialogue, its TLS client, the
+//! I/O of the hand-built hellos, its clock and timeouts (per connection),
+//! and the verdict (exit code, see [`exit`]). It must not: judge anything
+//! itself (findings are the session core's; `probe.version` only reports
+//! what the core's TLS observer saw), complete a hand-built handshake, send
+//! DATA, or be used by the proxy.
 
 pub mod legacy;
 pub mod tap;
@@ -130,7 +143,7 @@ pub struct ProbeArgs {
     /// Colour on the console: auto (only on a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     pub color: String,
-    /// Give up after this many seconds, for the whole probe.
+    /// Give up after this many seconds, for each connection the probe makes.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     pub timeout: u64,
     /// Only enumerate which of TLS 1.0, 1.1, 1.2 and 1.3 the server accepts
@@ -385,7 +398,8 @@ impl Driver {
     /// The `probe.version` fact of this session.
     fn report(&mut self, outcome: &HelloOutcome, offer: Offer) {
         self.flush_events();
-        let ev = Event::new(Timestamp::now(), self.a.info().id, outcome.event(offer)).in_run(&self.run);
+        let ev =
+            Event::new(Timestamp::now(), self.a.info().id, outcome.event(offer)).in_run(&self.run);
         self.out.write(ev);
         self.out.flush();
     }
@@ -671,9 +685,7 @@ fn wants_legacy(kept: &[Event], e: &std::io::Error) -> bool {
             _ => {}
         }
     }
-    let rustls_error = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>());
+    let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     let incompatible = matches!(rustls_error, Some(rustls::Error::PeerIncompatible(_)));
     let closed = e.kind() == std::io::ErrorKind::UnexpectedEof && !other_alert;
     old_version || (!server_hello && (refusal || incompatible || closed))
@@ -770,8 +782,9 @@ async fn hello_session(
             d.flush_events();
             let tcp = TapStream::new(c.stream, d.log.clone());
             let sni = plan.sni.clone().unwrap_or_else(|| upstream.host.clone());
-            let r = tokio::time::timeout(plan.timeout, hello_exchange(&mut d, tcp, plan, offer, &sni))
-                .await;
+            let r =
+                tokio::time::timeout(plan.timeout, hello_exchange(&mut d, tcp, plan, offer, &sni))
+                    .await;
             let (exchange, broke) = match r {
                 Ok(Ok(x)) => (Some(x), None),
                 Ok(Err(e)) => (None, Some(e)),
@@ -945,7 +958,9 @@ fn outcome(
             level,
             description,
             ..
-        }) => Some(format!("refused: the server sent a {level} {description} alert")),
+        }) => Some(format!(
+            "refused: the server sent a {level} {description} alert"
+        )),
         _ => None,
     });
     if let Some(words) = alert {
