@@ -186,7 +186,7 @@ fn probe_agrees_with_posttls_finger_and_openssl_s_client_on_postfix() {
     x.stdin
         .take()
         .unwrap()
-        .write_all(st[pem_start..pem_end].as_bytes())
+        .write_all(&st.as_bytes()[pem_start..pem_end])
         .unwrap();
     let xo = x.wait_with_output().unwrap();
     let s_fp = String::from_utf8_lossy(&xo.stdout)
