@@ -178,7 +178,12 @@ async fn probe(args: &[&str]) -> Run {
     tokio::task::spawn_blocking(move || {
         let out = Command::new(env!("CARGO_BIN_EXE_smtptap"))
             .arg("probe")
-            .args(["--ehlo", "probe.example.test", "--timeout", "20"])
+            .args(["--ehlo", "probe.example.test"])
+            .args(if args.iter().any(|a| a == "--timeout") {
+                &[][..]
+            } else {
+                &["--timeout", "20"][..]
+            })
             .args(&args)
             .env_remove("RUST_LOG")
             .output()
@@ -396,4 +401,45 @@ async fn versions_against_a_closed_port_exits_3() {
     let evs = events(&r);
     let pv = common::named(&evs, 0, "probe.version");
     assert!(pv.iter().all(|v| v["refused"] == "no_connection"), "{pv:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_server_with_only_cbc_rsa_suites_gets_the_legacy_hello_and_the_weak_cipher_finding()
+{
+    let dir = temp_dir("legacy-cbc12");
+    let c = cert(&dir, "legacy.example.test");
+    // TLS 1.2 but no AEAD suite rustls offers: rustls' handshake fails.
+    let s = s_server(&c, &["-tls1_2", "-cipher", "AES128-SHA:@SECLEVEL=0"]);
+    let target = format!("127.0.0.1:{}", s.port);
+    let r = probe(&[&target, "--implicit-tls", "--json"]).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let evs = events(&r);
+    let pv = common::named(&evs, 2, "probe.version");
+    assert_eq!(pv.len(), 1, "{}", r.stdout);
+    assert_eq!(pv[0]["version"], "TLSv1.2");
+    assert_eq!(pv[0]["cipher_suite"], "TLS_RSA_WITH_AES_128_CBC_SHA");
+    let f2 = findings(&evs, 2);
+    assert!(f2.contains(&"tls.weak_cipher".to_string()), "{f2:?}");
+    assert!(!f2.contains(&"tls.legacy_version".to_string()), "{f2:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modern_server_gets_no_legacy_session() {
+    let dir = temp_dir("legacy-none");
+    let c = cert(&dir, "legacy.example.test");
+    // s_server is no SMTP server: the probe waits for a banner over TLS
+    // until its (short) timeout, after a successful handshake.
+    let s = s_server(&c, &["-tls1_2"]);
+    let target = format!("127.0.0.1:{}", s.port);
+    let r = probe(&[&target, "--implicit-tls", "--json", "--timeout", "2"]).await;
+    let evs = events(&r);
+    let sh = common::named(&evs, 1, "tls.server_hello");
+    assert_eq!(sh.len(), 1, "{}", r.stdout);
+    assert_eq!(sh[0]["version"], "TLSv1.2");
+    assert!(
+        common::named(&evs, 2, "session.open").is_empty(),
+        "{}",
+        r.stdout
+    );
+    assert!(common::named(&evs, 0, "probe.version").is_empty());
 }
