@@ -70,7 +70,10 @@ use legacy::{FlightEnd, Offer};
 use tap::{TapLog, TapStream, Tapped};
 use verify::{Seen, SeenLog};
 
-/// The exit codes: the verdict of a probe.
+/// The exit codes: the verdict of a probe. With `--versions` the same
+/// numbers answer "only modern TLS?": 0 TLS 1.2 and/or 1.3 accepted and
+/// TLS 1.0/1.1 refused; 1 TLS 1.0 or 1.1 accepted, nothing accepted, or no
+/// clear answer; 2 usage; 3 a connection could not be made.
 pub mod exit {
     /// No error-severity finding.
     pub const OK: u8 = 0;
