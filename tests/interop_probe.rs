@@ -2,7 +2,8 @@
 //! `smtpd_tls_security_level = may`, a certificate from the testbed's CA):
 //! the version, cipher suite and leaf SHA-256 the probe reports agree with
 //! what `posttls-finger` and `openssl s_client -starttls smtp` report for the
-//! same server. Its own testbed (directory and ports), so it runs beside
+//! same server, and `--versions` agrees with `openssl s_client -brief`
+//! restricted to each version. Its own testbed (directory and ports), so it runs beside
 //! tests/interop.rs. Needs root and `scripts/install-test-deps`.
 
 use std::collections::HashMap;
@@ -73,6 +74,28 @@ fn iana_names() -> HashMap<String, String> {
 
 fn hex(fp: &str) -> String {
     fp.replace(':', "").to_lowercase()
+}
+
+/// `openssl s_client -brief -starttls smtp ARGS`: the negotiated version
+/// and suite (OpenSSL's name), or None when no handshake completed.
+fn s_client_brief(port: u16, args: &[&str]) -> Option<(String, String)> {
+    let o = Command::new("openssl")
+        .args(["s_client", "-brief", "-starttls", "smtp"])
+        .args(args)
+        .args(["-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let t = text(&o);
+    let field = |name: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    // OpenSSL says "TLSv1" for TLS 1.0; smtptap says "TLSv1.0".
+    let version = field("Protocol version:")?.replace("TLSv1", "TLSv1.0");
+    let version = version.replace("TLSv1.0.", "TLSv1.");
+    Some((version, field("Ciphersuite:")?))
 }
 
 #[test]
@@ -164,15 +187,11 @@ fn probe_agrees_with_posttls_finger_and_openssl_s_client_on_postfix() {
         .output()
         .expect("openssl s_client");
     let st = text(&s);
-    // "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"
-    let new = st
-        .lines()
-        .find_map(|l| l.strip_prefix("New, "))
-        .unwrap_or_else(|| panic!("no \"New, \" line in s_client:\n{st}"));
-    let (s_version, s_cipher) = new
-        .split_once(", Cipher is ")
-        .map(|(v, c)| (v.trim().to_string(), c.trim().to_string()))
-        .unwrap_or_else(|| panic!("s_client: {new}"));
+    // Version and suite from `-brief` ("Protocol version: TLSv1.3",
+    // "Ciphersuite: …"; the "New, …" line of the long form names the
+    // cipher's own version, not the negotiated one).
+    let (s_version, s_cipher) = s_client_brief(port, &["-servername", "mx.smtptap.test"])
+        .unwrap_or_else(|| panic!("s_client -brief negotiated nothing"));
     let s_cipher = names.get(&s_cipher).cloned().unwrap_or(s_cipher);
     let pem_start = st.find("-----BEGIN CERTIFICATE-----").expect("leaf PEM");
     let pem_end = st.find("-----END CERTIFICATE-----").expect("leaf PEM end") + 25;
@@ -204,4 +223,37 @@ fn probe_agrees_with_posttls_finger_and_openssl_s_client_on_postfix() {
     assert_eq!(sha256, hex(f_fp), "probe vs posttls-finger leaf SHA-256");
     assert_eq!(sha256, hex(&s_fp), "probe vs s_client leaf SHA-256");
     eprintln!("agreed: {version} {suite} leaf sha256 {sha256}");
+
+    // --versions agrees with openssl s_client restricted to each version.
+    let v = Command::new(env!("CARGO_BIN_EXE_smtptap"))
+        .args([
+            "probe",
+            &format!("127.0.0.1:{port}"),
+            "--versions",
+            "--json",
+        ])
+        .args(["--ehlo", "probe.smtptap.test", "--timeout", "20"])
+        .output()
+        .unwrap();
+    let pv: Vec<Value> = String::from_utf8_lossy(&v.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "probe.version")
+        .collect();
+    assert_eq!(pv.len(), 4, "{}", text(&v));
+    let mut any_legacy = false;
+    for (flag, ev) in ["-tls1", "-tls1_1", "-tls1_2", "-tls1_3"].iter().zip(&pv) {
+        let brief = s_client_brief(port, &[flag, "-cipher", "DEFAULT:@SECLEVEL=0"]);
+        assert_eq!(
+            ev["accepted"] == true,
+            brief.is_some(),
+            "{flag}: probe {ev} vs s_client {brief:?}"
+        );
+        if let Some((sv, _)) = brief {
+            assert_eq!(ev["version"], sv.as_str(), "{flag}");
+            any_legacy |= matches!(*flag, "-tls1" | "-tls1_1");
+        }
+    }
+    let want = if any_legacy { 1 } else { 0 };
+    assert_eq!(v.status.code(), Some(want), "{}", text(&v));
 }
