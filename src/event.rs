@@ -501,6 +501,29 @@ pub enum SessionEvent {
     /// The last event of a session: totals, outcome and findings.
     #[serde(rename = "session.summary")]
     Summary(Box<crate::summary::SessionSummary>),
+    /// `smtptap probe`: what the server answered to a hand-built ClientHello
+    /// (the legacy fallback, in that session; `--versions`, one per version,
+    /// session 0). The probe never completes such a handshake.
+    #[serde(rename = "probe.version")]
+    ProbeVersion {
+        /// What the hello offered: `legacy` (TLS 1.0 to 1.2, classic suites)
+        /// or one version (`TLSv1.0`, `TLSv1.1`, `TLSv1.2`, `TLSv1.3`).
+        offered: String,
+        /// The server chose a version and suite (ServerHello, or a TLS 1.3
+        /// HelloRetryRequest).
+        accepted: bool,
+        /// The version it chose.
+        version: Option<String>,
+        /// The cipher suite it chose.
+        cipher_suite: Option<String>,
+        /// Why nothing was accepted, as a stable code: `alert`, `closed`,
+        /// `older_version` (the server chose an older version than the one
+        /// offered), `not_tls`, `no_starttls`, `timeout`, `no_connection`,
+        /// `other`; null when accepted.
+        refused: Option<String>,
+        /// In words (the alert, the SMTP reply, the socket error).
+        detail: String,
+    },
 }
 
 impl SessionEvent {
@@ -521,6 +544,7 @@ impl SessionEvent {
             SessionEvent::ObserverLagged { .. } => "observer.lagged",
             SessionEvent::Close { .. } => "session.close",
             SessionEvent::Summary { .. } => "session.summary",
+            SessionEvent::ProbeVersion { .. } => "probe.version",
         }
     }
 }

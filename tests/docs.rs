@@ -34,6 +34,7 @@ fn event_names() -> Vec<String> {
         "capture.",
         "observer.",
         "headers.",
+        "probe.",
     ];
     let mut names = Vec::new();
     for f in files {
@@ -102,6 +103,7 @@ const ALL_EVENTS: &[&str] = &[
     "capture.error",
     "capture.truncated",
     "capture.dropped",
+    "probe.version",
 ];
 
 /// The name of every variant of every event enum, written out without a
@@ -128,6 +130,7 @@ fn variant_name(kind: &smtptap::event::EventKind) -> &'static str {
             S::ObserverLagged { .. } => "observer.lagged",
             S::Close { .. } => "session.close",
             S::Summary { .. } => "session.summary",
+            S::ProbeVersion { .. } => "probe.version",
         },
         K::Smtp(e) => match e {
             Smtp::Banner { .. } => "smtp.banner",

@@ -19,11 +19,25 @@
 //!     └── requests (CRLs) ──▶ proxy::crl::CrlCache
 //! ```
 //!
-//! It owns: the probe's socket, its SMTP dialogue, its TLS client, its
-//! clock and overall timeout, and the verdict (exit code, see [`exit`]).
-//! It must not: judge anything itself (findings are the session core's),
-//! send DATA, or be used by the proxy.
+//! Legacy servers: when the rustls handshake fails on versions or suites
+//! (see `wants_legacy`), a second session connects again and sends a
+//! hand-built legacy ClientHello ([`legacy`]: TLS 1.0 to 1.2, CBC and RSA
+//! suites), reads the server's first flight in the clear (ServerHello,
+//! Certificate, ServerHelloDone), stops with a `user_canceled` alert and
+//! closes; those bytes go to a fresh [`SessionAnalyzer`] like the main
+//! probe's, so the version, suite, certificate and findings are the core's,
+//! and a `probe.version` event says what the server chose. `--versions` does
+//! the same once per version (TLS 1.0, 1.1, 1.2, 1.3 offered alone) and
+//! writes only the `probe.version` facts (session 0), with its own verdict.
+//!
+//! It owns: the probe's sockets, its SMTP dialogue, its TLS client, the
+//! I/O of the hand-built hellos, its clock and timeouts (per connection),
+//! and the verdict (exit code, see [`exit`]). It must not: judge anything
+//! itself (findings are the session core's; `probe.version` only reports
+//! what the core's TLS observer saw), complete a hand-built handshake, send
+//! DATA, or be used by the proxy.
 
+pub mod legacy;
 pub mod tap;
 pub mod verify;
 
@@ -52,10 +66,14 @@ use crate::proxy::crl::CrlCache;
 use crate::session::{Analysis, DirEnd, Ends, Request, SessionAnalyzer, SessionInfo};
 use crate::sink::console::Console;
 use crate::smtp::{SmtpLimits, SmtpObserver};
+use legacy::{FlightEnd, Offer};
 use tap::{TapLog, TapStream, Tapped};
 use verify::{Seen, SeenLog};
 
-/// The exit codes: the verdict of a probe.
+/// The exit codes: the verdict of a probe. With `--versions` the same
+/// numbers answer "only modern TLS?": 0 TLS 1.2 and/or 1.3 accepted and
+/// TLS 1.0/1.1 refused; 1 TLS 1.0 or 1.1 accepted, nothing accepted, or no
+/// clear answer; 2 usage; 3 a connection could not be made.
 pub mod exit {
     /// No error-severity finding.
     pub const OK: u8 = 0;
@@ -73,7 +91,15 @@ pub mod exit {
     0  no error finding\n  \
     1  at least one error finding (or the dialogue broke off before QUIT)\n  \
     2  usage or configuration error\n  \
-    3  could not connect (refused, timeout, DNS failure)")]
+    3  could not connect (refused, timeout, DNS failure)\n\n\
+When the TLS handshake fails on versions or suites, the probe tries again with a\n\
+legacy ClientHello (TLS 1.0 to 1.2, CBC and RSA suites) to show what the server\n\
+chose and its certificate (session 2), then stops that handshake.\n\n\
+With --versions (one connection per version, --timeout each):\n  \
+    0  TLS 1.2 and/or 1.3 accepted, TLS 1.0 and 1.1 refused\n  \
+    1  TLS 1.0 or 1.1 accepted, or no version accepted or no clear answer\n  \
+    2  usage or configuration error\n  \
+    3  a connection could not be made")]
 pub struct ProbeArgs {
     /// The server to check, HOST[:PORT] (port 25, or 465 with --implicit-tls).
     #[arg(value_name = "HOST[:PORT]")]
@@ -120,9 +146,13 @@ pub struct ProbeArgs {
     /// Colour on the console: auto (only on a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto")]
     pub color: String,
-    /// Give up after this many seconds, for the whole probe.
+    /// Give up after this many seconds, for each connection the probe makes.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     pub timeout: u64,
+    /// Only enumerate which of TLS 1.0, 1.1, 1.2 and 1.3 the server accepts
+    /// (one connection per version; no full handshake).
+    #[arg(long, conflicts_with_all = ["mail_from", "client_cert"])]
+    pub versions: bool,
 }
 
 /// `HOST[:PORT]` with the default port added (`[v6]:port` for IPv6 literals).
@@ -230,6 +260,7 @@ pub fn main(args: &ProbeArgs) -> u8 {
         implicit_tls: args.implicit_tls,
         timeout: Duration::from_secs(args.timeout.max(1)),
         client_cert,
+        versions: args.versions,
     };
     rt.block_on(run(cfg, analysis, plan, out))
 }
@@ -250,6 +281,8 @@ pub struct Plan {
     pub timeout: Duration,
     /// Offered when the server asks.
     pub client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// `--versions`: only enumerate the TLS versions the server accepts.
+    pub versions: bool,
 }
 
 /// Where events go.
@@ -300,9 +333,80 @@ struct Driver {
     inner: Option<SmtpObserver>,
     /// The cleartext banner, to start the inner observer past it.
     banner: Vec<u8>,
+    /// The rustls handshake failed on versions or suites: a legacy hello
+    /// may show what the server chooses.
+    legacy_hint: bool,
 }
 
 impl Driver {
+    /// A session of the probe (`id`), its analyzer opened at `opened` from `local`.
+    fn new(
+        id: crate::event::SessionId,
+        shared: &Arc<Analysis>,
+        upstream: &Upstream,
+        plan: &Plan,
+        (opened, local): (Timestamp, SocketAddr),
+        out: Output,
+    ) -> Self {
+        let info = SessionInfo {
+            id,
+            // The probe is the client; it listens nowhere.
+            client: local,
+            listener: local,
+            upstream: upstream.clone(),
+            opened,
+            implicit_tls: plan.implicit_tls,
+        };
+        Driver {
+            a: SessionAnalyzer::new(info, shared.clone()),
+            run: shared.run.clone(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            seen: Arc::new(Mutex::new(Seen::default())),
+            crls: Arc::new(CrlCache::default()),
+            out,
+            bytes: [0, 0],
+            fins: [false, false],
+            error_finding: false,
+            inner: None,
+            banner: Vec::new(),
+            legacy_hint: false,
+        }
+    }
+
+    /// The connection is over (`broke`: how the probe's side ended, if not
+    /// cleanly): the session core closes the session and writes its summary.
+    async fn finish(&mut self, broke: Option<DirEnd>) {
+        self.sync().await;
+        let fin = |seen: bool| {
+            if seen {
+                DirEnd::Fin
+            } else {
+                DirEnd::PeerFailed
+            }
+        };
+        let (client_end, server_end) = match broke {
+            None => (fin(self.fins[0]), fin(self.fins[1])),
+            Some(e) => (e, fin(self.fins[1])),
+        };
+        let ends = Ends {
+            client_end,
+            server_end,
+            client_bytes: self.bytes[0],
+            server_bytes: self.bytes[1],
+        };
+        self.a.close(Timestamp::now(), ends, None);
+        self.flush_events();
+    }
+
+    /// The `probe.version` fact of this session.
+    fn report(&mut self, outcome: &HelloOutcome, offer: Offer) {
+        self.flush_events();
+        let ev =
+            Event::new(Timestamp::now(), self.a.info().id, outcome.event(offer)).in_run(&self.run);
+        self.out.write(ev);
+        self.out.flush();
+    }
+
     /// Feeds what the tap recorded, serves the analyzer's requests, writes its events.
     async fn sync(&mut self) {
         let tapped = self
@@ -474,37 +578,28 @@ pub async fn run_to(cfg: ProxyConfig, analysis: Analysis, plan: Plan, out: &mut 
     };
     out.write(Event::new(Timestamp::now(), 0, start).in_run(&run));
     out.flush();
+    let shared = Arc::new(analysis);
+    if plan.versions {
+        return versions(&shared, &upstream, &plan, out).await;
+    }
 
     let deadline = tokio::time::Instant::now() + plan.timeout;
     let opened = Timestamp::now();
     let connected = crate::proxy::upstream::connect(&upstream, plan.timeout).await;
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
     let local = connected.as_ref().map(|c| c.local).unwrap_or(unspecified);
-    let info = SessionInfo {
-        id: 1,
-        // The probe is the client; it listens nowhere.
-        client: local,
-        listener: local,
-        upstream: upstream.clone(),
-        opened,
-        implicit_tls: plan.implicit_tls,
-    };
     let seen: SeenLog = Arc::new(Mutex::new(Seen::default()));
     let placeholder = Output::Memory(Vec::new());
-    let mut d = Driver {
-        a: SessionAnalyzer::new(info, Arc::new(analysis)),
-        run,
-        log: Arc::new(Mutex::new(Vec::new())),
-        seen: seen.clone(),
-        crls: Arc::new(CrlCache::default()),
-        out: std::mem::replace(out, placeholder),
-        bytes: [0, 0],
-        fins: [false, false],
-        error_finding: false,
-        inner: None,
-        banner: Vec::new(),
-    };
-    let code = match connected {
+    let mut d = Driver::new(
+        1,
+        &shared,
+        &upstream,
+        &plan,
+        (opened, local),
+        std::mem::replace(out, placeholder),
+    );
+    d.seen = seen.clone();
+    let mut code = match connected {
         Err(failure) => {
             d.a.upstream_failed(Timestamp::now(), failure, None);
             d.flush_events();
@@ -527,35 +622,10 @@ pub async fn run_to(cfg: ProxyConfig, analysis: Analysis, plan: Plan, out: &mut 
             let broke = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
-                Err(_) => Some(DirEnd::Error {
-                    code: "timeout",
-                    detail: format!(
-                        "the probe gave up after {}s (--timeout)",
-                        plan.timeout.as_secs()
-                    ),
-                }),
+                Err(_) => Some(timed_out(&plan)),
             };
-            d.sync().await;
             let complete = broke.is_none();
-            let fin = |seen: bool| {
-                if seen {
-                    DirEnd::Fin
-                } else {
-                    DirEnd::PeerFailed
-                }
-            };
-            let (client_end, server_end) = match broke {
-                None => (fin(d.fins[0]), fin(d.fins[1])),
-                Some(e) => (e, fin(d.fins[1])),
-            };
-            let ends = Ends {
-                client_end,
-                server_end,
-                client_bytes: d.bytes[0],
-                server_bytes: d.bytes[1],
-            };
-            d.a.close(Timestamp::now(), ends, None);
-            d.flush_events();
+            d.finish(broke).await;
             if d.error_finding || !complete {
                 exit::ERROR_FINDING
             } else {
@@ -563,8 +633,413 @@ pub async fn run_to(cfg: ProxyConfig, analysis: Analysis, plan: Plan, out: &mut 
             }
         }
     };
+    if d.legacy_hint {
+        // What rustls could not negotiate, a legacy hello may show: the
+        // version and suite the server chooses, and its certificate.
+        let o = std::mem::replace(&mut d.out, Output::Memory(Vec::new()));
+        let h = hello_session(&shared, &upstream, &plan, 2, Offer::Legacy, o, true).await;
+        d.out = h.out;
+        if h.error_finding {
+            code = exit::ERROR_FINDING;
+        }
+    }
     *out = std::mem::replace(&mut d.out, Output::Memory(Vec::new()));
     out.flush();
+    code
+}
+
+fn timed_out(plan: &Plan) -> DirEnd {
+    DirEnd::Error {
+        code: "timeout",
+        detail: format!(
+            "the probe gave up after {}s (--timeout)",
+            plan.timeout.as_secs()
+        ),
+    }
+}
+
+/// Whether a failed rustls handshake failed on versions or suites, so that
+/// a legacy hello may tell more: no ServerHello and the server refused
+/// (protocol_version, handshake_failure, insufficient_security), closed, or
+/// rustls found it incompatible; or the server chose a version older than
+/// TLS 1.2.
+fn wants_legacy(kept: &[Event], e: &std::io::Error) -> bool {
+    let mut server_hello = false;
+    let mut old_version = false;
+    let mut refusal = false;
+    let mut other_alert = false;
+    for ev in kept {
+        match &ev.kind {
+            EventKind::Tls(crate::tls::TlsEvent::ServerHello { version, .. }) => {
+                server_hello = true;
+                old_version |= matches!(version.as_str(), "SSLv3" | "TLSv1.0" | "TLSv1.1");
+            }
+            EventKind::Tls(crate::tls::TlsEvent::Alert {
+                side: Side::Server,
+                description,
+                ..
+            }) => {
+                if matches!(
+                    description.as_str(),
+                    "protocol_version" | "handshake_failure" | "insufficient_security"
+                ) {
+                    refusal = true;
+                } else if description != "close_notify" {
+                    other_alert = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let incompatible = matches!(rustls_error, Some(rustls::Error::PeerIncompatible(_)));
+    let closed = e.kind() == std::io::ErrorKind::UnexpectedEof && !other_alert;
+    old_version || (!server_hello && (refusal || incompatible || closed))
+}
+
+/// What one hand-built hello learnt.
+#[derive(Debug, Clone)]
+struct HelloOutcome {
+    accepted: bool,
+    version: Option<String>,
+    cipher_suite: Option<String>,
+    refused: Option<&'static str>,
+    detail: String,
+}
+
+impl HelloOutcome {
+    fn refused(code: &'static str, detail: impl Into<String>) -> Self {
+        HelloOutcome {
+            accepted: false,
+            version: None,
+            cipher_suite: None,
+            refused: Some(code),
+            detail: detail.into(),
+        }
+    }
+
+    fn event(&self, offer: Offer) -> SessionEvent {
+        SessionEvent::ProbeVersion {
+            offered: offer_name(offer),
+            accepted: self.accepted,
+            version: self.version.clone(),
+            cipher_suite: self.cipher_suite.clone(),
+            refused: self.refused.map(String::from),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+fn offer_name(offer: Offer) -> String {
+    match offer {
+        Offer::Legacy => "legacy".into(),
+        Offer::Only(v) => legacy::version_name(v),
+    }
+}
+
+/// How the SMTP dialogue or the hello exchange ended.
+enum Exchange {
+    /// The server's first flight ended so.
+    Flight(FlightEnd),
+    /// The server closed before its first flight ended.
+    Closed,
+    /// TLS never started: the reason in words.
+    NoTls(String),
+}
+
+/// What a hello session returns.
+struct HelloSession {
+    out: Output,
+    outcome: HelloOutcome,
+    error_finding: bool,
+}
+
+/// One connection with a hand-built ClientHello (`offer`): the SMTP dialogue
+/// up to STARTTLS's 220 (or TLS from the first byte), the hello, the server's
+/// first flight, then the probe stops. Every byte goes to the session core
+/// as in the main probe; its events go to `out`, and with `report` the
+/// `probe.version` fact too (just before the summary).
+async fn hello_session(
+    shared: &Arc<Analysis>,
+    upstream: &Upstream,
+    plan: &Plan,
+    id: crate::event::SessionId,
+    offer: Offer,
+    out: Output,
+    report: bool,
+) -> HelloSession {
+    let opened = Timestamp::now();
+    let connected = crate::proxy::upstream::connect(upstream, plan.timeout).await;
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let local = connected.as_ref().map(|c| c.local).unwrap_or(unspecified);
+    let mut d = Driver::new(id, shared, upstream, plan, (opened, local), out);
+    let outcome = match connected {
+        Err(failure) => {
+            let outcome = HelloOutcome::refused("no_connection", failure.detail.clone());
+            d.a.upstream_failed(Timestamp::now(), failure, None);
+            if report {
+                d.report(&outcome, offer);
+            }
+            d.flush_events();
+            outcome
+        }
+        Ok(c) => {
+            d.a.upstream_connected(Timestamp::now(), c.peer, c.local, c.elapsed.as_secs_f64());
+            d.flush_events();
+            let tcp = TapStream::new(c.stream, d.log.clone());
+            let sni = plan.sni.clone().unwrap_or_else(|| upstream.host.clone());
+            let r =
+                tokio::time::timeout(plan.timeout, hello_exchange(&mut d, tcp, plan, offer, &sni))
+                    .await;
+            let (exchange, broke) = match r {
+                Ok(Ok(x)) => (Some(x), None),
+                Ok(Err(e)) => (None, Some(e)),
+                Err(_) => (None, Some(timed_out(plan))),
+            };
+            d.sync().await;
+            let outcome = outcome(d.a.kept(), offer, exchange.as_ref(), broke.as_ref());
+            if report {
+                d.report(&outcome, offer);
+            }
+            d.finish(broke).await;
+            outcome
+        }
+    };
+    HelloSession {
+        out: d.out,
+        outcome,
+        error_finding: d.error_finding,
+    }
+}
+
+/// The SMTP dialogue up to TLS, the hand-built hello, the server's first
+/// flight, and the probe's stop (a `user_canceled` alert after a TLS ≤ 1.2
+/// flight; just a close otherwise).
+async fn hello_exchange(
+    d: &mut Driver,
+    mut tcp: TapStream,
+    plan: &Plan,
+    offer: Offer,
+    sni: &str,
+) -> Result<Exchange, DirEnd> {
+    if !plan.implicit_tls {
+        let mut c = Conn::new(tcp, false);
+        let banner = c.reply(d).await?;
+        if banner.code / 100 != 2 {
+            c.quit(d).await?;
+            let words = format!("the banner refuses service: {}", banner.lines.join(" | "));
+            return Ok(Exchange::NoTls(words));
+        }
+        let Some(caps) = c.hello(d, &plan.ehlo).await? else {
+            c.quit(d).await?;
+            return Ok(Exchange::NoTls("EHLO and HELO were refused".into()));
+        };
+        if !offers_starttls(&caps) {
+            c.quit(d).await?;
+            return Ok(Exchange::NoTls("the server does not offer STARTTLS".into()));
+        }
+        let r = c.command(d, "STARTTLS").await?;
+        if r.code != 220 {
+            c.quit(d).await?;
+            let words = format!("STARTTLS was answered {}", r.lines.join(" | "));
+            return Ok(Exchange::NoTls(words));
+        }
+        tcp = c.s;
+    }
+    let hello = legacy::client_hello(offer, Some(sni), &hello_random());
+    let sent = async {
+        tcp.write_all(&hello).await?;
+        tcp.flush().await
+    }
+    .await;
+    d.sync().await;
+    sent.map_err(|e| io_end("sending the ClientHello", &e))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        let n = tcp.read(&mut chunk).await;
+        d.sync().await;
+        match n {
+            Ok(0) => break None,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = legacy::flight_end(&buf) {
+                    break Some(end);
+                }
+            }
+            Err(e) => return Err(io_end("reading the server's hello", &e)),
+        }
+    };
+    if let Some(FlightEnd::Done { version }) = &end {
+        // Nothing is encrypted yet: say why the handshake stops here.
+        let _ = tcp.write_all(&legacy::cancel_alerts(*version)).await;
+    }
+    let _ = tcp.shutdown().await;
+    drain_raw(&mut tcp).await;
+    d.sync().await;
+    Ok(match end {
+        Some(e) => Exchange::Flight(e),
+        None => Exchange::Closed,
+    })
+}
+
+/// Fresh random bytes for a hello (rustls' provider; the clock if it fails:
+/// a hello the probe never completes needs uniqueness, not secrecy).
+fn hello_random() -> legacy::HelloRandom {
+    let mut b = [0u8; 96];
+    let rng = rustls::crypto::ring::default_provider().secure_random;
+    if rng.fill(&mut b).is_err() {
+        use sha2::Digest;
+        let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+        for (i, part) in b.chunks_mut(32).enumerate() {
+            let h = sha2::Sha256::digest(format!("{seed} {i}").as_bytes());
+            part.copy_from_slice(&h);
+        }
+    }
+    let mut r = legacy::HelloRandom {
+        random: [0; 32],
+        session_id: [0; 32],
+        x25519: [0; 32],
+    };
+    r.random.copy_from_slice(&b[..32]);
+    r.session_id.copy_from_slice(&b[32..64]);
+    r.x25519.copy_from_slice(&b[64..]);
+    r
+}
+
+/// What the session core saw of the server's answer, in the probe's terms.
+fn outcome(
+    kept: &[Event],
+    offer: Offer,
+    exchange: Option<&Exchange>,
+    broke: Option<&DirEnd>,
+) -> HelloOutcome {
+    use crate::tls::TlsEvent;
+    for ev in kept {
+        let (version, suite, retry) = match &ev.kind {
+            EventKind::Tls(TlsEvent::ServerHello {
+                version,
+                cipher_suite,
+                ..
+            }) => (version, cipher_suite, None),
+            EventKind::Tls(TlsEvent::HelloRetryRequest {
+                version,
+                cipher_suite,
+                group,
+            }) => (version, cipher_suite, Some(group)),
+            _ => continue,
+        };
+        let exact = match offer {
+            Offer::Legacy => true,
+            Offer::Only(v) => *version == legacy::version_name(v),
+        };
+        if !exact {
+            return HelloOutcome {
+                accepted: false,
+                version: Some(version.clone()),
+                cipher_suite: Some(suite.clone()),
+                refused: Some("older_version"),
+                detail: format!("not accepted: the server chose the older {version} ({suite})"),
+            };
+        }
+        let mut detail = format!("accepted: the server chose {version} with {suite}");
+        if let Some(group) = retry {
+            let g = group.as_deref().unwrap_or("another");
+            detail.push_str(&format!(" (a HelloRetryRequest for a {g} key share)"));
+        }
+        if offer == Offer::Legacy {
+            detail.push_str("; smtptap stops this handshake here (rustls cannot complete it)");
+        }
+        return HelloOutcome {
+            accepted: true,
+            version: Some(version.clone()),
+            cipher_suite: Some(suite.clone()),
+            refused: None,
+            detail,
+        };
+    }
+    let alert = kept.iter().find_map(|ev| match &ev.kind {
+        EventKind::Tls(TlsEvent::Alert {
+            side: Side::Server,
+            level,
+            description,
+            ..
+        }) => Some(format!(
+            "refused: the server sent a {level} {description} alert"
+        )),
+        _ => None,
+    });
+    if let Some(words) = alert {
+        return HelloOutcome::refused("alert", words);
+    }
+    let desync = kept.iter().find_map(|ev| match &ev.kind {
+        EventKind::Tls(TlsEvent::Desync { reason, .. }) => Some(reason.clone()),
+        _ => None,
+    });
+    match (exchange, broke) {
+        (Some(Exchange::NoTls(words)), _) => HelloOutcome::refused("no_starttls", words.clone()),
+        (Some(Exchange::Closed), _) => HelloOutcome::refused(
+            "closed",
+            "refused: the server closed the connection without choosing a version",
+        ),
+        (Some(Exchange::Flight(FlightEnd::TooLong)), _) => HelloOutcome::refused(
+            "other",
+            format!(
+                "the server's first flight went on past {} KiB",
+                legacy::MAX_FLIGHT / 1024
+            ),
+        ),
+        (Some(Exchange::Flight(_)), _) => HelloOutcome::refused(
+            "not_tls",
+            format!(
+                "the server's answer is not a TLS handshake: {}",
+                desync.unwrap_or_else(|| "no ServerHello".into())
+            ),
+        ),
+        (None, Some(DirEnd::Error { code, detail })) => {
+            let code = match *code {
+                "timeout" => "timeout",
+                "reset" | "broken_pipe" | "closed" => "closed",
+                _ => "other",
+            };
+            HelloOutcome::refused(code, detail.clone())
+        }
+        (None, _) => HelloOutcome::refused("other", "the exchange ended without an answer"),
+    }
+}
+
+/// `--versions`: one connection per version, each with a hello offering
+/// only that version; a `probe.version` fact per version (session 0: the
+/// connections' own transcripts are not shown). See [`exit`] and the
+/// `--help` text for the verdict.
+async fn versions(
+    shared: &Arc<Analysis>,
+    upstream: &Upstream,
+    plan: &Plan,
+    out: &mut Output,
+) -> u8 {
+    let mut code = exit::OK;
+    let mut modern = false;
+    for (i, v) in legacy::VERSIONS.iter().enumerate() {
+        let offer = Offer::Only(*v);
+        let quiet = Output::Memory(Vec::new());
+        let h = hello_session(shared, upstream, plan, i as u64 + 1, offer, quiet, false).await;
+        let o = &h.outcome;
+        let ev = Event::new(Timestamp::now(), 0, o.event(offer)).in_run(&shared.run);
+        out.write(ev);
+        out.flush();
+        match (o.accepted, o.refused) {
+            (true, _) if *v >= legacy::TLS12 => modern = true,
+            (true, _) => code = code.max(exit::ERROR_FINDING),
+            (false, Some("no_connection")) => code = exit::NO_CONNECTION,
+            (false, Some("alert" | "closed" | "older_version")) => {}
+            // No clear answer (not TLS, no STARTTLS, a timeout …).
+            (false, _) => code = code.max(exit::ERROR_FINDING),
+        }
+    }
+    if !modern {
+        code = code.max(exit::ERROR_FINDING);
+    }
     code
 }
 
@@ -775,6 +1250,7 @@ async fn handshake(
             // needs them to say who gave up and why.
             drain_raw(&mut tcp).await;
             d.after_handshake(None).await;
+            d.legacy_hint = wants_legacy(d.a.kept(), &e);
             Err(io_end("TLS handshake", &e))
         }
     }

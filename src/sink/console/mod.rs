@@ -17,7 +17,7 @@
 //! prefixes, colour, per-session clocks) and [`render`] (pure: an event's
 //! lines), which dispatches on the typed [`EventKind`] to one file per event
 //! family (`session`: `run.*`, `session.*`, `upstream.*`, `observer.*`,
-//! `tls.started`; `smtp`; `tls`; `cert`; `capture`; `summary`). It must not
+//! `tls.started`, `probe.version`; `smtp`; `tls`; `cert`; `capture`; `summary`). It must not
 //! decide anything (findings are [`crate::diagnose`]'s, the summary's figures
 //! [`crate::summary`]'s), read the JSON form, or do I/O other than writing to
 //! the one output it was given.

@@ -1,5 +1,5 @@
 //! Run and session lifecycle lines: `run.*`, `session.*`, `upstream.*`,
-//! `observer.*`, `tls.started` (the summary has its own file).
+//! `observer.*`, `tls.started`, `probe.version` (the summary has its own file).
 
 use super::LineKind::{Fact, Problem, Server};
 use super::Lines;
@@ -132,6 +132,16 @@ pub(super) fn render(ev: &Event, e: &SessionEvent) -> Lines {
         )],
         SessionEvent::Close { .. } => close(e),
         SessionEvent::Summary(s) => super::summary::render(s),
+        SessionEvent::ProbeVersion {
+            offered, detail, ..
+        } => {
+            let what = if offered == "legacy" {
+                "legacy ClientHello (TLS 1.0 to 1.2, classic suites)".to_string()
+            } else {
+                format!("{offered} offered")
+            };
+            vec![(Fact, format!("{what}: {detail}"))]
+        }
     }
 }
 
