@@ -116,6 +116,10 @@ pub struct RawLimits {
     pub drain_timeout_secs: Option<u64>,
     /// Chunks queued from the relay to the observers of one session.
     pub observer_queue: Option<u64>,
+    /// Stop by itself after this long (`"90s"`, `"30m"`, `"4h"`), draining as on SIGTERM.
+    pub duration: Option<String>,
+    /// Stop by itself once this many sessions were accepted, draining as on SIGTERM.
+    pub max_sessions_total: Option<u64>,
 }
 
 /// `[log]` as written.
@@ -128,6 +132,10 @@ pub struct RawLog {
     pub console: Option<bool>,
     /// `"auto"`, `"always"` or `"never"`.
     pub color: Option<String>,
+    /// Rotate the JSON file when it would grow past this many bytes (0 = never).
+    pub max_bytes: Option<u64>,
+    /// Rotated JSON files kept (`log.json.1` … `log.json.N`).
+    pub keep: Option<u64>,
 }
 
 /// `[tls]` as written.
@@ -194,6 +202,10 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Chunks queued per session between relay and observers.
     pub observer_queue: usize,
+    /// Stop by itself after this long (None = run until a signal).
+    pub duration: Option<Duration>,
+    /// Stop by itself once this many sessions were accepted (None = no limit).
+    pub max_sessions_total: Option<u64>,
 }
 
 impl Default for Limits {
@@ -204,6 +216,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             observer_queue: 64,
+            duration: None,
+            max_sessions_total: None,
         }
     }
 }
@@ -253,6 +267,38 @@ pub struct LogSettings {
     pub console: bool,
     /// Colour mode.
     pub color: ColorMode,
+    /// Rotate the JSON file at this size (None = never).
+    pub max_bytes: Option<u64>,
+    /// Rotated JSON files kept.
+    pub keep: usize,
+}
+
+/// Default `log.max_bytes`: 100 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 100 * 1024 * 1024;
+/// Default `log.keep`.
+pub const DEFAULT_LOG_KEEP: u64 = 5;
+/// Smallest accepted `log.max_bytes` (other than 0).
+pub const MIN_LOG_MAX_BYTES: u64 = 4096;
+
+/// Parses a duration with an optional unit: `"90"` or `"90s"` seconds,
+/// `"30m"` minutes, `"4h"` hours, `"2d"` days.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'd')) => (&t[..i], 86_400),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| {
+        format!("{text:?} is not a duration (a whole number with s, m, h or d, e.g. \"4h\" or \"90m\")")
+    })?;
+    let secs = n
+        .checked_mul(mult)
+        .filter(|s| *s > 0 && *s <= 365 * 86_400)
+        .ok_or_else(|| format!("{text:?}: must be more than 0 and at most a year"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 /// The upstream host and port, as configured (resolved at each connect).
@@ -397,6 +443,7 @@ impl ProxyConfig {
                 "upstreams": c.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "ports": c.ports,
                 "queue_bytes": c.queue_bytes,
+                "max_total_bytes": c.max_total_bytes,
                 "flush_interval_s": secs(c.flush_interval),
             })
         });
@@ -424,6 +471,17 @@ impl ProxyConfig {
                 "idle_timeout_s": secs(self.limits.idle_timeout),
                 "drain_timeout_s": secs(self.limits.drain_timeout),
                 "observer_queue": self.limits.observer_queue,
+                "duration_s": self.limits.duration.map(secs),
+                "max_sessions_total": self.limits.max_sessions_total,
+            },
+            "log": {
+                "json": match &self.log.json {
+                    None => None,
+                    Some(JsonTarget::Stdout) => Some("-".to_string()),
+                    Some(JsonTarget::File(p)) => Some(p.display().to_string()),
+                },
+                "max_bytes": self.log.max_bytes,
+                "keep": self.log.keep,
             },
             "tls": {
                 "expect_names": self.tls.expect_names,
@@ -584,6 +642,14 @@ impl RawConfig {
                 d.observer_queue as u64,
                 65_536,
             )? as usize,
+            duration: match l.duration.as_deref() {
+                None | Some("") => None,
+                Some(t) => Some(parse_duration(t).map_err(|m| err("limits.duration", m))?),
+            },
+            max_sessions_total: match l.max_sessions_total {
+                None => None,
+                Some(n) => Some(positive("limits.max_sessions_total", Some(n), 0, u64::MAX)?),
+            },
         };
 
         let json = match self.log.json.as_deref() {
@@ -602,10 +668,20 @@ impl RawConfig {
                 ))
             }
         };
+        let max_bytes = self.log.max_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES);
+        if max_bytes != 0 && max_bytes < MIN_LOG_MAX_BYTES {
+            return Err(err(
+                "log.max_bytes",
+                format!("{max_bytes} is too small (0 for never, or at least {MIN_LOG_MAX_BYTES})"),
+            ));
+        }
+        let keep = positive("log.keep", self.log.keep, DEFAULT_LOG_KEEP, 1000)? as usize;
         let log = LogSettings {
             json,
             console: self.log.console.unwrap_or(true),
             color,
+            max_bytes: (max_bytes != 0).then_some(max_bytes),
+            keep,
         };
 
         let td = TlsSettings::default();
