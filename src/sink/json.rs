@@ -7,9 +7,10 @@
 //! * **rotate** by size (`log.max_bytes`): `log` → `log.1` → … → `log.<keep>`,
 //!   the oldest dropped, the new file starting with `run.log_rotated`;
 //! * **survive a full disk**: a failed write stops writing (stderr says so),
-//!   later events are counted, not written; every so often (back-off from 1 s
-//!   to [`RETRY_MAX`]) it tries again, ends a line left half-written, writes
-//!   `run.log_recovered` with the number of events lost, and goes on.
+//!   a line left half-written is cut off again (the file stays valid JSON
+//!   lines), later events are counted, not written; every so often (back-off
+//!   from 1 s to [`RETRY_MAX`], at the next event or flush) it tries again,
+//!   writes `run.log_recovered` with the number of events lost, and goes on.
 //!
 //! It runs on the sink thread only (blocking file I/O); it must not be used
 //! from async code.
@@ -256,9 +257,25 @@ impl JsonFile {
         }
         self.size = self.size.saturating_add(off as u64);
         if let Some(e) = err {
-            let whole = self.ends.iter().filter(|end| **end <= off).count();
-            let lost = (self.ends.len() - whole) as u64;
-            let partial = off > 0 && !self.ends.contains(&off);
+            let whole_end = self
+                .ends
+                .iter()
+                .copied()
+                .filter(|end| *end <= off)
+                .max()
+                .unwrap_or(0);
+            let lost = self.ends.iter().filter(|end| **end > off).count() as u64;
+            // Cut a half-written line off again, so the file stays valid
+            // JSON lines; if that fails, the recovery starts a new line.
+            let cut = (off - whole_end) as u64;
+            let mut partial = false;
+            if cut > 0 {
+                partial = match file.metadata() {
+                    Ok(m) if m.len() >= cut => file.set_len(m.len() - cut).is_err(),
+                    _ => true,
+                };
+                self.size = self.size.saturating_sub(cut);
+            }
             self.buf.clear();
             self.ends.clear();
             self.file = None;
