@@ -1138,4 +1138,46 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `mode`"), "{e}");
     }
+
+    #[test]
+    fn durations_take_a_unit_and_unattended_keys_name_themselves_in_errors() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(4 * 3600));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86_400));
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("4 hours").is_err());
+        assert!(parse_duration("h").is_err());
+        let base = "listen=[\"127.0.0.1:1\"]\nupstream=\"h:25\"\n";
+        let c = resolve(&format!("{base}[limits]\nduration = \"4h\"\nmax_sessions_total = 7\n")).unwrap();
+        assert_eq!(c.limits.duration, Some(Duration::from_secs(14_400)));
+        assert_eq!(c.limits.max_sessions_total, Some(7));
+        let e = resolve(&format!("{base}[limits]\nduration = \"4x\"\n")).unwrap_err();
+        assert_eq!(e.key, "limits.duration");
+        assert!(e.message.contains("not a duration"), "{e}");
+        let e = resolve(&format!("{base}[limits]\nmax_sessions_total = 0\n")).unwrap_err();
+        assert_eq!(e.key, "limits.max_sessions_total");
+        // The log rotates at 100 MiB, keeping 5, unless told otherwise.
+        let c = resolve(base).unwrap();
+        assert_eq!(c.log.max_bytes, Some(DEFAULT_LOG_MAX_BYTES));
+        assert_eq!(c.log.keep, 5);
+        let c = resolve(&format!("{base}[log]\nmax_bytes = 0\n")).unwrap();
+        assert_eq!(c.log.max_bytes, None);
+        let e = resolve(&format!("{base}[log]\nmax_bytes = 100\n")).unwrap_err();
+        assert_eq!(e.key, "log.max_bytes");
+        let e = resolve(&format!("{base}[log]\nkeep = 0\n")).unwrap_err();
+        assert_eq!(e.key, "log.keep");
+        // A capture cap needs room for the open file.
+        let e = resolve(&format!(
+            "{base}[capture]\nenabled = true\nrotate_bytes = 0\nmax_total_bytes = 1000000\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("capture.max_total_bytes: needs rotate_bytes"), "{e}");
+        let e = resolve(&format!(
+            "{base}[capture]\nenabled = true\nrotate_bytes = 1000000\nmax_total_bytes = 1500000\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("less than twice rotate_bytes"), "{e}");
+    }
 }
