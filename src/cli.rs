@@ -337,13 +337,7 @@ pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
     let background = tokio::spawn(background(
-        signals,
-        duration,
-        sink,
-        run,
-        capture,
-        log_path,
-        stop_tx,
+        signals, duration, sink, run, capture, log_path, stop_tx,
     ));
     let stats = proxy
         .run_until(async move { stop_rx.await.unwrap_or_else(|_| "stopped".to_string()) })
@@ -410,7 +404,11 @@ async fn background(
         }
     };
     tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(CAPTURE_EVENTS_EVERY);
+    // Not at once: run.start comes first.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + CAPTURE_EVENTS_EVERY,
+        CAPTURE_EVENTS_EVERY,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
@@ -553,10 +551,7 @@ fn can_create_in(dir: &std::path::Path) -> Result<(), String> {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => Err(format!(
-            "cannot create a file in {}: {e}",
-            dir.display()
-        )),
+        Err(e) => Err(format!("cannot create a file in {}: {e}", dir.display())),
     }
 }
 

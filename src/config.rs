@@ -292,7 +292,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => (t, 1),
     };
     let n: u64 = num.trim().parse().map_err(|_| {
-        format!("{text:?} is not a duration (a whole number with s, m, h or d, e.g. \"4h\" or \"90m\")")
+        format!(
+            "{text:?} is not a duration (a whole number with s, m, h or d, e.g. \"4h\" or \"90m\")"
+        )
     })?;
     let secs = n
         .checked_mul(mult)
@@ -1145,12 +1147,18 @@ mod tests {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(4 * 3600));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86_400));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86_400)
+        );
         assert!(parse_duration("0h").is_err());
         assert!(parse_duration("4 hours").is_err());
         assert!(parse_duration("h").is_err());
         let base = "listen=[\"127.0.0.1:1\"]\nupstream=\"h:25\"\n";
-        let c = resolve(&format!("{base}[limits]\nduration = \"4h\"\nmax_sessions_total = 7\n")).unwrap();
+        let c = resolve(&format!(
+            "{base}[limits]\nduration = \"4h\"\nmax_sessions_total = 7\n"
+        ))
+        .unwrap();
         assert_eq!(c.limits.duration, Some(Duration::from_secs(14_400)));
         assert_eq!(c.limits.max_sessions_total, Some(7));
         let e = resolve(&format!("{base}[limits]\nduration = \"4x\"\n")).unwrap_err();
@@ -1173,11 +1181,18 @@ mod tests {
             "{base}[capture]\nenabled = true\nrotate_bytes = 0\nmax_total_bytes = 1000000\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains("capture.max_total_bytes: needs rotate_bytes"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("capture.max_total_bytes: needs rotate_bytes"),
+            "{e}"
+        );
         let e = resolve(&format!(
             "{base}[capture]\nenabled = true\nrotate_bytes = 1000000\nmax_total_bytes = 1500000\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains("less than twice rotate_bytes"), "{e}");
+        assert!(
+            e.to_string().contains("less than twice rotate_bytes"),
+            "{e}"
+        );
     }
 }

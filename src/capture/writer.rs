@@ -566,7 +566,8 @@ impl Writer {
                     self.fail(&old.path.clone(), e);
                     return;
                 }
-                self.shared.push_event(id, file_event(&old.path, "reopened"));
+                self.shared
+                    .push_event(id, file_event(&old.path, "reopened"));
                 match OpenFile::create(&old.path, self.cfg.legs, SESSION_BUFFER) {
                     Ok(f) => {
                         self.shared.stats.files.fetch_add(1, Ordering::Relaxed);

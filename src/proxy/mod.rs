@@ -288,7 +288,11 @@ async fn accept_loop(
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let total = accepted.fetch_add(1, Ordering::Relaxed) + 1;
         // limits.max_sessions_total: this was the last session; stop accepting.
-        let last = ctx.cfg.limits.max_sessions_total.is_some_and(|m| total >= m);
+        let last = ctx
+            .cfg
+            .limits
+            .max_sessions_total
+            .is_some_and(|m| total >= m);
         let ctx_total = ctx.total_reached.clone();
         let ctx = ctx.clone();
         let listen_addr = stream.local_addr().unwrap_or(local);
