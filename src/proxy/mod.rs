@@ -17,6 +17,10 @@
 //! in the kernel's listen backlog. On shutdown the listeners close, open
 //! sessions get `limits.drain_timeout` to finish, then they are aborted; every
 //! session still gets its `session.close` and `session.summary`.
+//! [`Proxy::run_until`] takes the reason for stopping (`run.stop`'s
+//! `reason`); it also stops by itself once `limits.max_sessions_total`
+//! sessions were accepted (the accept loops stop accepting, then it drains
+//! as on SIGTERM).
 
 pub mod analysis;
 pub mod crl;
