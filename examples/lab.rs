@@ -62,6 +62,7 @@ async fn session(
         ),
         console: Some(Console::new(Box::new(std::io::stdout()), false)),
         memory: Some(collected.clone()),
+        json_file: None,
     };
     let running = proxy::spawn(cfg, sinks).await?;
     let addr = running

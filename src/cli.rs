@@ -29,6 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy: listen, relay every connection to the upstream verbatim, report what happened.
+    #[command(after_help = SIGNALS_HELP)]
     Proxy(Box<ProxyArgs>),
     /// Read a delivered message's Received headers: which hops used TLS, and how.
     Headers(crate::headers::HeadersArgs),
@@ -37,6 +38,17 @@ pub enum Command {
     /// 2 usage or configuration error, 3 could not connect.
     Probe(Box<crate::probe::ProbeArgs>),
 }
+
+/// What `smtptap proxy --help` says about signals and stopping.
+pub const SIGNALS_HELP: &str = "\
+Signals:
+  SIGTERM, SIGINT  stop: no new connections; open sessions get --drain-timeout to finish,
+                   then every session's summary and run.stop are written (exit 0).
+  SIGHUP           reopen the JSON log and the capture files (logrotate: rename them, then HUP):
+                   the next lines go to a fresh file at the configured path (mode 0600), a
+                   run.reopen event first; sessions go on. Exit status 0 after SIGTERM/SIGINT,
+                   --duration or --max-sessions-total; 1 on a start-up failure; 2 bad configuration.
+Stopping by itself: --duration and --max-sessions-total drain exactly as SIGTERM does.";
 
 /// `smtptap proxy` flags. Flags override the values of `--config`.
 #[derive(Debug, Args, Default)]
@@ -102,6 +114,14 @@ pub struct ProxyArgs {
     /// certificates and unreachable CRLs. Off by default: it makes network requests.
     #[arg(long)]
     pub check_revocation: bool,
+    /// Stop by itself after this long, draining as on SIGTERM: seconds, or with a unit,
+    /// e.g. 90s, 30m, 4h, 2d (limits.duration).
+    #[arg(long, value_name = "TIME")]
+    pub duration: Option<String>,
+    /// Stop by itself once N sessions were accepted, draining as on SIGTERM
+    /// (limits.max_sessions_total).
+    #[arg(long, value_name = "N")]
+    pub max_sessions_total: Option<u64>,
     /// Write what crossed the proxy as pcapng: a file (rotated: -1, -2…) or a directory
     /// (one file per run, or per session with capture.per_session). Opens in Wireshark/tshark.
     #[arg(long, value_name = "FILE|DIR")]
@@ -175,6 +195,12 @@ impl ProxyArgs {
         if self.check_revocation {
             raw.tls.check_revocation = Some(true);
         }
+        if let Some(x) = &self.duration {
+            raw.limits.duration = Some(x.clone());
+        }
+        if let Some(x) = self.max_sessions_total {
+            raw.limits.max_sessions_total = Some(x);
+        }
         if let Some(p) = &self.pcap {
             raw.capture.enabled = true;
             raw.capture.path = p.clone();
@@ -218,7 +244,19 @@ fn proxy_main(args: &ProxyArgs) -> ExitCode {
         }
     };
     if args.check {
+        if let Err(problems) = check_paths(&cfg) {
+            for p in problems {
+                eprintln!("smtptap: {file}: {p}");
+            }
+            return ExitCode::from(2);
+        }
+        let resolved = check_upstream(&cfg);
         println!("{file}: configuration is valid");
+        match resolved {
+            Ok(Some(line)) => println!("# {line}"),
+            Ok(None) => {}
+            Err(w) => eprintln!("smtptap: warning: {w}"),
+        }
         println!("# the resolved configuration (defaults filled in):");
         match toml::to_string_pretty(&toml_of(cfg.resolved_json())) {
             Ok(text) => print!("{text}"),
@@ -252,8 +290,15 @@ pub fn sinks_for(cfg: &ProxyConfig) -> std::io::Result<Sinks> {
     sinks.json = match &cfg.log.json {
         None => None,
         Some(JsonTarget::Stdout) => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
-        Some(JsonTarget::File(p)) => Some(sink::json::open(p)?),
+        Some(JsonTarget::File(_)) => None,
     };
+    if let Some(JsonTarget::File(p)) = &cfg.log.json {
+        sinks.json_file = Some(sink::json::JsonFile::open(
+            p,
+            cfg.log.max_bytes,
+            cfg.log.keep,
+        )?);
+    }
     if cfg.log.console {
         let (out, tty): (Box<dyn std::io::Write + Send>, bool) = if json_on_stdout {
             (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
@@ -270,15 +315,35 @@ pub fn sinks_for(cfg: &ProxyConfig) -> std::io::Result<Sinks> {
     Ok(sinks)
 }
 
-/// Runs the proxy until SIGINT/SIGTERM, then drains and flushes every sink.
+/// Runs the proxy until SIGINT/SIGTERM (or `limits.duration` /
+/// `limits.max_sessions_total`), then drains and flushes every sink. SIGHUP
+/// reopens the JSON log and the capture files.
 pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
     let sinks = sinks_for(&cfg).map_err(|e| format!("cannot open the log: {e}"))?;
     let analysis = Analysis::from_config(&cfg, crate::proxy::fresh_run_id())?;
+    let run = analysis.run.clone();
+    let capture = analysis.capture.clone();
+    let log_path = match &cfg.log.json {
+        Some(JsonTarget::File(p)) => Some(p.display().to_string()),
+        _ => None,
+    };
+    let duration = cfg.limits.duration;
     let (sink, handle) = sink::start(sinks);
-    let proxy = Proxy::bind(cfg, sink, analysis)
+    // Signals are taken before the proxy listens: a HUP that arrives once it
+    // can be reached must never kill it.
+    let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let proxy = Proxy::bind(cfg, sink.clone(), analysis)
         .await
         .map_err(|e| e.to_string())?;
-    let stats = proxy.run(shutdown_signal()).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
+    let background = tokio::spawn(background(
+        signals, duration, sink, run, capture, log_path, stop_tx,
+    ));
+    let stats = proxy
+        .run_until(async move { stop_rx.await.unwrap_or_else(|_| "stopped".to_string()) })
+        .await;
+    background.abort();
+    let _ = background.await;
     tracing::info!(sessions = stats.sessions, "stopped");
     // Every EventSink clone is gone with the proxy: the writer thread drains and
     // exits. A writer blocked for good (a pipe nobody reads) must not keep the
@@ -297,25 +362,219 @@ pub async fn run_proxy(cfg: ProxyConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+/// The signals the proxy handles (registered before it listens).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// How often the capture writer's events (errors, deletions, reopened
+/// files) are moved to the log when no session ends to carry them.
+const CAPTURE_EVENTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs beside the proxy: turns signals and `--duration` into a stop reason
+/// (sent once on `stop`), reopens files at SIGHUP, and moves the capture
+/// writer's events to the log as they happen.
+async fn background(
+    mut sig: Signals,
+    duration: Option<std::time::Duration>,
+    sink: crate::sink::EventSink,
+    run: crate::event::RunId,
+    capture: Option<crate::capture::Capture>,
+    log_path: Option<String>,
+    stop: tokio::sync::oneshot::Sender<String>,
+) {
+    use crate::event::{Event, SessionEvent, Timestamp};
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    // Not at once: run.start comes first.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + CAPTURE_EVENTS_EVERY,
+        CAPTURE_EVENTS_EVERY,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reason = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = sig.term.recv() => break "sigterm",
+            _ = sig.int.recv() => break "sigint",
+            _ = &mut deadline => break "duration",
+            _ = sig.hup.recv() => {
+                tracing::warn!("SIGHUP: reopening the JSON log and the capture files");
+                if let Some(c) = &capture {
+                    c.reopen();
+                }
+                let ev = Event::new(
+                    Timestamp::now(),
+                    0,
+                    SessionEvent::RunReopen {
+                        signal: "SIGHUP".into(),
+                        log: log_path.clone(),
+                        capture: capture.is_some(),
+                    },
+                )
+                .in_run(&run);
+                sink.send_batch(vec![ev]).await;
+            }
+            _ = tick.tick() => {
+                if let Some(c) = &capture {
+                    let evs: Vec<Event> = c.take_events().into_iter().map(|e| e.in_run(&run)).collect();
+                    sink.send_batch(evs).await;
+                }
+            }
+        }
+    };
+    let _ = stop.send(reason.to_string());
+    // Signals stay handled while the proxy drains (a second SIGTERM or a
+    // HUP during the drain must not kill it): this task is aborted at the end.
+    loop {
+        tokio::select! {
+            _ = sig.term.recv() => tracing::warn!("SIGTERM again: already draining (see --drain-timeout)"),
+            _ = sig.int.recv() => tracing::warn!("SIGINT again: already draining (see --drain-timeout)"),
+            _ = sig.hup.recv() => {
+                if let Some(c) = &capture {
+                    c.reopen();
+                }
+                let ev = Event::new(
+                    Timestamp::now(),
+                    0,
+                    SessionEvent::RunReopen {
+                        signal: "SIGHUP".into(),
+                        log: log_path.clone(),
+                        capture: capture.is_some(),
+                    },
+                )
+                .in_run(&run);
+                sink.send_batch(vec![ev]).await;
+            }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `--check`: the log and capture paths can be created (the directory exists
+/// and is writable); nothing is left behind. Each problem names the key.
+fn check_paths(cfg: &ProxyConfig) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    if let Some(JsonTarget::File(p)) = &cfg.log.json {
+        if let Err(e) = can_write_file(p) {
+            problems.push(format!("log.json: {}: {e}", p.display()));
+        }
+    }
+    if let Some(c) = &cfg.capture {
+        let r = match &c.target {
+            crate::capture::Target::Dir(d) => can_create_in(&nearest_existing(d)),
+            crate::capture::Target::File(f) => can_write_file(f),
+        };
+        if let Err(e) = r {
+            let p = match &c.target {
+                crate::capture::Target::Dir(d) | crate::capture::Target::File(d) => d,
+            };
+            problems.push(format!("capture.path: {}: {e}", p.display()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// An existing file must open for appending (unchanged); a new one must be
+/// creatable in its directory.
+fn can_write_file(p: &std::path::Path) -> Result<(), String> {
+    if p.is_dir() {
+        return Err("is a directory".into());
+    }
+    if p.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(p)
+            .map(|_| ())
+            .map_err(|e| format!("cannot be written: {e}"));
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    can_create_in(&dir)
+}
+
+/// The directory (or its nearest existing ancestor: the capture directory is
+/// created at start) accepts a new file: one is created and removed.
+fn nearest_existing(d: &std::path::Path) -> PathBuf {
+    let mut cur = d.to_path_buf();
+    loop {
+        if cur.exists() || cur.as_os_str().is_empty() {
+            return if cur.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                cur
+            };
+        }
+        match cur.parent() {
+            Some(p) => cur = p.to_path_buf(),
+            None => return PathBuf::from("."),
+        }
+    }
+}
+
+fn can_create_in(dir: &std::path::Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let probe = dir.join(format!(".smtptap-check-{}", std::process::id()));
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    match r {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot create a file in {}: {e}", dir.display())),
+    }
+}
+
+/// `--check`: resolves the upstream name with the system resolver, as the
+/// proxy does at each connection; a failure is a warning (DNS may differ
+/// where the proxy runs, or be down for a moment).
+fn check_upstream(cfg: &ProxyConfig) -> Result<Option<String>, String> {
+    use std::net::ToSocketAddrs;
+    let crate::config::UpstreamTarget::Static(u) = &cfg.upstream else {
+        return Ok(None);
+    };
+    match (u.host.as_str(), u.port).to_socket_addrs() {
+        Ok(addrs) => {
+            let list: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            if list.is_empty() {
+                Err(format!("upstream: {u}: the name resolves to no address"))
+            } else {
+                Ok(Some(format!("upstream {u} resolves to {}", list.join(", "))))
+            }
+        }
+        Err(e) => Err(format!(
+            "upstream: {u}: the name does not resolve now ({e}); the proxy resolves it again at each connection"
+        )),
     }
 }
 

@@ -116,6 +116,10 @@ pub struct RawLimits {
     pub drain_timeout_secs: Option<u64>,
     /// Chunks queued from the relay to the observers of one session.
     pub observer_queue: Option<u64>,
+    /// Stop by itself after this long (`"90s"`, `"30m"`, `"4h"`), draining as on SIGTERM.
+    pub duration: Option<String>,
+    /// Stop by itself once this many sessions were accepted, draining as on SIGTERM.
+    pub max_sessions_total: Option<u64>,
 }
 
 /// `[log]` as written.
@@ -128,6 +132,10 @@ pub struct RawLog {
     pub console: Option<bool>,
     /// `"auto"`, `"always"` or `"never"`.
     pub color: Option<String>,
+    /// Rotate the JSON file when it would grow past this many bytes (0 = never).
+    pub max_bytes: Option<u64>,
+    /// Rotated JSON files kept (`log.json.1` … `log.json.N`).
+    pub keep: Option<u64>,
 }
 
 /// `[tls]` as written.
@@ -202,6 +210,10 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Chunks queued per session between relay and observers.
     pub observer_queue: usize,
+    /// Stop by itself after this long (None = run until a signal).
+    pub duration: Option<Duration>,
+    /// Stop by itself once this many sessions were accepted (None = no limit).
+    pub max_sessions_total: Option<u64>,
 }
 
 impl Default for Limits {
@@ -212,6 +224,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             observer_queue: 64,
+            duration: None,
+            max_sessions_total: None,
         }
     }
 }
@@ -274,6 +288,40 @@ pub struct LogSettings {
     pub console: bool,
     /// Colour mode.
     pub color: ColorMode,
+    /// Rotate the JSON file at this size (None = never).
+    pub max_bytes: Option<u64>,
+    /// Rotated JSON files kept.
+    pub keep: usize,
+}
+
+/// Default `log.max_bytes`: 100 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 100 * 1024 * 1024;
+/// Default `log.keep`.
+pub const DEFAULT_LOG_KEEP: u64 = 5;
+/// Smallest accepted `log.max_bytes` (other than 0).
+pub const MIN_LOG_MAX_BYTES: u64 = 4096;
+
+/// Parses a duration with an optional unit: `"90"` or `"90s"` seconds,
+/// `"30m"` minutes, `"4h"` hours, `"2d"` days.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'd')) => (&t[..i], 86_400),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| {
+        format!(
+            "{text:?} is not a duration (a whole number with s, m, h or d, e.g. \"4h\" or \"90m\")"
+        )
+    })?;
+    let secs = n
+        .checked_mul(mult)
+        .filter(|s| *s > 0 && *s <= 365 * 86_400)
+        .ok_or_else(|| format!("{text:?}: must be more than 0 and at most a year"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 /// The upstream host and port, as configured (resolved at each connect).
@@ -418,6 +466,7 @@ impl ProxyConfig {
                 "upstreams": c.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "ports": c.ports,
                 "queue_bytes": c.queue_bytes,
+                "max_total_bytes": c.max_total_bytes,
                 "flush_interval_s": secs(c.flush_interval),
             })
         });
@@ -445,6 +494,17 @@ impl ProxyConfig {
                 "idle_timeout_s": secs(self.limits.idle_timeout),
                 "drain_timeout_s": secs(self.limits.drain_timeout),
                 "observer_queue": self.limits.observer_queue,
+                "duration_s": self.limits.duration.map(secs),
+                "max_sessions_total": self.limits.max_sessions_total,
+            },
+            "log": {
+                "json": match &self.log.json {
+                    None => None,
+                    Some(JsonTarget::Stdout) => Some("-".to_string()),
+                    Some(JsonTarget::File(p)) => Some(p.display().to_string()),
+                },
+                "max_bytes": self.log.max_bytes,
+                "keep": self.log.keep,
             },
             "tls": {
                 "expect_names": self.tls.expect_names,
@@ -609,6 +669,14 @@ impl RawConfig {
                 d.observer_queue as u64,
                 65_536,
             )? as usize,
+            duration: match l.duration.as_deref() {
+                None | Some("") => None,
+                Some(t) => Some(parse_duration(t).map_err(|m| err("limits.duration", m))?),
+            },
+            max_sessions_total: match l.max_sessions_total {
+                None => None,
+                Some(n) => Some(positive("limits.max_sessions_total", Some(n), 0, u64::MAX)?),
+            },
         };
 
         let json = match self.log.json.as_deref() {
@@ -627,10 +695,20 @@ impl RawConfig {
                 ))
             }
         };
+        let max_bytes = self.log.max_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES);
+        if max_bytes != 0 && max_bytes < MIN_LOG_MAX_BYTES {
+            return Err(err(
+                "log.max_bytes",
+                format!("{max_bytes} is too small (0 for never, or at least {MIN_LOG_MAX_BYTES})"),
+            ));
+        }
+        let keep = positive("log.keep", self.log.keep, DEFAULT_LOG_KEEP, 1000)? as usize;
         let log = LogSettings {
             json,
             console: self.log.console.unwrap_or(true),
             color,
+            max_bytes: (max_bytes != 0).then_some(max_bytes),
+            keep,
         };
 
         let td = TlsSettings::default();
@@ -1102,5 +1180,60 @@ mod tests {
         let e = RawConfig::from_toml("[[destination]]\nmatch=\"::/0\"\nmode=\"x\"\n", "c.toml")
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `mode`"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_unattended_keys_name_themselves_in_errors() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("4h").unwrap(), Duration::from_secs(4 * 3600));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86_400)
+        );
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("4 hours").is_err());
+        assert!(parse_duration("h").is_err());
+        let base = "listen=[\"127.0.0.1:1\"]\nupstream=\"h:25\"\n";
+        let c = resolve(&format!(
+            "{base}[limits]\nduration = \"4h\"\nmax_sessions_total = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.duration, Some(Duration::from_secs(14_400)));
+        assert_eq!(c.limits.max_sessions_total, Some(7));
+        let e = resolve(&format!("{base}[limits]\nduration = \"4x\"\n")).unwrap_err();
+        assert_eq!(e.key, "limits.duration");
+        assert!(e.message.contains("not a duration"), "{e}");
+        let e = resolve(&format!("{base}[limits]\nmax_sessions_total = 0\n")).unwrap_err();
+        assert_eq!(e.key, "limits.max_sessions_total");
+        // The log rotates at 100 MiB, keeping 5, unless told otherwise.
+        let c = resolve(base).unwrap();
+        assert_eq!(c.log.max_bytes, Some(DEFAULT_LOG_MAX_BYTES));
+        assert_eq!(c.log.keep, 5);
+        let c = resolve(&format!("{base}[log]\nmax_bytes = 0\n")).unwrap();
+        assert_eq!(c.log.max_bytes, None);
+        let e = resolve(&format!("{base}[log]\nmax_bytes = 100\n")).unwrap_err();
+        assert_eq!(e.key, "log.max_bytes");
+        let e = resolve(&format!("{base}[log]\nkeep = 0\n")).unwrap_err();
+        assert_eq!(e.key, "log.keep");
+        // A capture cap needs room for the open file.
+        let e = resolve(&format!(
+            "{base}[capture]\nenabled = true\nrotate_bytes = 0\nmax_total_bytes = 1000000\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("capture.max_total_bytes: needs rotate_bytes"),
+            "{e}"
+        );
+        let e = resolve(&format!(
+            "{base}[capture]\nenabled = true\nrotate_bytes = 1000000\nmax_total_bytes = 1500000\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("less than twice rotate_bytes"),
+            "{e}"
+        );
     }
 }

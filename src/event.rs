@@ -35,6 +35,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// `(run, session)` is unique even when several runs append to one log.
 pub type RunId = std::sync::Arc<str>;
 
+fn stopped() -> String {
+    "stopped".to_string()
+}
+
 /// A run identifier from the start time and a per-process salt:
 /// `r20261123T210700Z-4c1f` (sortable by start time).
 pub fn new_run_id(start: Timestamp, salt: u64) -> RunId {
@@ -353,6 +357,44 @@ pub enum SessionEvent {
         sessions: u64,
         /// Whether open sessions had to be aborted at the drain timeout.
         aborted_at_shutdown: bool,
+        /// Why the run stopped: `sigterm`, `sigint`, `duration`,
+        /// `max_sessions_total`, or `stopped` (asked by the embedding program).
+        #[serde(default = "stopped")]
+        reason: String,
+    },
+    /// SIGHUP: the JSON log and the capture files were reopened
+    /// (logrotate's convention). Written as the first line of the reopened log.
+    #[serde(rename = "run.reopen")]
+    RunReopen {
+        /// The signal: `SIGHUP`.
+        signal: String,
+        /// The JSON log file reopened (absent: no log file, or stdout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log: Option<String>,
+        /// Whether capture files were asked to reopen (see `capture.file` `reopened`).
+        capture: bool,
+    },
+    /// The JSON log could not be written for a while (disk full, removed
+    /// directory) and is written again; written as the first line after the gap.
+    #[serde(rename = "run.log_recovered")]
+    RunLogRecovered {
+        /// Events that were not written (lost for good).
+        lost_events: u64,
+        /// When writing failed.
+        since: Timestamp,
+        /// A stable code: `no_space`, `permission`, `not_found`, `other`.
+        error: String,
+        /// The operating system's error, in words.
+        detail: String,
+    },
+    /// The JSON log reached `log.max_bytes`: the previous file was renamed
+    /// to `previous`; written as the first line of the new file.
+    #[serde(rename = "run.log_rotated")]
+    RunLogRotated {
+        /// Where the previous file now is (`<log>.1`).
+        previous: String,
+        /// Rotated files kept (`log.keep`).
+        keep: u64,
     },
     /// A client connected to the proxy.
     #[serde(rename = "session.open")]
@@ -533,6 +575,9 @@ impl SessionEvent {
         match self {
             SessionEvent::RunStart { .. } => "run.start",
             SessionEvent::RunStop { .. } => "run.stop",
+            SessionEvent::RunReopen { .. } => "run.reopen",
+            SessionEvent::RunLogRecovered { .. } => "run.log_recovered",
+            SessionEvent::RunLogRotated { .. } => "run.log_rotated",
             SessionEvent::Open { .. } => "session.open",
             SessionEvent::UpstreamConnected { .. } => "upstream.connected",
             SessionEvent::UpstreamLoopRefused { .. } => "upstream.loop_refused",

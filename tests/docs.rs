@@ -58,6 +58,9 @@ fn event_names() -> Vec<String> {
 const ALL_EVENTS: &[&str] = &[
     "run.start",
     "run.stop",
+    "run.reopen",
+    "run.log_recovered",
+    "run.log_rotated",
     "session.open",
     "upstream.connected",
     "upstream.loop_refused",
@@ -104,6 +107,7 @@ const ALL_EVENTS: &[&str] = &[
     "capture.truncated",
     "capture.dropped",
     "probe.version",
+    "capture.deleted",
 ];
 
 /// The name of every variant of every event enum, written out without a
@@ -119,6 +123,9 @@ fn variant_name(kind: &smtptap::event::EventKind) -> &'static str {
         K::Session(e) => match e {
             S::RunStart { .. } => "run.start",
             S::RunStop { .. } => "run.stop",
+            S::RunReopen { .. } => "run.reopen",
+            S::RunLogRecovered { .. } => "run.log_recovered",
+            S::RunLogRotated { .. } => "run.log_rotated",
             S::Open { .. } => "session.open",
             S::UpstreamConnected { .. } => "upstream.connected",
             S::UpstreamLoopRefused { .. } => "upstream.loop_refused",
@@ -173,6 +180,7 @@ fn variant_name(kind: &smtptap::event::EventKind) -> &'static str {
             Cap::Error { .. } => "capture.error",
             Cap::Truncated { .. } => "capture.truncated",
             Cap::Dropped { .. } => "capture.dropped",
+            Cap::Deleted { .. } => "capture.deleted",
         },
     }
 }

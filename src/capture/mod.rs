@@ -49,9 +49,15 @@
 //!   bytes both directions, 0 = unlimited, the default): data beyond the cap is
 //!   not written; a pcapng comment on the last frame and one `capture.truncated`
 //!   event say so. FIN/RST are still written so the end of the session shows.
-//! * **Disk full or unwritable path**: one `capture.error` event, then the
-//!   writer stops writing (every later frame is discarded and counted); the
-//!   relay and the API are unaffected.
+//! * **Disk full or unwritable path**: one `capture.error` event and an error
+//!   on stderr at once, then the writer stops writing (every later frame is
+//!   discarded and counted); the relay and the API are unaffected.
+//! * **Total size** ([`CaptureConfig::max_total_bytes`]): the files this run
+//!   wrote and closed are deleted oldest first while the total exceeds the
+//!   cap (`capture.deleted` events, a warning on stderr). Files of earlier
+//!   runs and files renamed away at SIGHUP are never touched.
+//! * **SIGHUP** ([`Capture::reopen`]): a file that was renamed or removed is
+//!   closed and a fresh one opened at its path (logrotate's convention).
 //! * **Always readable**: every file is flushed when a session closes and at
 //!   least every [`CaptureConfig::flush_interval`] (1 s), so a killed process
 //!   leaves a file valid up to its last complete block. [`Capture::shutdown`]
@@ -94,7 +100,9 @@ pub enum CaptureEvent {
     File {
         /// The file.
         path: String,
-        /// `opened`, `rotated` (closed because it reached `rotate_bytes`) or `closed`.
+        /// `opened`, `rotated` (closed because it reached `rotate_bytes`),
+        /// `reopened` (at SIGHUP the file had been renamed or removed: it is
+        /// left as it is and a fresh file is opened at the path), or `closed`.
         reason: String,
     },
     /// Writing failed (disk full, unwritable path): nothing more is written
@@ -125,6 +133,17 @@ pub enum CaptureEvent {
         /// frames are not counted here: the one `capture.error` says it all.)
         reason: String,
     },
+    /// A closed capture file of this run was deleted to keep the total under
+    /// `max_total_bytes` (oldest first).
+    #[serde(rename = "capture.deleted")]
+    Deleted {
+        /// The file deleted.
+        path: String,
+        /// Its size.
+        bytes: u64,
+        /// `max_total_bytes`.
+        reason: String,
+    },
 }
 
 impl CaptureEvent {
@@ -136,6 +155,7 @@ impl CaptureEvent {
             CaptureEvent::Error { .. } => "capture.error",
             CaptureEvent::Truncated { .. } => "capture.truncated",
             CaptureEvent::Dropped { .. } => "capture.dropped",
+            CaptureEvent::Deleted { .. } => "capture.deleted",
         }
     }
 }
@@ -216,6 +236,9 @@ pub struct CaptureSection {
     pub ports: Vec<u16>,
     /// Bytes of frames allowed to wait for the disk before frames are dropped.
     pub queue_bytes: u64,
+    /// Total size of the capture files this run keeps (0 = unlimited): past
+    /// it, the oldest closed files are deleted.
+    pub max_total_bytes: u64,
 }
 
 /// Bytes charged to the queue budget per frame on top of its data.
@@ -226,6 +249,10 @@ pub const MAX_PENDING_COMMENTS: usize = 32;
 pub const DEFAULT_ROTATE_BYTES: u64 = 100 * 1024 * 1024;
 /// Default `queue_bytes`: 32 MiB.
 pub const DEFAULT_QUEUE_BYTES: u64 = 32 * 1024 * 1024;
+/// Default `max_total_bytes`: 1 GiB.
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 1024 * 1024 * 1024;
+/// Smallest accepted `max_total_bytes` (other than 0).
+pub const MIN_MAX_TOTAL_BYTES: u64 = 64 * 1024;
 /// Smallest accepted `queue_bytes` (one large relay chunk must fit).
 pub const MIN_QUEUE_BYTES: u64 = 256 * 1024;
 
@@ -246,6 +273,7 @@ impl Default for CaptureSection {
             upstreams: Vec::new(),
             ports: Vec::new(),
             queue_bytes: DEFAULT_QUEUE_BYTES,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
         }
     }
 }
@@ -287,6 +315,8 @@ pub struct CaptureConfig {
     pub ports: Vec<u16>,
     /// Byte budget of the writer queue.
     pub queue_bytes: u64,
+    /// Total size of this run's capture files (None = unlimited).
+    pub max_total_bytes: Option<u64>,
     /// How often the writer flushes files even without a session closing.
     pub flush_interval: Duration,
 }
@@ -334,6 +364,28 @@ impl CaptureSection {
                 self.rotate_bytes
             ));
         }
+        if self.max_total_bytes != 0 {
+            if self.max_total_bytes < MIN_MAX_TOTAL_BYTES {
+                return Err(format!(
+                    "{key_prefix}.max_total_bytes: {} is too small (0 for unlimited, or at least {MIN_MAX_TOTAL_BYTES})",
+                    self.max_total_bytes
+                ));
+            }
+            if !self.per_session {
+                // Only closed files are deleted: the open one must leave room.
+                if self.rotate_bytes == 0 {
+                    return Err(format!(
+                        "{key_prefix}.max_total_bytes: needs rotate_bytes (a single never-rotated file cannot be capped; set rotate_bytes, or max_total_bytes = 0)"
+                    ));
+                }
+                if self.rotate_bytes.saturating_mul(2) > self.max_total_bytes {
+                    return Err(format!(
+                        "{key_prefix}.max_total_bytes: {} is less than twice rotate_bytes ({}): the open file alone could fill it",
+                        self.max_total_bytes, self.rotate_bytes
+                    ));
+                }
+            }
+        }
         Ok(CaptureConfig {
             target,
             per_session: self.per_session,
@@ -347,6 +399,7 @@ impl CaptureSection {
             upstreams,
             ports: self.ports.clone(),
             queue_bytes: self.queue_bytes,
+            max_total_bytes: (self.max_total_bytes != 0).then_some(self.max_total_bytes),
             flush_interval: Duration::from_secs(1),
         })
     }
@@ -500,6 +553,13 @@ impl Capture {
     /// at most 1024 are kept between calls.
     pub fn take_events(&self) -> Vec<Event> {
         self.shared.take_events()
+    }
+
+    /// Reopens the files (SIGHUP, logrotate's convention): every open file
+    /// that was renamed or removed is closed and a fresh one is opened at
+    /// its path; files still in place go on. Never blocks.
+    pub fn reopen(&self) {
+        self.shared.send_control(Msg::Reopen);
     }
 
     /// Counters so far.

@@ -9,9 +9,11 @@
 //!
 //! The thread opens, rotates, flushes and closes files, and reports
 //! `capture.file` / `capture.error` events into a bounded queue drained by
-//! `Capture::take_events`. At the first write error it reports once and stops
-//! writing for the rest of the run. It must never be called from the relay
-//! path with anything that can block.
+//! `Capture::take_events`. At the first write error it reports once (an
+//! event, and an error on stderr at once) and stops writing for the rest of
+//! the run. It also reopens renamed files at SIGHUP (`Msg::Reopen`) and
+//! deletes the oldest closed files of the run past `max_total_bytes`. It must
+//! never be called from the relay path with anything that can block.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -67,6 +69,8 @@ pub(crate) enum Msg {
     Close {
         session: SessionId,
     },
+    /// SIGHUP: reopen files that were renamed or removed.
+    Reopen,
     Shutdown,
 }
 
@@ -247,6 +251,18 @@ impl OpenFile {
         self.ng.get_ref().n
     }
 
+    /// True if the path no longer names this file (renamed or removed).
+    fn moved(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ours) = self.ng.get_ref().inner.get_ref().metadata() else {
+            return false;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(m) => m.ino() != ours.ino() || m.dev() != ours.dev(),
+            Err(_) => true,
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         if self.dirty {
             self.ng.get_mut().flush()?;
@@ -362,6 +378,9 @@ pub(crate) fn spawn(cfg: Arc<CaptureConfig>) -> Result<Arc<Shared>, CaptureError
         session_opened: HashMap::new(),
         failed: false,
         last_flush: Instant::now(),
+        closed: VecDeque::new(),
+        closed_bytes: 0,
+        deleted_any: false,
     };
     let handle = std::thread::Builder::new()
         .name("smtptap-capture".to_string())
@@ -394,6 +413,12 @@ struct Writer {
     session_opened: HashMap<SessionId, Timestamp>,
     failed: bool,
     last_flush: Instant,
+    /// Files of this run that are closed, oldest first, with their sizes
+    /// (candidates for deletion under `max_total_bytes`).
+    closed: VecDeque<(PathBuf, u64)>,
+    closed_bytes: u64,
+    /// A deletion was already announced on stderr.
+    deleted_any: bool,
 }
 
 /// How long the writer lets frames gather after draining its queue.
@@ -479,9 +504,12 @@ impl Writer {
                 self.session_opened.remove(&session);
                 if let Some(mut f) = self.sessions.remove(&session) {
                     match f.flush() {
-                        Ok(()) => self
-                            .shared
-                            .push_event(session, file_event(&f.path, "closed")),
+                        Ok(()) => {
+                            self.shared
+                                .push_event(session, file_event(&f.path, "closed"));
+                            self.closed_file(&f);
+                            self.enforce_cap();
+                        }
                         Err(e) => self.fail(&f.path.clone(), e),
                     }
                 } else if let Some(f) = self.run.as_mut() {
@@ -491,7 +519,117 @@ impl Writer {
                     }
                 }
             }
+            Msg::Reopen => self.reopen(),
             Msg::Shutdown => {}
+        }
+    }
+
+    /// SIGHUP: every open file whose path no longer names it (logrotate
+    /// renamed it) is flushed and closed, and a fresh file is opened at the
+    /// path. The renamed file is no longer this run's: never deleted by the cap.
+    fn reopen(&mut self) {
+        if self.failed {
+            return;
+        }
+        if let Some(f) = self.run.as_mut() {
+            if f.moved() {
+                if let Some(mut old) = self.run.take() {
+                    if let Err(e) = old.flush() {
+                        self.fail(&old.path.clone(), e);
+                        return;
+                    }
+                    self.shared.push_event(0, file_event(&old.path, "reopened"));
+                    match OpenFile::create(&old.path, self.cfg.legs, RUN_BUFFER) {
+                        Ok(f) => {
+                            self.shared.stats.files.fetch_add(1, Ordering::Relaxed);
+                            self.shared.push_event(0, file_event(&f.path, "opened"));
+                            self.run = Some(f);
+                        }
+                        Err(e) => self.fail(&old.path.clone(), e),
+                    }
+                }
+            }
+        }
+        let mut moved: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, f)| f.moved())
+            .map(|(id, _)| *id)
+            .collect();
+        moved.sort_unstable();
+        for id in moved {
+            if self.failed {
+                return;
+            }
+            if let Some(mut old) = self.sessions.remove(&id) {
+                if let Err(e) = old.flush() {
+                    self.fail(&old.path.clone(), e);
+                    return;
+                }
+                self.shared
+                    .push_event(id, file_event(&old.path, "reopened"));
+                match OpenFile::create(&old.path, self.cfg.legs, SESSION_BUFFER) {
+                    Ok(f) => {
+                        self.shared.stats.files.fetch_add(1, Ordering::Relaxed);
+                        self.shared.push_event(id, file_event(&f.path, "opened"));
+                        self.sessions.insert(id, f);
+                    }
+                    Err(e) => self.fail(&old.path.clone(), e),
+                }
+            }
+        }
+    }
+
+    /// Records a closed file of this run (a deletion candidate).
+    fn closed_file(&mut self, f: &OpenFile) {
+        if self.cfg.max_total_bytes.is_some() {
+            let size = f.size();
+            self.closed_bytes = self.closed_bytes.saturating_add(size);
+            self.closed.push_back((f.path.clone(), size));
+        }
+    }
+
+    /// Deletes the oldest closed files while the total exceeds `max_total_bytes`.
+    fn enforce_cap(&mut self) {
+        let Some(cap) = self.cfg.max_total_bytes else {
+            return;
+        };
+        let open: u64 = self.run.iter().map(OpenFile::size).sum::<u64>()
+            + self.sessions.values().map(OpenFile::size).sum::<u64>();
+        while self.closed_bytes.saturating_add(open) > cap {
+            let Some((path, size)) = self.closed.pop_front() else {
+                break;
+            };
+            self.closed_bytes = self.closed_bytes.saturating_sub(size);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    if !self.deleted_any {
+                        self.deleted_any = true;
+                        tracing::warn!(
+                            max_total_bytes = cap,
+                            "capture files reached capture.max_total_bytes ({cap} bytes): deleting the oldest files of this run (each one is logged as capture.deleted); first: {}",
+                            path.display()
+                        );
+                    } else {
+                        tracing::info!(path = %path.display(), bytes = size, "capture file deleted (capture.max_total_bytes)");
+                    }
+                    self.shared.push_event(
+                        0,
+                        CaptureEvent::Deleted {
+                            path: path.display().to_string(),
+                            bytes: size,
+                            reason: "max_total_bytes".to_string(),
+                        },
+                    );
+                }
+                // Someone else removed it already.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot delete a capture file to keep under capture.max_total_bytes"
+                ),
+            }
         }
     }
 
@@ -544,6 +682,7 @@ impl Writer {
                 return;
             }
             self.shared.push_event(0, file_event(&old.path, "rotated"));
+            self.closed_file(&old);
         }
         self.rotations += 1;
         let path = run_file_name(&self.cfg.target, self.run_start, self.rotations);
@@ -555,6 +694,7 @@ impl Writer {
             }
             Err(e) => self.fail(&path, e),
         }
+        self.enforce_cap();
     }
 
     fn write_frames(&mut self, session: SessionId, frames: Vec<WFrame>) {
@@ -610,6 +750,7 @@ impl Writer {
         if let Some((p, e)) = err {
             self.fail(&p, e);
         }
+        self.enforce_cap();
     }
 
     fn close_all(&mut self) {
@@ -637,6 +778,13 @@ impl Writer {
         }
         self.failed = true;
         self.shared.failed.store(true, Ordering::Release);
+        // At once on stderr: the log hears of it at the next drain of the
+        // writer's events, which may be later.
+        tracing::error!(
+            path = %path.display(),
+            error = %e,
+            "cannot write the capture: nothing more is captured this run (the relay is not affected)"
+        );
         self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.shared.push_event(
             0,

@@ -17,6 +17,10 @@
 //! in the kernel's listen backlog. On shutdown the listeners close, open
 //! sessions get `limits.drain_timeout` to finish, then they are aborted; every
 //! session still gets its `session.close` and `session.summary`.
+//! [`Proxy::run_until`] takes the reason for stopping (`run.stop`'s
+//! `reason`); it also stops by itself once `limits.max_sessions_total`
+//! sessions were accepted (the accept loops stop accepting, then it drains
+//! as on SIGTERM).
 
 pub mod analysis;
 pub mod crl;
@@ -102,6 +106,18 @@ impl Proxy {
 
     /// Accepts and relays until `shutdown` completes, then drains.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> RunStats {
+        self.run_until(async {
+            shutdown.await;
+            "stopped".to_string()
+        })
+        .await
+    }
+
+    /// Like [`Self::run`]; `shutdown` yields why the run stops (`run.stop`'s
+    /// `reason`). Also stops by itself, reason `max_sessions_total`, once
+    /// `limits.max_sessions_total` sessions were accepted.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = String>) -> RunStats {
+        let total_reached = Arc::new(tokio::sync::Notify::new());
         let max = self.cfg.limits.max_sessions;
         let permits = Arc::new(Semaphore::new(max));
         let (abort_tx, abort_rx) = watch::channel(false);
@@ -135,6 +151,7 @@ impl Proxy {
                 crls: self.crls.clone(),
                 probes: self.probes.clone(),
                 abort: abort_rx.clone(),
+                total_reached: total_reached.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -146,8 +163,11 @@ impl Proxy {
             )));
         }
 
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; draining open sessions");
+        let reason = tokio::select! {
+            r = shutdown => r,
+            _ = total_reached.notified() => "max_sessions_total".to_string(),
+        };
+        tracing::info!(reason = %reason, "shutting down: no new connections; draining open sessions");
         let _ = stop_tx.send(true);
         for t in accept_tasks {
             let _ = t.await;
@@ -184,6 +204,7 @@ impl Proxy {
         let stop = SessionEvent::RunStop {
             sessions: stats.sessions,
             aborted_at_shutdown: stats.aborted_at_shutdown,
+            reason,
         };
         self.sink
             .send_batch(vec![Event::new(Timestamp::now(), 0, stop).in_run(&run)])
@@ -225,6 +246,8 @@ struct SessionCtx {
     crls: Arc<CrlCache>,
     probes: Arc<side_probe::SideProbes>,
     abort: watch::Receiver<bool>,
+    /// Notified when `limits.max_sessions_total` sessions were accepted.
+    total_reached: Arc<tokio::sync::Notify>,
 }
 
 async fn accept_loop(
@@ -240,7 +263,13 @@ async fn accept_loop(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tracing::info!(listen = %local, upstream = %ctx.cfg.upstream, "listening");
     loop {
-        if *stop.borrow() {
+        if *stop.borrow()
+            || ctx
+                .cfg
+                .limits
+                .max_sessions_total
+                .is_some_and(|m| accepted.load(Ordering::Relaxed) >= m)
+        {
             return;
         }
         let permit = tokio::select! {
@@ -266,7 +295,14 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        accepted.fetch_add(1, Ordering::Relaxed);
+        let total = accepted.fetch_add(1, Ordering::Relaxed) + 1;
+        // limits.max_sessions_total: this was the last session; stop accepting.
+        let last = ctx
+            .cfg
+            .limits
+            .max_sessions_total
+            .is_some_and(|m| total >= m);
+        let ctx_total = ctx.total_reached.clone();
         let ctx = ctx.clone();
         let listen_addr = stream.local_addr().unwrap_or(local);
         tokio::spawn(async move {
@@ -278,6 +314,10 @@ async fn accept_loop(
             .await;
             drop(permit);
         });
+        if last {
+            ctx_total.notify_one();
+            return;
+        }
     }
 }
 

@@ -12,6 +12,10 @@
 //! queue, then the sink is marked stalled and events are dropped (counted, and
 //! reported on stderr through `tracing`) until the writer drains the queue
 //! again. Sessions therefore always finish and release their slot.
+//!
+//! A JSON log *file* ([`Sinks::json_file`], what `--log FILE` opens) also
+//! reopens when a `run.reopen` event passes (SIGHUP), rotates by size, and
+//! survives a full disk: see [`json::JsonFile`].
 
 pub mod console;
 pub mod json;
@@ -91,8 +95,11 @@ pub type Collector = Arc<Mutex<Vec<Event>>>;
 /// The writers to attach.
 #[derive(Default)]
 pub struct Sinks {
-    /// JSON lines (one object per line).
+    /// JSON lines (one object per line) to any writer (stdout, tests).
     pub json: Option<Box<dyn Write + Send>>,
+    /// JSON lines to a file that reopens at `run.reopen`, rotates and
+    /// recovers from a full disk.
+    pub json_file: Option<json::JsonFile>,
     /// The console transcript.
     pub console: Option<console::Console>,
     /// An in-memory collector.
@@ -113,6 +120,13 @@ impl SinkHandle {
     }
 }
 
+fn is_reopen(ev: &Event) -> bool {
+    matches!(
+        ev.kind,
+        crate::event::EventKind::Session(crate::event::SessionEvent::RunReopen { .. })
+    )
+}
+
 /// Starts the writer thread.
 pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
     let (tx, mut rx) = mpsc::channel::<Vec<Event>>(QUEUE);
@@ -123,6 +137,7 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
         .spawn(move || {
             let Sinks {
                 mut json,
+                mut json_file,
                 mut console,
                 memory,
             } = sinks;
@@ -141,6 +156,13 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
                             json_failed = true;
                         }
                     }
+                    if let Some(f) = json_file.as_mut() {
+                        if is_reopen(ev) {
+                            f.reopen(ev);
+                        } else {
+                            f.push(ev);
+                        }
+                    }
                     if let Some(c) = console.as_mut() {
                         c.write(ev);
                     }
@@ -156,6 +178,9 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
                             tracing::error!(error = %e, "cannot flush the JSON log");
                             json_failed = true;
                         }
+                    }
+                    if let Some(f) = json_file.as_mut() {
+                        f.flush();
                     }
                     if let Some(c) = console.as_mut() {
                         c.flush();
@@ -176,6 +201,16 @@ pub fn start(sinks: Sinks) -> (EventSink, SinkHandle) {
             }
             if let Some(w) = json.as_mut() {
                 let _ = w.flush();
+            }
+            if let Some(f) = json_file.as_mut() {
+                f.flush();
+                let lost = f.lost();
+                if lost > 0 {
+                    tracing::error!(
+                        path = %f.path().display(),
+                        "the JSON log could not be written at the end: {lost} events were lost"
+                    );
+                }
             }
             if let Some(c) = console.as_mut() {
                 c.flush();

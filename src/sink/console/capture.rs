@@ -21,6 +21,10 @@ pub(super) fn render(e: &CaptureEvent) -> Lines {
                 super::session::words(error, detail)
             ),
         )],
+        CaptureEvent::Deleted { path, bytes, .. } => vec![(
+            Fact,
+            format!("capture file deleted to stay under capture.max_total_bytes: {path} ({bytes} bytes)"),
+        )],
         CaptureEvent::Truncated { limit } => vec![(
             Fact,
             format!(

@@ -11,7 +11,32 @@ pub(super) fn render(ev: &Event, e: &SessionEvent) -> Lines {
         SessionEvent::RunStop {
             sessions,
             aborted_at_shutdown,
-        } => vec![run_stop(*sessions, *aborted_at_shutdown)],
+            reason,
+        } => {
+            let (kind, mut line) = run_stop(*sessions, *aborted_at_shutdown);
+            if reason != "stopped" {
+                line.push_str(&format!(" ({})", stop_reason(reason)));
+            }
+            vec![(kind, line)]
+        }
+        SessionEvent::RunReopen { log, .. } => vec![(
+            Fact,
+            match log {
+                Some(p) => format!("SIGHUP: log {p} and capture files reopened"),
+                None => "SIGHUP: capture files reopened".to_string(),
+            },
+        )],
+        SessionEvent::RunLogRecovered {
+            lost_events,
+            detail,
+            ..
+        } => vec![(
+            Problem,
+            format!("the JSON log is written again after a failure ({detail}): {lost_events} events were lost"),
+        )],
+        SessionEvent::RunLogRotated { previous, .. } => {
+            vec![(Fact, format!("JSON log rotated; the previous file is {previous}"))]
+        }
         SessionEvent::Open {
             client,
             listener,
@@ -142,6 +167,17 @@ pub(super) fn render(ev: &Event, e: &SessionEvent) -> Lines {
             };
             vec![(Fact, format!("{what}: {detail}"))]
         }
+    }
+}
+
+/// `run.stop`'s reason, in words.
+fn stop_reason(reason: &str) -> String {
+    match reason {
+        "sigterm" => "SIGTERM".into(),
+        "sigint" => "SIGINT".into(),
+        "duration" => "--duration reached".into(),
+        "max_sessions_total" => "--max-sessions-total reached".into(),
+        other => other.into(),
     }
 }
 

@@ -72,10 +72,20 @@ fn run_stop_counts_sessions_and_says_when_some_were_aborted() {
     let stop = |aborted| SessionEvent::RunStop {
         sessions: 3,
         aborted_at_shutdown: aborted,
+        reason: "stopped".into(),
     };
     assert_eq!(
         one(&ev(0, stop(false))),
         (LineKind::Fact, "run stopped after 3 session(s)".to_string())
+    );
+    let by_duration = SessionEvent::RunStop {
+        sessions: 3,
+        aborted_at_shutdown: false,
+        reason: "duration".into(),
+    };
+    assert_eq!(
+        one(&ev(0, by_duration)).1,
+        "run stopped after 3 session(s) (--duration reached)"
     );
     let (kind, text) = one(&ev(0, stop(true)));
     assert_eq!(kind, LineKind::Problem);
@@ -336,6 +346,31 @@ fn session_kinds() -> Vec<Event> {
             SessionEvent::RunStop {
                 sessions: 1,
                 aborted_at_shutdown: false,
+                reason: "sigterm".into(),
+            },
+        ),
+        ev(
+            0,
+            SessionEvent::RunReopen {
+                signal: "SIGHUP".into(),
+                log: Some("/var/log/smtptap.jsonl".into()),
+                capture: true,
+            },
+        ),
+        ev(
+            0,
+            SessionEvent::RunLogRecovered {
+                lost_events: 12,
+                since: Timestamp::now(),
+                error: "no_space".into(),
+                detail: "No space left on device (os error 28)".into(),
+            },
+        ),
+        ev(
+            0,
+            SessionEvent::RunLogRotated {
+                previous: "/var/log/smtptap.jsonl.1".into(),
+                keep: 5,
             },
         ),
         ev(
@@ -588,6 +623,14 @@ fn cert_and_capture_kinds() -> Vec<Event> {
                 frames: 1,
                 bytes: 2,
                 reason: "queue full".into(),
+            },
+        ),
+        ev(
+            0,
+            CaptureEvent::Deleted {
+                path: "x-1.pcapng".into(),
+                bytes: 104857600,
+                reason: "max_total_bytes".into(),
             },
         ),
     ]
