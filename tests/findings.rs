@@ -959,7 +959,7 @@ async fn tls_handshake_failed_tls13_client_rejects_certificate_with_encrypted_al
         StartTls::Required,
         Some(lab::client_config_verifying(&[other.der()]).unwrap()),
     );
-    let (events, report) = through_proxy(&server, &opts, &p.toml("")).await;
+    let (events, report) = through_proxy(&server, &opts, &p.toml("side_probe = false")).await;
     assert!(!report.tls && report.error.is_some(), "{report:?}");
     let f = findings_of(&events, 1);
     // TLS 1.3 hides the certificate: the info finding comes along.
@@ -990,6 +990,37 @@ async fn tls_handshake_failed_tls13_client_rejects_certificate_with_encrypted_al
         .unwrap();
     assert!(!advice.contains("see the certificate findings"), "{advice}");
     assert!(advice.contains("smtptap probe HOST"), "{advice}");
+}
+
+/// The same rejection with the side-probe on (the default): the certificate
+/// the client refused is read on smtptap's own connection, shown and judged
+/// (here: trusted by smtptap's store, so the client's trust store is the
+/// place to look), and the hidden-certificate finding gives way to it.
+#[tokio::test]
+async fn tls_handshake_failed_tls13_with_the_side_probe_shows_the_certificate() {
+    let p = pki("hs-tls13-side");
+    let issued = p.issue(&leaf(&[MX]));
+    let server = LabServer::start(ServerProfile::new(MX, Some(server_tls(&issued))))
+        .await
+        .unwrap();
+    let other = Ca::new("the client's only CA").unwrap();
+    let opts = client(
+        StartTls::Required,
+        Some(lab::client_config_verifying(&[other.der()]).unwrap()),
+    );
+    let (events, report) = through_proxy(&server, &opts, &p.toml("")).await;
+    assert!(!report.tls && report.error.is_some(), "{report:?}");
+    let f = findings_of(&events, 1);
+    check(&f, &[("tls.handshake_failed", "error")]);
+    let ids: Vec<&str> = f.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&"tls.certificate_hidden"), "{ids:?}");
+    assert!(!ids.contains(&"cert.not_checked"), "{ids:?}");
+    let sp = named(&events, 1, "tls.side_probe");
+    assert_eq!(sp.len(), 1, "{sp:?}");
+    assert_eq!(sp[0]["ok"], true);
+    let chain = named(&events, 1, "cert.chain");
+    assert_eq!(chain[0]["source"], "side_probe");
+    assert_eq!(chain[0]["trusted"], true);
 }
 
 fn provider_with(suites: &[rustls::SupportedCipherSuite]) -> Arc<rustls::crypto::CryptoProvider> {
@@ -1168,7 +1199,7 @@ async fn tls_certificate_hidden_in_tls13() {
         .await
         .unwrap();
     let opts = client(StartTls::Required, Some(lab::client_config_opportunistic()));
-    let (events, report) = through_proxy(&server, &opts, &p.toml("")).await;
+    let (events, report) = through_proxy(&server, &opts, &p.toml("side_probe = false")).await;
     assert!(report.tls && report.error.is_none(), "{report:?}");
     let f = findings_of(&events, 1);
     check(&f, &[("tls.certificate_hidden", "info")]);
@@ -1190,7 +1221,7 @@ async fn cert_not_checked_when_tls13_hides_the_certificate() {
     let (events, report) = through_proxy(
         &server,
         &opts,
-        &p.toml("expect_names = [\"mx.partner.example\"]"),
+        &p.toml("expect_names = [\"mx.partner.example\"]\nside_probe = false"),
     )
     .await;
     assert!(report.tls && report.error.is_none(), "{report:?}");
