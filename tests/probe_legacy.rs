@@ -225,6 +225,16 @@ fn assert_legacy_fallback(r: &Run, c: &Cert) {
     assert!(findings(&evs, 1).contains(&"tls.handshake_failed".to_string()));
     let f2 = findings(&evs, 2);
     assert!(f2.contains(&"tls.legacy_version".to_string()), "{f2:?}");
+    // The probe's own stop (user_canceled) is not an error of the server.
+    let s2 = &common::named(&evs, 2, "session.summary")[0];
+    let hf = s2["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "tls.handshake_failed")
+        .expect("session 2 says the handshake was not completed");
+    assert_eq!(hf["severity"], "info", "{hf}");
+    assert!(hf["title"].as_str().unwrap().contains("on purpose"), "{hf}");
     let sh = common::named(&evs, 2, "tls.server_hello");
     assert_eq!(sh.len(), 1);
     assert_eq!(sh[0]["version"], "TLSv1.0");

@@ -103,6 +103,19 @@ fn handshake_failed(v: &SessionView, cert_problems: bool) -> Option<Finding> {
             "connection ended: client {client_end}, server {server_end} ({reason})"
         ));
     }
+    if cancelled_on_purpose(v) {
+        return Some(Finding::new(
+            ids::TLS_HANDSHAKE_FAILED,
+            Severity::Info,
+            "The client cancelled the TLS handshake on purpose after the server's hello \
+             (user_canceled)",
+            ev,
+            "`smtptap probe` does this when it reads a legacy server's hello and certificate \
+             without completing the handshake: then nothing failed. A mail client that does it \
+             decided not to go on with what the server chose (version, suite or certificate): \
+             read its log for the reason.",
+        ));
+    }
     let meaning = meaning.unwrap_or_else(|| silent_failure_meaning(v).into());
     Some(Finding::new(
         ids::TLS_HANDSHAKE_FAILED,
@@ -116,6 +129,26 @@ fn handshake_failed(v: &SessionView, cert_problems: bool) -> Option<Finding> {
             certificate_advice(v, cert_problems)
         ),
     ))
+}
+
+/// The server's hello came, and the client's first alert (close_notify
+/// aside) was a warning `user_canceled`: the client stopped on purpose (RFC
+/// 5246 §7.2.1), not on a protocol failure.
+fn cancelled_on_purpose(v: &SessionView) -> bool {
+    v.negotiated().is_some()
+        && v.tls()
+            .find_map(|t| match t {
+                TlsEvent::Alert {
+                    side,
+                    level,
+                    description,
+                    ..
+                } if description != "close_notify" => Some(
+                    *side == Side::Client && level == "warning" && description == "user_canceled",
+                ),
+                _ => None,
+            })
+            .unwrap_or(false)
 }
 
 /// What to do about the certificate side of a failed handshake: point at the
