@@ -237,7 +237,7 @@ async fn accept_loop(
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    tracing::info!(listen = %local, upstream = %ctx.cfg.upstream, "listening");
+    tracing::info!(listen = %local, upstream = %ctx.cfg.upstream, open_files_limit = open_files_limit(), "listening");
     let mut backoff = AcceptBackoff::default();
     loop {
         if *stop.borrow() {
@@ -324,9 +324,7 @@ impl AcceptBackoff {
         self.pause = (self.pause * 2).clamp(Self::FIRST, Self::CAP);
         self.unlogged += 1;
         self.run += 1;
-        let due = self
-            .last_log
-            .is_none_or(|t| t.elapsed() >= Self::LOG_EVERY);
+        let due = self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY);
         if due {
             self.last_log = Some(std::time::Instant::now());
             let failures = std::mem::take(&mut self.unlogged);
@@ -348,18 +346,26 @@ impl AcceptBackoff {
         Some(self.pause)
     }
 
-    /// Accept worked again: reset, and say so if it had been failing.
+    /// Accept worked again: the pause starts over (the log interval does
+    /// not: at the limit, accept alternates between working and failing).
     fn recovered(&mut self, listen: SocketAddr) {
         if self.run > 0 {
-            tracing::warn!(listen = %listen, failures = self.run, "accepting connections again");
-            *self = AcceptBackoff::default();
+            tracing::info!(listen = %listen, failures = self.run, "accepting connections again");
+            self.pause = Duration::ZERO;
+            self.run = 0;
         }
     }
 }
 
 /// The soft and hard open-file limits of this process, from
-/// `/proc/self/limits` (`"1024 (hard 4096)"`), or `"unknown"`.
-fn open_files_limit() -> String {
+/// `/proc/self/limits` (`"1024 (hard 4096)"`), or `"unknown"`. Read once
+/// (when the listener starts): at the limit, the file could not be opened.
+fn open_files_limit() -> &'static str {
+    static LIMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LIMIT.get_or_init(read_open_files_limit)
+}
+
+fn read_open_files_limit() -> String {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|t| {
@@ -374,6 +380,36 @@ fn open_files_limit() -> String {
                 })
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Sessions refused for want of a file descriptor since the last log line,
+/// logged once per [`AcceptBackoff::LOG_EVERY`] at most.
+static LOCAL_FAILURES: RateLimited = RateLimited::new();
+
+/// A counter that says when to log it: at the first event, then at most
+/// once per [`AcceptBackoff::LOG_EVERY`].
+struct RateLimited {
+    state: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl RateLimited {
+    const fn new() -> Self {
+        RateLimited {
+            state: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// Counts one event; `Some(events since the last line)` when a line is due.
+    fn due(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 += 1;
+        if st.1.is_none_or(|t| t.elapsed() >= AcceptBackoff::LOG_EVERY) {
+            st.1 = Some(std::time::Instant::now());
+            Some(std::mem::take(&mut st.0))
+        } else {
+            None
+        }
+    }
 }
 
 /// The reply when the upstream could not be reached because this host ran
@@ -460,10 +496,13 @@ async fn run_session(
             drop(data_tx);
             let local = failure.code == "local_resources";
             if local {
-                tracing::error!(upstream = %upstream, error = %failure.detail,
-                    open_files_limit = %open_files_limit(),
-                    "cannot open a socket to the upstream: this process is at its open-file \
-                     limit (raise ulimit -n / LimitNOFILE=, or lower limits.max_sessions)");
+                if let Some(sessions) = LOCAL_FAILURES.due() {
+                    tracing::error!(upstream = %upstream, error = %failure.detail,
+                        open_files_limit = %open_files_limit(), sessions,
+                        "cannot open a socket to the upstream: this process is at its open-file \
+                         limit; those sessions were told 421 4.3.2 (raise ulimit -n / \
+                         LimitNOFILE=, or lower limits.max_sessions)");
+                }
             } else {
                 tracing::warn!(upstream = %upstream, error = %failure.detail, "upstream unreachable");
             }
@@ -471,7 +510,11 @@ async fn run_session(
             let reply = match &cfg.on_upstream_failure {
                 UpstreamFailure::Reply(line) => {
                     // Not the upstream's fault: say so rather than "unreachable".
-                    let line = if local { LOCAL_RESOURCES_REPLY } else { line.as_str() };
+                    let line = if local {
+                        LOCAL_RESOURCES_REPLY
+                    } else {
+                        line.as_str()
+                    };
                     let mut bytes = line.as_bytes().to_vec();
                     bytes.extend_from_slice(b"\r\n");
                     let sent = tokio::time::timeout(Duration::from_secs(5), async {

@@ -258,6 +258,12 @@ impl Activity {
                 self.line_since_ms.store(NO_LINE, Ordering::Relaxed);
                 self.line_bytes.store(0, Ordering::Relaxed);
             }
+            Some(p) if b[p + 1] == 0x16 => {
+                // Lines, then TLS right after the last one (a client that
+                // did not wait for STARTTLS's 220).
+                self.line_since_ms.store(NO_LINE, Ordering::Relaxed);
+                self.opaque.store(true, Ordering::Relaxed);
+            }
             Some(p) => {
                 self.line_since_ms.store(self.now_ms(), Ordering::Relaxed);
                 self.line_bytes
@@ -282,7 +288,10 @@ impl Activity {
         if since == NO_LINE {
             return None;
         }
-        let age = self.start.elapsed().saturating_sub(Duration::from_millis(since));
+        let age = self
+            .start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(since));
         Some((age, self.line_bytes.load(Ordering::Relaxed)))
     }
 }
@@ -552,7 +561,10 @@ mod tests {
         };
         assert!(matches!(
             deadline_passed(&zero, &a),
-            Some(DirEnd::Deadline { which: "line_timeout", .. })
+            Some(DirEnd::Deadline {
+                which: "line_timeout",
+                ..
+            })
         ));
         let session = Deadlines {
             session: Some(Duration::ZERO),
@@ -560,7 +572,10 @@ mod tests {
         };
         assert!(matches!(
             deadline_passed(&session, &a),
-            Some(DirEnd::Deadline { which: "session_timeout", .. })
+            Some(DirEnd::Deadline {
+                which: "session_timeout",
+                ..
+            })
         ));
         let off = Deadlines::idle_only(Duration::from_secs(600));
         assert!(deadline_passed(&off, &a).is_none());
