@@ -18,8 +18,9 @@
 //! write half (passing the FIN on) and the opposite direction goes on until it
 //! ends too. The session ends when both directions are done, on an error in
 //! either (the other socket is then reset), when a deadline passes, or on
-//! abort. Memory per session: one read buffer per direction plus the bounded
-//! tap queue.
+//! abort. Memory per session: at most one read buffer per direction plus the
+//! bounded tap queue; a direction that is not moving bulk data holds no heap read
+//! buffer (small reads use a 2 KiB buffer inside the pump).
 //!
 //! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
 //! started a line and has not ended it), *session* (the whole session). The
@@ -51,6 +52,11 @@ use crate::session::{DirEnd, Ends};
 
 /// Largest read per syscall, and so the largest chunk handed to the tap.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads go first into a buffer of this size inside the pump (no heap
+/// buffer while a session waits); a read that fills it switches to
+/// [`READ_CHUNK`] heap buffers until a read comes back shorter than this.
+const SMALL_READ: usize = 2048;
 
 /// Bytes that crossed the relay, as handed to the analysis.
 #[derive(Debug, Clone)]
@@ -461,14 +467,26 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Small reads (commands, replies) land in `small`, part of the task
+    // itself; a read that fills it switches to a heap buffer of READ_CHUNK
+    // (bulk data), and the first short read after that frees the heap buffer
+    // again. So a session waiting between commands holds no read buffer.
+    let mut small = [0u8; SMALL_READ];
+    let mut buf = BytesMut::new();
+    let mut bulk = false;
     let mut total: u64 = 0;
     loop {
-        if buf.capacity() < READ_CHUNK {
+        if bulk && buf.capacity() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
-            r = from.read_buf(&mut buf) => r,
+            r = async {
+                if bulk {
+                    from.read_buf(&mut buf).await
+                } else {
+                    from.read(&mut small).await
+                }
+            } => r,
             _ = stop.changed() => return PumpResult { end: DirEnd::Aborted, bytes: total },
         };
         match read {
@@ -489,7 +507,17 @@ where
             Ok(n) => {
                 let ts = Timestamp::now();
                 activity.touch();
-                let chunk = buf.split_to(n).freeze();
+                let chunk = if bulk {
+                    buf.split_to(n).freeze()
+                } else {
+                    Bytes::copy_from_slice(&small[..n])
+                };
+                if !bulk && n == SMALL_READ {
+                    bulk = true;
+                } else if bulk && n < SMALL_READ {
+                    bulk = false;
+                    buf = BytesMut::new();
+                }
                 if side == Side::Client {
                     activity.client_bytes(&chunk);
                 }
