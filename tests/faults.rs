@@ -363,7 +363,7 @@ async fn an_upstream_reset_mid_data_is_never_reported_as_accepted() {
     let events = proxy.wait_summaries(6).await;
     let closes: Vec<Value> = (1..=6)
         .flat_map(|id| named(&events, id, "session.close"))
-        .filter(|c| c["server_end"] == "error")
+        .filter(|c| c["reason"] != "completed")
         .collect();
     assert_eq!(
         closes.len(),
@@ -371,7 +371,13 @@ async fn an_upstream_reset_mid_data_is_never_reported_as_accepted() {
         "one session saw the upstream reset: {closes:?}"
     );
     assert_eq!(closes[0]["reason"], "error", "{}", closes[0]);
-    assert_eq!(closes[0]["error"], "reset", "{}", closes[0]);
+    // Seen reading from the server (reset), or writing the rest of the
+    // message to it (reset or broken pipe), depending on the race.
+    assert!(
+        closes[0]["error"] == "reset" || closes[0]["error"] == "broken_pipe",
+        "{}",
+        closes[0]
+    );
     // And the proxy still serves.
     good_sessions(addr, &sink, 3, 500).await;
     proxy.stop().await;
