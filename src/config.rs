@@ -116,6 +116,10 @@ pub struct RawLimits {
     pub drain_timeout_secs: Option<u64>,
     /// Chunks queued from the relay to the observers of one session.
     pub observer_queue: Option<u64>,
+    /// Seconds a client may take to finish a line it started (0 = off).
+    pub line_timeout_secs: Option<u64>,
+    /// Seconds a whole session may last (0 = off).
+    pub session_timeout_secs: Option<u64>,
     /// Stop by itself after this long (`"90s"`, `"30m"`, `"4h"`), draining as on SIGTERM.
     pub duration: Option<String>,
     /// Stop by itself once this many sessions were accepted, draining as on SIGTERM.
@@ -210,6 +214,11 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Chunks queued per session between relay and observers.
     pub observer_queue: usize,
+    /// A line the client started must end (LF) within this; `None` = off.
+    /// Only while the client's bytes are lines (not once they are TLS).
+    pub line_timeout: Option<Duration>,
+    /// A whole session must end within this; `None` = off.
+    pub session_timeout: Option<Duration>,
     /// Stop by itself after this long (None = run until a signal).
     pub duration: Option<Duration>,
     /// Stop by itself once this many sessions were accepted (None = no limit).
@@ -224,6 +233,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
             observer_queue: 64,
+            line_timeout: Some(Duration::from_secs(300)),
+            session_timeout: Some(Duration::from_secs(3600)),
             duration: None,
             max_sessions_total: None,
         }
@@ -494,6 +505,8 @@ impl ProxyConfig {
                 "idle_timeout_s": secs(self.limits.idle_timeout),
                 "drain_timeout_s": secs(self.limits.drain_timeout),
                 "observer_queue": self.limits.observer_queue,
+                "line_timeout_s": self.limits.line_timeout.map(secs).unwrap_or(0.0),
+                "session_timeout_s": self.limits.session_timeout.map(secs).unwrap_or(0.0),
                 "duration_s": self.limits.duration.map(secs),
                 "max_sessions_total": self.limits.max_sessions_total,
             },
@@ -638,6 +651,19 @@ impl RawConfig {
                     Some(x) => Ok(x),
                 }
             };
+        // A deadline that 0 switches off.
+        let optional = |key: &str,
+                        v: Option<u64>,
+                        dflt: Option<Duration>,
+                        max: u64|
+         -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(dflt),
+                Some(0) => Ok(None),
+                Some(x) if x > max => Err(err(key, format!("{x} is more than the maximum {max}"))),
+                Some(x) => Ok(Some(Duration::from_secs(x))),
+            }
+        };
         let limits = Limits {
             max_sessions: positive(
                 "limits.max_sessions",
@@ -669,6 +695,18 @@ impl RawConfig {
                 d.observer_queue as u64,
                 65_536,
             )? as usize,
+            line_timeout: optional(
+                "limits.line_timeout_secs",
+                l.line_timeout_secs,
+                d.line_timeout,
+                86_400,
+            )?,
+            session_timeout: optional(
+                "limits.session_timeout_secs",
+                l.session_timeout_secs,
+                d.session_timeout,
+                30 * 86_400,
+            )?,
             duration: match l.duration.as_deref() {
                 None | Some("") => None,
                 Some(t) => Some(parse_duration(t).map_err(|m| err("limits.duration", m))?),
@@ -1021,6 +1059,23 @@ mod tests {
         assert_eq!(c.log.json, None);
         assert!(c.tls.mozilla_roots);
         assert_eq!(c.tls.expiry_warning_days, 30);
+    }
+
+    #[test]
+    fn line_and_session_deadlines_default_on_and_zero_switches_them_off() {
+        let base = "listen = [\"127.0.0.1:2525\"]\nupstream = \"mx.example.com:25\"\n";
+        let d = resolve(base).unwrap().limits;
+        assert_eq!(d.line_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(d.session_timeout, Some(Duration::from_secs(3600)));
+        let c = resolve(&format!(
+            "{base}[limits]\nline_timeout_secs = 0\nsession_timeout_secs = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.line_timeout, None);
+        assert_eq!(c.limits.session_timeout, Some(Duration::from_secs(7)));
+        let e = resolve(&format!("{base}[limits]\nline_timeout_secs = 100000\n")).unwrap_err();
+        assert_eq!(e.key, "limits.line_timeout_secs");
+        assert!(e.to_string().contains("more than the maximum"), "{e}");
     }
 
     #[test]

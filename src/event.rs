@@ -522,7 +522,7 @@ pub enum SessionEvent {
     /// The session ended.
     #[serde(rename = "session.close")]
     Close {
-        /// `completed`, `idle_timeout`, `error`, `shutdown`, `upstream_failed`.
+        /// `completed`, `idle_timeout`, `line_timeout`, `session_timeout`, `error`, `shutdown`, `upstream_failed`.
         reason: String,
         /// How the client→server direction ended (`fin`, `error`, `idle`, `aborted`, `peer_failed`).
         client_end: String,

@@ -9,6 +9,12 @@ pub const UPSTREAM_UNREACHABLE: &str = "upstream.unreachable";
 pub const OBSERVER_LAGGED: &str = "observer.lagged";
 /// Transparent mode: the original destination is smtptap itself.
 pub const UPSTREAM_LOOP: &str = "upstream.loop";
+/// The proxy host ran out of a local resource (file descriptors) for this session.
+pub const PROXY_LOCAL_RESOURCES: &str = "proxy.local_resources";
+/// The client started a line and did not finish it within `limits.line_timeout_secs`.
+pub const SESSION_LINE_TIMEOUT: &str = "session.line_timeout";
+/// The session outlived `limits.session_timeout_secs`.
+pub const SESSION_DURATION_LIMIT: &str = "session.duration_limit";
 
 // SMTP and STARTTLS (smtp.rs)
 /// A firewall's SMTP inspection masks the conversation.
@@ -91,6 +97,9 @@ pub const ALL: &[&str] = &[
     UPSTREAM_UNREACHABLE,
     OBSERVER_LAGGED,
     UPSTREAM_LOOP,
+    PROXY_LOCAL_RESOURCES,
+    SESSION_LINE_TIMEOUT,
+    SESSION_DURATION_LIMIT,
     SMTP_MASKED_BY_FIREWALL,
     SMTP_IMPLICIT_TLS_MISMATCH,
     SMTP_SERVER_NOT_SMTP,

@@ -460,3 +460,46 @@ fn auth_before_tls_is_reported_by_how_much_it_reveals() {
     let after = diagnose(&[started(), auth("PLAIN", true)], &Context::default());
     assert!(!ids_of(&after).contains(&ids::SMTP_AUTH_CLEARTEXT));
 }
+
+#[test]
+fn an_open_file_limit_is_blamed_on_the_proxy_host_not_the_upstream() {
+    let events = vec![ev(SessionEvent::UpstreamFailed {
+        upstream: "mx.example.test:25".into(),
+        error: "local_resources".into(),
+        detail: "Too many open files (os error 24)".into(),
+        tried: vec!["192.0.2.25:25: Too many open files (os error 24)".into()],
+        action: "reply".into(),
+        reply: Some("421 4.3.2 smtptap: local resource limit on the proxy, try again later".into()),
+        reply_delivered: true,
+    })];
+    let f = diagnose(&events, &Context::default());
+    assert!(f.iter().all(|x| x.id != ids::UPSTREAM_UNREACHABLE), "{f:?}");
+    let local = find(&f, ids::PROXY_LOCAL_RESOURCES);
+    assert_eq!(local.severity, Severity::Error);
+    assert!(local.advice.contains("ulimit -n"), "{}", local.advice);
+    assert!(local.evidence[0].contains("Too many open files"));
+}
+
+#[test]
+fn deadlines_that_closed_a_session_are_findings_with_their_words() {
+    for (reason, id) in [
+        ("line_timeout", ids::SESSION_LINE_TIMEOUT),
+        ("session_timeout", ids::SESSION_DURATION_LIMIT),
+    ] {
+        let events = vec![ev(SessionEvent::Close {
+            reason: reason.into(),
+            client_end: reason.into(),
+            server_end: reason.into(),
+            error: Some(reason.into()),
+            detail: Some(format!("{reason} words")),
+            duration_s: 3.0,
+            client_bytes: 10,
+            server_bytes: 20,
+        })];
+        let f = diagnose(&events, &Context::default());
+        let d = find(&f, id);
+        assert_eq!(d.severity, Severity::Warning);
+        assert_eq!(d.evidence, [format!("{reason} words")]);
+        assert_eq!(f.len(), 1, "{f:?}");
+    }
+}

@@ -14,7 +14,11 @@
 //!
 //! Sessions are limited by a semaphore (`limits.max_sessions`): when all
 //! permits are taken, the accept loop stops accepting and new connections wait
-//! in the kernel's listen backlog. On shutdown the listeners close, open
+//! in the kernel's listen backlog. When accept itself fails (the process at
+//! its open-file limit, EMFILE), the loop backs off (10 ms doubling to 1 s),
+//! logs the real cause once per 10 s, and resumes when sessions end; a
+//! session whose upstream socket cannot be opened for the same reason gets
+//! [`LOCAL_RESOURCES_REPLY`], not the "upstream unreachable" reply. On shutdown the listeners close, open
 //! sessions get `limits.drain_timeout` to finish, then they are aborted; every
 //! session still gets its `session.close` and `session.summary`.
 //! [`Proxy::run_until`] takes the reason for stopping (`run.stop`'s
@@ -261,7 +265,8 @@ async fn accept_loop(
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    tracing::info!(listen = %local, upstream = %ctx.cfg.upstream, "listening");
+    tracing::info!(listen = %local, upstream = %ctx.cfg.upstream, open_files_limit = open_files_limit(), "listening");
+    let mut backoff = AcceptBackoff::default();
     loop {
         if *stop.borrow()
             || ctx
@@ -284,11 +289,20 @@ async fn accept_loop(
         }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.recovered(local);
+                    x
+                }
                 Err(e) => {
-                    // EMFILE and friends: log, back off briefly, keep serving.
-                    tracing::warn!(listen = %local, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // A connection that died in the backlog: just go on.
+                    // EMFILE and friends: back off (growing, capped) and
+                    // retry; the waiting connections stay in the backlog.
+                    if let Some(pause) = backoff.failed(local, &e) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
                     continue;
                 }
             },
@@ -320,6 +334,133 @@ async fn accept_loop(
         }
     }
 }
+
+/// The accept loop's response to failing accepts: a pause that doubles from
+/// [`AcceptBackoff::FIRST`] to [`AcceptBackoff::CAP`] while accept keeps
+/// failing, and one log line per [`AcceptBackoff::LOG_EVERY`] (with the
+/// number of failures since the last line) instead of one per failure.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The next pause (zero: not failing).
+    pause: Duration,
+    /// Failures since the last log line.
+    unlogged: u64,
+    /// Failures since the last successful accept.
+    run: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const CAP: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    /// Accept failed with `e`: the pause before the next try (`None`: the
+    /// error was about one connection only; go on at once).
+    fn failed(&mut self, listen: SocketAddr, e: &io::Error) -> Option<Duration> {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted
+        ) {
+            return None;
+        }
+        self.pause = (self.pause * 2).clamp(Self::FIRST, Self::CAP);
+        self.unlogged += 1;
+        self.run += 1;
+        let due = self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY);
+        if due {
+            self.last_log = Some(std::time::Instant::now());
+            let failures = std::mem::take(&mut self.unlogged);
+            if crate::event::io_error_code(e) == "local_resources" {
+                tracing::error!(
+                    listen = %listen,
+                    error = %e,
+                    failures,
+                    open_files_limit = %open_files_limit(),
+                    "cannot accept connections: this process is at its open-file limit; \
+                     new connections wait in the listen backlog until sessions end. \
+                     Raise the limit (ulimit -n, LimitNOFILE= in the systemd unit) or lower \
+                     limits.max_sessions"
+                );
+            } else {
+                tracing::warn!(listen = %listen, error = %e, failures, "accept failed; backing off");
+            }
+        }
+        Some(self.pause)
+    }
+
+    /// Accept worked again: the pause starts over (the log interval does
+    /// not: at the limit, accept alternates between working and failing).
+    fn recovered(&mut self, listen: SocketAddr) {
+        if self.run > 0 {
+            tracing::info!(listen = %listen, failures = self.run, "accepting connections again");
+            self.pause = Duration::ZERO;
+            self.run = 0;
+        }
+    }
+}
+
+/// The soft and hard open-file limits of this process, from
+/// `/proc/self/limits` (`"1024 (hard 4096)"`), or `"unknown"`. Read once
+/// (when the listener starts): at the limit, the file could not be opened.
+fn open_files_limit() -> &'static str {
+    static LIMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LIMIT.get_or_init(read_open_files_limit)
+}
+
+fn read_open_files_limit() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| {
+                    let v: Vec<&str> = l.split_whitespace().skip(3).collect();
+                    match v.as_slice() {
+                        [soft, hard, ..] => format!("{soft} (hard {hard})"),
+                        _ => l.to_string(),
+                    }
+                })
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Sessions refused for want of a file descriptor since the last log line,
+/// logged once per [`AcceptBackoff::LOG_EVERY`] at most.
+static LOCAL_FAILURES: RateLimited = RateLimited::new();
+
+/// A counter that says when to log it: at the first event, then at most
+/// once per [`AcceptBackoff::LOG_EVERY`].
+struct RateLimited {
+    state: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl RateLimited {
+    const fn new() -> Self {
+        RateLimited {
+            state: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// Counts one event; `Some(events since the last line)` when a line is due.
+    fn due(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 += 1;
+        if st.1.is_none_or(|t| t.elapsed() >= AcceptBackoff::LOG_EVERY) {
+            st.1 = Some(std::time::Instant::now());
+            Some(std::mem::take(&mut st.0))
+        } else {
+            None
+        }
+    }
+}
+
+/// The reply when the upstream could not be reached because this host ran
+/// out of file descriptors (EMFILE/ENFILE): the fault is local.
+pub const LOCAL_RESOURCES_REPLY: &str =
+    "421 4.3.2 smtptap: local resource limit on the proxy, try again later";
 
 async fn run_session(
     id: u64,
@@ -385,7 +526,7 @@ async fn run_session(
                 client,
                 up.stream,
                 tap,
-                cfg.limits.idle_timeout,
+                relay::Deadlines::from_limits(&cfg.limits),
                 ctx.abort.clone(),
             )
             .await;
@@ -399,18 +540,35 @@ async fn run_session(
         }
         Err(failure) => {
             drop(data_tx);
-            tracing::warn!(upstream = %upstream, error = %failure.detail, "upstream unreachable");
+            let local = failure.code == "local_resources";
+            if local {
+                if let Some(sessions) = LOCAL_FAILURES.due() {
+                    tracing::error!(upstream = %upstream, error = %failure.detail,
+                        open_files_limit = %open_files_limit(), sessions,
+                        "cannot open a socket to the upstream: this process is at its open-file \
+                         limit; those sessions were told 421 4.3.2 (raise ulimit -n / \
+                         LimitNOFILE=, or lower limits.max_sessions)");
+                }
+            } else {
+                tracing::warn!(upstream = %upstream, error = %failure.detail, "upstream unreachable");
+            }
             let mut client = client;
             let reply = match &cfg.on_upstream_failure {
                 UpstreamFailure::Reply(line) => {
-                    let mut bytes = line.clone().into_bytes();
+                    // Not the upstream's fault: say so rather than "unreachable".
+                    let line = if local {
+                        LOCAL_RESOURCES_REPLY
+                    } else {
+                        line.as_str()
+                    };
+                    let mut bytes = line.as_bytes().to_vec();
                     bytes.extend_from_slice(b"\r\n");
                     let sent = tokio::time::timeout(Duration::from_secs(5), async {
                         client.write_all(&bytes).await?;
                         client.shutdown().await
                     })
                     .await;
-                    Some((line.clone(), matches!(sent, Ok(Ok(())))))
+                    Some((line.to_string(), matches!(sent, Ok(Ok(())))))
                 }
                 UpstreamFailure::Close => None,
             };

@@ -17,8 +17,25 @@
 //! Half-close: when one side sends FIN, the pump shuts down the other side's
 //! write half (passing the FIN on) and the opposite direction goes on until it
 //! ends too. The session ends when both directions are done, on an error in
-//! either (the other socket is then reset), on the idle timeout, or on abort.
-//! Memory per session: one read buffer per direction plus the bounded tap queue.
+//! either (the other socket is then reset), when a deadline passes, or on
+//! abort. Memory per session: at most one read buffer per direction plus the
+//! bounded tap queue; a direction that is not moving bulk data holds no heap read
+//! buffer (small reads use a 2 KiB buffer inside the pump).
+//!
+//! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
+//! started a line and has not ended it), *session* (the whole session). The
+//! line deadline is what closes a client trickling a byte at a time, which
+//! the idle deadline never sees as idle. The relay does not parse SMTP for it:
+//! the client pump only looks for the last LF in the bytes it just read
+//! (`memrchr`), so it knows whether a line is left unfinished and since when.
+//! A chunk that starts a line with byte `0x16` (a TLS handshake record: the
+//! ClientHello after STARTTLS, or implicit TLS) switches line tracking off
+//! for the rest of the session: TLS records are not lines and passthrough
+//! cannot see the lines inside them; the idle and session deadlines still
+//! apply. When a deadline passes, both sockets are closed (FIN): nothing is
+//! injected into the stream, so a message cut short mid-DATA is never
+//! completed at the upstream, and the client sees a dropped connection and
+//! retries.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +52,11 @@ use crate::session::{DirEnd, Ends};
 
 /// Largest read per syscall, and so the largest chunk handed to the tap.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads go first into a buffer of this size inside the pump (no heap
+/// buffer while a session waits); a read that fills it switches to
+/// [`READ_CHUNK`] heap buffers until a read comes back shorter than this.
+const SMALL_READ: usize = 2048;
 
 /// Bytes that crossed the relay, as handed to the analysis.
 #[derive(Debug, Clone)]
@@ -135,11 +157,62 @@ impl Tap {
     }
 }
 
-/// Last activity of a session, for the idle timeout (milliseconds since `start`).
+/// The deadlines a relay enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// No byte in either direction for this long.
+    pub idle: Duration,
+    /// A line the client started is not ended (LF) within this; `None` = off.
+    pub line: Option<Duration>,
+    /// The whole session; `None` = off.
+    pub session: Option<Duration>,
+}
+
+impl Deadlines {
+    /// From the configured limits.
+    pub fn from_limits(l: &crate::config::Limits) -> Self {
+        Deadlines {
+            idle: l.idle_timeout,
+            line: l.line_timeout,
+            session: l.session_timeout,
+        }
+    }
+
+    /// Only the idle deadline.
+    pub fn idle_only(idle: Duration) -> Self {
+        Deadlines {
+            idle,
+            line: None,
+            session: None,
+        }
+    }
+
+    fn check_period(&self) -> Duration {
+        let shortest = [Some(self.idle), self.line, self.session]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.idle);
+        (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+    }
+}
+
+/// No line pending (`Activity::line_since_ms`).
+const NO_LINE: u64 = u64::MAX;
+
+/// Last activity of a session, for the idle timeout, and the start of the
+/// client's unfinished line, for the line deadline (milliseconds since `start`).
 #[derive(Debug)]
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// When the client's unfinished line started, or [`NO_LINE`]. Written
+    /// only by the client pump.
+    line_since_ms: AtomicU64,
+    /// Bytes of the unfinished line so far (for the report).
+    line_bytes: AtomicU64,
+    /// The client's bytes are TLS records: no lines to track.
+    opaque: AtomicBool,
 }
 
 impl Activity {
@@ -148,18 +221,84 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            line_since_ms: AtomicU64::new(NO_LINE),
+            line_bytes: AtomicU64::new(0),
+            opaque: AtomicBool::new(false),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Time since the last byte moved.
     pub fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
+    }
+
+    /// Time since the session started.
+    pub fn age(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The client sent `b`: track whether it leaves a line unfinished. Costs
+    /// one `memrchr` over bytes already in hand.
+    fn client_bytes(&self, b: &[u8]) {
+        if b.is_empty() || self.opaque.load(Ordering::Relaxed) {
+            return;
+        }
+        let pending = self.line_since_ms.load(Ordering::Relaxed) != NO_LINE;
+        if !pending && b[0] == 0x16 {
+            // A TLS handshake record where a line would start: from here
+            // on the client's bytes are TLS, not lines.
+            self.opaque.store(true, Ordering::Relaxed);
+            return;
+        }
+        match memchr::memrchr(b'\n', b) {
+            Some(p) if p + 1 == b.len() => {
+                self.line_since_ms.store(NO_LINE, Ordering::Relaxed);
+                self.line_bytes.store(0, Ordering::Relaxed);
+            }
+            Some(p) if b[p + 1] == 0x16 => {
+                // Lines, then TLS right after the last one (a client that
+                // did not wait for STARTTLS's 220).
+                self.line_since_ms.store(NO_LINE, Ordering::Relaxed);
+                self.opaque.store(true, Ordering::Relaxed);
+            }
+            Some(p) => {
+                self.line_since_ms.store(self.now_ms(), Ordering::Relaxed);
+                self.line_bytes
+                    .store((b.len() - p - 1) as u64, Ordering::Relaxed);
+            }
+            None => {
+                if !pending {
+                    self.line_since_ms.store(self.now_ms(), Ordering::Relaxed);
+                }
+                self.line_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How long the client's current line has been unfinished, and its
+    /// bytes so far; `None` if no line is pending or the bytes are TLS.
+    pub fn line_pending(&self) -> Option<(Duration, u64)> {
+        if self.opaque.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = self.line_since_ms.load(Ordering::Relaxed);
+        if since == NO_LINE {
+            return None;
+        }
+        let age = self
+            .start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(since));
+        Some((age, self.line_bytes.load(Ordering::Relaxed)))
     }
 }
 
@@ -173,12 +312,12 @@ impl Default for Activity {
 pub type RelayOutcome = Ends;
 
 /// Relays between `client` and `server` until both directions are done, an
-/// error occurs, the session is idle for `idle_timeout`, or `abort` turns true.
+/// error occurs, one of the `deadlines` passes, or `abort` turns true.
 pub async fn relay(
     client: TcpStream,
     server: TcpStream,
     tap: Tap,
-    idle_timeout: Duration,
+    deadlines: Deadlines,
     mut abort: watch::Receiver<bool>,
 ) -> RelayOutcome {
     let activity = Activity::new();
@@ -209,7 +348,7 @@ pub async fn relay(
         tokio::pin!(c2s);
         tokio::pin!(s2c);
 
-        let mut idle_check = tokio::time::interval(idle_check_period(idle_timeout));
+        let mut idle_check = tokio::time::interval(deadlines.check_period());
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         while client_res.is_none() || server_res.is_none() {
@@ -229,8 +368,8 @@ pub async fn relay(
                     server_res = Some(r);
                 }
                 _ = idle_check.tick(), if stop_reason.is_none() => {
-                    if activity.idle_for() >= idle_timeout {
-                        stop_reason = Some(DirEnd::Idle);
+                    if let Some(end) = deadline_passed(&deadlines, &activity) {
+                        stop_reason = Some(end);
                         let _ = stop_tx.send(true);
                     }
                 }
@@ -270,8 +409,35 @@ pub async fn relay(
     }
 }
 
-fn idle_check_period(idle: Duration) -> Duration {
-    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+/// The deadline that has passed, if any (the session's first, then a
+/// line's, then idleness).
+fn deadline_passed(d: &Deadlines, a: &Activity) -> Option<DirEnd> {
+    if let Some(limit) = d.session {
+        if a.age() >= limit {
+            return Some(DirEnd::Deadline {
+                which: "session_timeout",
+                detail: format!(
+                    "the session lasted longer than {}s (limits.session_timeout_secs)",
+                    limit.as_secs()
+                ),
+            });
+        }
+    }
+    if let Some(limit) = d.line {
+        if let Some((age, bytes)) = a.line_pending() {
+            if age >= limit {
+                return Some(DirEnd::Deadline {
+                    which: "line_timeout",
+                    detail: format!(
+                        "the client started a line and did not end it within {}s \
+                         (limits.line_timeout_secs); {bytes} bytes of it were relayed",
+                        limit.as_secs()
+                    ),
+                });
+            }
+        }
+    }
+    (a.idle_for() >= d.idle).then_some(DirEnd::Idle)
 }
 
 struct PumpResult {
@@ -301,14 +467,26 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Small reads (commands, replies) land in `small`, part of the task
+    // itself; a read that fills it switches to a heap buffer of READ_CHUNK
+    // (bulk data), and the first short read after that frees the heap buffer
+    // again. So a session waiting between commands holds no read buffer.
+    let mut small = [0u8; SMALL_READ];
+    let mut buf = BytesMut::new();
+    let mut bulk = false;
     let mut total: u64 = 0;
     loop {
-        if buf.capacity() < READ_CHUNK {
+        if bulk && buf.capacity() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
-            r = from.read_buf(&mut buf) => r,
+            r = async {
+                if bulk {
+                    from.read_buf(&mut buf).await
+                } else {
+                    from.read(&mut small).await
+                }
+            } => r,
             _ = stop.changed() => return PumpResult { end: DirEnd::Aborted, bytes: total },
         };
         match read {
@@ -329,7 +507,20 @@ where
             Ok(n) => {
                 let ts = Timestamp::now();
                 activity.touch();
-                let chunk = buf.split_to(n).freeze();
+                let chunk = if bulk {
+                    buf.split_to(n).freeze()
+                } else {
+                    Bytes::copy_from_slice(&small[..n])
+                };
+                if !bulk && n == SMALL_READ {
+                    bulk = true;
+                } else if bulk && n < SMALL_READ {
+                    bulk = false;
+                    buf = BytesMut::new();
+                }
+                if side == Side::Client {
+                    activity.client_bytes(&chunk);
+                }
                 tap.data(side, ts, chunk.clone());
                 let w = tokio::select! {
                     r = to.write_all(&chunk) => r,
@@ -351,5 +542,70 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_pending_only_between_its_first_byte_and_its_lf() {
+        let a = Activity::new();
+        assert!(a.line_pending().is_none());
+        a.client_bytes(b"EHLO x\r\n");
+        assert!(a.line_pending().is_none());
+        a.client_bytes(b"MA");
+        assert_eq!(a.line_pending().map(|p| p.1), Some(2));
+        a.client_bytes(b"IL FROM:<a@b>\r\nRCPT");
+        assert_eq!(a.line_pending().map(|p| p.1), Some(4));
+        a.client_bytes(b" TO:<c@d>\r\n");
+        assert!(a.line_pending().is_none());
+    }
+
+    #[test]
+    fn tls_records_where_a_line_would_start_switch_line_tracking_off() {
+        let a = Activity::new();
+        a.client_bytes(b"STARTTLS\r\n");
+        a.client_bytes(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2]);
+        assert!(a.line_pending().is_none());
+        a.client_bytes(b"no line end in here");
+        assert!(a.line_pending().is_none(), "TLS bytes are not lines");
+        // Mid-line, 0x16 is just a byte of the line.
+        let b = Activity::new();
+        b.client_bytes(b"NOOP");
+        b.client_bytes(&[0x16]);
+        assert_eq!(b.line_pending().map(|p| p.1), Some(5));
+    }
+
+    #[test]
+    fn the_first_deadline_to_pass_is_the_one_reported() {
+        let a = Activity::new();
+        a.client_bytes(b"HE");
+        let zero = Deadlines {
+            idle: Duration::from_secs(600),
+            line: Some(Duration::ZERO),
+            session: None,
+        };
+        assert!(matches!(
+            deadline_passed(&zero, &a),
+            Some(DirEnd::Deadline {
+                which: "line_timeout",
+                ..
+            })
+        ));
+        let session = Deadlines {
+            session: Some(Duration::ZERO),
+            ..zero
+        };
+        assert!(matches!(
+            deadline_passed(&session, &a),
+            Some(DirEnd::Deadline {
+                which: "session_timeout",
+                ..
+            })
+        ));
+        let off = Deadlines::idle_only(Duration::from_secs(600));
+        assert!(deadline_passed(&off, &a).is_none());
     }
 }

@@ -183,7 +183,9 @@ impl CapturePolicy {
             match end {
                 DirEnd::Fin => {}
                 DirEnd::Error { .. } | DirEnd::PeerFailed => c.end(side, ts, CloseKind::Rst),
-                DirEnd::Idle | DirEnd::Aborted => c.end(side, ts, CloseKind::Fin),
+                DirEnd::Idle | DirEnd::Aborted | DirEnd::Deadline { .. } => {
+                    c.end(side, ts, CloseKind::Fin)
+                }
             }
         }
         let mut evs = c.take_events();

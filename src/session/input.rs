@@ -22,10 +22,21 @@ pub enum DirEnd {
     Aborted,
     /// Ended because the other direction failed.
     PeerFailed,
+    /// The proxy closed the session because a deadline passed: the client
+    /// did not finish a line within `limits.line_timeout_secs`
+    /// (`which` = `line_timeout`), or the session outlived
+    /// `limits.session_timeout_secs` (`session_timeout`).
+    Deadline {
+        /// `line_timeout` or `session_timeout`.
+        which: &'static str,
+        /// What happened, in words.
+        detail: String,
+    },
 }
 
 impl DirEnd {
-    /// A short word for logs: `fin`, `error`, `idle`, `aborted`, `peer_failed`.
+    /// A short word for logs: `fin`, `error`, `idle`, `aborted`,
+    /// `peer_failed`, `line_timeout`, `session_timeout`.
     pub fn word(&self) -> &'static str {
         match self {
             DirEnd::Fin => "fin",
@@ -33,6 +44,7 @@ impl DirEnd {
             DirEnd::Idle => "idle",
             DirEnd::Aborted => "aborted",
             DirEnd::PeerFailed => "peer_failed",
+            DirEnd::Deadline { which, .. } => which,
         }
     }
 
@@ -75,7 +87,12 @@ impl Ends {
     /// session `completed` (the socket error stays in `error`/`detail`).
     pub fn reason(&self, quit_answered: bool) -> &'static str {
         let ends = [&self.client_end, &self.server_end];
-        if ends.iter().any(|e| **e == DirEnd::Idle) {
+        if let Some(which) = ends.iter().find_map(|e| match e {
+            DirEnd::Deadline { which, .. } => Some(*which),
+            _ => None,
+        }) {
+            which
+        } else if ends.iter().any(|e| **e == DirEnd::Idle) {
             "idle_timeout"
         } else if ends.iter().any(|e| **e == DirEnd::Aborted) {
             "shutdown"
@@ -99,13 +116,20 @@ impl Ends {
             })
     }
 
-    /// The first socket error, as (code, words).
+    /// The first socket error, as (code, words); else the deadline that
+    /// closed the session (`line_timeout`/`session_timeout`, words).
     pub fn error(&self) -> Option<(&'static str, String)> {
-        [&self.client_end, &self.server_end]
-            .iter()
+        let ends = [&self.client_end, &self.server_end];
+        ends.iter()
             .find_map(|e| match e {
                 DirEnd::Error { code, detail } => Some((*code, detail.clone())),
                 _ => None,
+            })
+            .or_else(|| {
+                ends.iter().find_map(|e| match e {
+                    DirEnd::Deadline { which, detail } => Some((*which, detail.clone())),
+                    _ => None,
+                })
             })
     }
 }
