@@ -399,6 +399,7 @@ impl ProxyConfig {
                 "legs": match c.legs {
                     crate::capture::Legs::ClientView => "client_view",
                     crate::capture::Legs::Both => "both",
+                    crate::capture::Legs::Intercept => "intercept",
                 },
                 "bodies": c.bodies,
                 "redact_auth": c.redact_auth,
@@ -704,6 +705,13 @@ impl RawConfig {
             Mode::Intercept => Some(self.intercept.resolve(file)?),
             Mode::Passthrough => None,
         };
+        // Intercept mode writes both wire legs and the decrypted SMTP.
+        let capture = capture.map(|mut c| {
+            if mode == Mode::Intercept {
+                c.legs = crate::capture::Legs::Intercept;
+            }
+            c
+        });
 
         Ok(ProxyConfig {
             listen,

@@ -26,6 +26,7 @@
 //! | `shared.rs` | [`Analysis`]: what the sessions of a run share (config, trust store, capture, prior-failure memory in event time) |
 //! | `stage.rs` | the stage machine (sniff, SMTP, TLS, off) and the per-leg TLS observers |
 //! | `capture_policy.rs` | what of the bytes reaches the pcapng flow (bodies, AUTH, held and unfollowable bytes) |
+//! | `plaintext.rs` | the SMTP conversation inside TLS fed by a driver that decrypts it (intercept) |
 //! | `names.rs` | host names learnt from the conversation, and the names a chain is checked against |
 //! | `revocation.rs` | which CRLs a chain needs, chains waiting for them, `cert.crl` events |
 //! | `record.rs` | event stamping (run, session, leg), the bounded kept set, exact counts |
@@ -47,6 +48,7 @@ mod capture_policy;
 mod finish;
 pub mod input;
 mod names;
+mod plaintext;
 mod record;
 pub mod revocation;
 mod shared;
@@ -123,6 +125,9 @@ pub struct SessionAnalyzer {
     /// The server answered the client's QUIT with 221: the conversation is
     /// over, and a reset after it is a normal end ([`Ends::reason`]).
     quit_answered: bool,
+    /// The SMTP conversation inside TLS, when a driver decrypts it
+    /// ([`SessionAnalyzer::plaintext`]).
+    inner: plaintext::Inner,
 }
 
 impl SessionAnalyzer {
@@ -149,6 +154,7 @@ impl SessionAnalyzer {
             next_request: 1,
             finished: false,
             quit_answered: false,
+            inner: plaintext::Inner::default(),
         };
         let i = &a.info;
         let open = SessionEvent::Open {
@@ -281,6 +287,8 @@ impl SessionAnalyzer {
                 self.sniffed_tls(ts, None);
             }
             self.cap.fin(side, ts);
+        } else {
+            self.cap.leg_fin(usize::from(leg == Leg::ProxyServer), side, ts);
         }
         self.emit(ts, None, SessionEvent::HalfClose { side });
     }
