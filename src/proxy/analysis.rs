@@ -137,10 +137,16 @@ pub async fn run(
         }
     }
     flush(&mut a, &sink).await;
+    // Intercept mode: after `Tapped::Decrypting`, relayed chunks are the
+    // conversation inside TLS.
+    let mut plain = false;
     while let Some(msg) = data.recv().await {
         match msg {
+            TapMsg::Data(c) if plain => a.plaintext(c.side, c.ts, &c.bytes),
+            TapMsg::Eof { side, ts } if plain => a.plaintext_fin(side, ts),
             TapMsg::Data(c) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
             TapMsg::Eof { side, ts } => a.fin(Leg::EndToEnd, side, ts),
+            TapMsg::Intercept(t) => super::intercept::feed(&mut a, t, &mut plain),
         }
         serve_requests(&mut a, &crls).await;
         flush(&mut a, &sink).await;

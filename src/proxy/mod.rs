@@ -20,6 +20,7 @@
 
 pub mod analysis;
 pub mod crl;
+pub mod intercept;
 pub mod relay;
 pub mod transparent;
 pub mod upstream;
@@ -59,6 +60,7 @@ pub struct Proxy {
     sink: EventSink,
     analysis: Arc<Analysis>,
     crls: Arc<CrlCache>,
+    intercept: Option<Arc<intercept::Shared>>,
 }
 
 /// Counters reported when the proxy stops.
@@ -80,7 +82,14 @@ impl Proxy {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
+        let intercept = match &cfg.intercept {
+            Some(ic) => Some(Arc::new(
+                intercept::Shared::new(ic).map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
         Ok(Proxy {
+            intercept,
             cfg: Arc::new(cfg),
             listeners,
             sink,
@@ -131,6 +140,7 @@ impl Proxy {
                 analysis: self.analysis.clone(),
                 crls: self.crls.clone(),
                 abort: abort_rx.clone(),
+                intercept: self.intercept.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -220,6 +230,8 @@ struct SessionCtx {
     analysis: Arc<Analysis>,
     crls: Arc<CrlCache>,
     abort: watch::Receiver<bool>,
+    /// Intercept mode's shared state (`mode = "intercept"`).
+    intercept: Option<Arc<intercept::Shared>>,
 }
 
 async fn accept_loop(
@@ -294,7 +306,9 @@ async fn run_session(
         opened: Timestamp::now(),
         implicit_tls: cfg.implicit_tls,
     };
-    let (data_tx, data_rx) = mpsc::channel(cfg.limits.observer_queue);
+    // Intercept mode taps each leg's wire bytes besides the relayed ones.
+    let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
+    let (data_tx, data_rx) = mpsc::channel(queue);
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let analysis = tokio::spawn(analysis::run(
         info,
@@ -335,14 +349,31 @@ async fn run_session(
                 .await;
             let tap = relay::Tap::new(data_tx);
             let tap_state = tap.state();
-            let outcome = relay::relay(
-                client,
-                up.stream,
-                tap,
-                cfg.limits.idle_timeout,
-                ctx.abort.clone(),
-            )
-            .await;
+            let outcome = match &ctx.intercept {
+                Some(ic) => {
+                    intercept::run(
+                        ic,
+                        &ctx.analysis,
+                        cfg,
+                        &upstream.host,
+                        client,
+                        up.stream,
+                        tap,
+                        ctx.abort.clone(),
+                    )
+                    .await
+                }
+                None => {
+                    relay::relay(
+                        client,
+                        up.stream,
+                        tap,
+                        cfg.limits.idle_timeout,
+                        ctx.abort.clone(),
+                    )
+                    .await
+                }
+            };
             let _ = ctl_tx
                 .send(Control::Closed {
                     ts: Timestamp::now(),

@@ -59,6 +59,8 @@ pub enum TapMsg {
         /// When.
         ts: Timestamp,
     },
+    /// Intercept mode: wire bytes of a leg, decrypted-stream markers, facts.
+    Intercept(super::intercept::Tapped),
 }
 
 /// The tap: a non-blocking, lossy-but-honest feed of relayed bytes to analysis.
@@ -125,13 +127,19 @@ impl Tap {
         }
     }
 
-    fn data(&self, side: Side, ts: Timestamp, bytes: Bytes) {
+    pub(crate) fn data(&self, side: Side, ts: Timestamp, bytes: Bytes) {
         let len = bytes.len();
         self.offer(side, TapMsg::Data(Chunk { side, ts, bytes }), len);
     }
 
-    fn eof(&self, side: Side, ts: Timestamp) {
+    pub(crate) fn eof(&self, side: Side, ts: Timestamp) {
         self.offer(side, TapMsg::Eof { side, ts }, 0);
+    }
+
+    /// Intercept mode: offers one of its messages (`len` bytes of data, for
+    /// the loss count), under the same never-wait rule.
+    pub(crate) fn intercept(&self, side: Side, msg: super::intercept::Tapped, len: usize) {
+        self.offer(side, TapMsg::Intercept(msg), len);
     }
 }
 
@@ -270,17 +278,17 @@ pub async fn relay(
     }
 }
 
-fn idle_check_period(idle: Duration) -> Duration {
+pub(crate) fn idle_check_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
-struct PumpResult {
-    end: DirEnd,
-    bytes: u64,
+pub(crate) struct PumpResult {
+    pub(crate) end: DirEnd,
+    pub(crate) bytes: u64,
 }
 
 impl PumpResult {
-    fn aborted() -> Self {
+    pub(crate) fn aborted() -> Self {
         PumpResult {
             end: DirEnd::Aborted,
             bytes: 0,
@@ -289,7 +297,7 @@ impl PumpResult {
 }
 
 /// One direction: read from `from` (sent by `side`), tap, write to `to`.
-async fn pump<R, W>(
+pub(crate) async fn pump<R, W>(
     side: Side,
     from: &mut R,
     to: &mut W,

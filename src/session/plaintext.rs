@@ -7,7 +7,7 @@
 //! first. What reaches the capture's decrypted flow follows the same policy
 //! as the cleartext (AUTH secrets starred, bodies left out). No I/O.
 
-use crate::event::{Side, Timestamp};
+use crate::event::{Leg, SessionEvent, Side, Timestamp};
 use crate::smtp::{SmtpLimits, SmtpObserver};
 
 use super::SessionAnalyzer;
@@ -71,6 +71,20 @@ impl SessionAnalyzer {
     pub fn tls_secrets(&mut self, keylog: &[u8]) {
         if !self.finished {
             self.cap.secrets(keylog);
+        }
+    }
+
+    /// One of intercept mode's own facts (`intercept.decision`,
+    /// `intercept.handshake`), on `leg`. Other events are ignored.
+    pub fn intercept_fact(&mut self, ts: Timestamp, leg: Option<Leg>, fact: SessionEvent) {
+        if self.finished {
+            return;
+        }
+        if matches!(
+            fact,
+            SessionEvent::InterceptDecision { .. } | SessionEvent::InterceptHandshake { .. }
+        ) {
+            self.emit(ts, leg, fact);
         }
     }
 }

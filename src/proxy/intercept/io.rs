@@ -1,0 +1,188 @@
+//! Stream adaptors of intercept mode: a socket that offers every byte it
+//! carries to the tap as one leg's wire bytes ([`LegStream`]), the buffered
+//! ClientHello replayed before the socket ([`Replay`]), and a TLS read half
+//! on which a peer's close without `close_notify` is an ordinary end
+//! ([`EofTolerant`]: many SMTP clients close the socket after QUIT).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Tapped;
+use crate::event::{Leg, Side, Timestamp};
+use crate::proxy::relay::Tap;
+
+/// A socket of one leg whose reads (sent by the peer) and writes (sent by
+/// smtptap) are offered to the tap as that leg's wire bytes.
+pub(super) struct LegStream<S> {
+    pub(super) inner: S,
+    leg: Leg,
+    tap: Tap,
+    /// Who smtptap is on this leg: the server (client leg) or the client.
+    us: Side,
+    read_fin: bool,
+    write_fin: bool,
+}
+
+impl<S> LegStream<S> {
+    pub(super) fn new(inner: S, leg: Leg, tap: Tap) -> Self {
+        let us = match leg {
+            Leg::ClientProxy => Side::Server,
+            _ => Side::Client,
+        };
+        LegStream {
+            inner,
+            leg,
+            tap,
+            us,
+            read_fin: false,
+            write_fin: false,
+        }
+    }
+
+    fn offer(&self, side: Side, bytes: &[u8]) {
+        let len = bytes.len();
+        self.tap.intercept(
+            side,
+            Tapped::Wire {
+                leg: self.leg,
+                side,
+                ts: Timestamp::now(),
+                bytes: Bytes::copy_from_slice(bytes),
+            },
+            len,
+        );
+    }
+
+    fn fin(&self, side: Side) {
+        self.tap.intercept(
+            side,
+            Tapped::WireFin {
+                leg: self.leg,
+                side,
+                ts: Timestamp::now(),
+            },
+            0,
+        );
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LegStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let peer = self.us.peer();
+            let new = buf.filled().get(before..).unwrap_or(&[]);
+            if new.is_empty() {
+                if !self.read_fin {
+                    self.read_fin = true;
+                    self.fin(peer);
+                }
+            } else {
+                self.offer(peer, new);
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for LegStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            let us = self.us;
+            self.offer(us, buf.get(..*n).unwrap_or(&[]));
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        if r.is_ready() && !self.write_fin {
+            self.write_fin = true;
+            let us = self.us;
+            self.fin(us);
+        }
+        r
+    }
+}
+
+/// Bytes already read from a socket (the buffered ClientHello), handed out
+/// again before the socket's own: the TLS acceptor sees the stream whole.
+pub(super) struct Replay<S> {
+    prefix: Bytes,
+    pub(super) inner: S,
+}
+
+impl<S> Replay<S> {
+    pub(super) fn new(prefix: Bytes, inner: S) -> Self {
+        Replay { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A decrypted read half on which the peer closing the socket without a
+/// TLS `close_notify` reads as an ordinary end of stream.
+pub(super) struct EofTolerant<R>(pub(super) R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for EofTolerant<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
