@@ -183,3 +183,139 @@ async fn tls13_session_is_intercepted_and_delivered_byte_identical() {
 async fn tls12_session_is_intercepted_and_delivered_byte_identical() {
     intercepted_session(&[&rustls::version::TLS12], "TLSv1.2").await;
 }
+
+fn finding_ids(evs: &[Event]) -> Vec<String> {
+    named(evs, 1, "session.summary")[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_refuses_an_untrusted_upstream_and_fails_the_clients_handshake() {
+    let dir = temp_dir("intercept-enforce");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    // The upstream's CA is not among the proxy's trust anchors.
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!("{icfg}upstream_verify = \"enforce\"\nupstream_name = \"mx.example.test\"\n"),
+    )
+    .await;
+    let report = lab::send(
+        proxy.addr,
+        &opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body()),
+    )
+    .await;
+    assert!(report.error.is_some(), "the client's handshake should fail: {report:?}");
+    assert!(!report.tls);
+    let evs = proxy.wait_summaries(1).await;
+    assert!(up.server.received().is_empty());
+    let hs = leg_events(&evs, "intercept.handshake", "proxy_server");
+    assert_eq!(hs.len(), 1, "{hs:?}");
+    assert_eq!(hs[0]["ok"], false);
+    assert_eq!(hs[0]["refused"], true);
+    assert_eq!(hs[0]["verified"], false);
+    let ids = finding_ids(&evs);
+    assert!(ids.contains(&"intercept.upstream_refused".to_string()), "{ids:?}");
+    let summary = named(&evs, 1, "session.summary")[0].to_string();
+    assert!(
+        summary.contains("no path from the certificate to a trust anchor"),
+        "the finding says why: {summary}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
+    let dir = temp_dir("intercept-distrust");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (_anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    // This client trusts only the upstream's own CA: it refuses the minted leaf.
+    let upstream_ca = std::fs::read_to_string(&up.ca_file).unwrap();
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(upstream_ca.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let report = lab::send(
+        proxy.addr,
+        &opts(verifying(&der, rustls::DEFAULT_VERSIONS), &body()),
+    )
+    .await;
+    assert!(report.error.is_some(), "{report:?}");
+    let evs = proxy.wait_summaries(1).await;
+    let ids = finding_ids(&evs);
+    assert!(ids.contains(&"intercept.client_failed".to_string()), "{ids:?}");
+    proxy.stop().await;
+}
+
+/// openssl s_server with TLS 1.0 only, implicit TLS (it has no STARTTLS):
+/// the proxy, configured for implicit TLS, cannot serve a TLS 1.0 hello,
+/// passes the session through, and the handshake still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
+    use std::process::{Command, Stdio};
+    let dir = temp_dir("intercept-tls10");
+    let ca = Ca::new("Legacy CA").unwrap();
+    let leaf = ca.issue(&LeafSpec::server(["legacy.example.test"])).unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf.chain_pem()).unwrap();
+    std::fs::write(dir.join("leaf.key"), leaf.key_pem()).unwrap();
+    let port = common::closed_port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"])
+        .arg("-accept")
+        .arg(port.to_string())
+        .arg("-cert")
+        .arg(dir.join("leaf.pem"))
+        .arg("-key")
+        .arg(dir.join("leaf.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is needed (apt-get install openssl)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(&format!("127.0.0.1:{port}"), &format!("implicit_tls = true\n{icfg}")).await;
+    let addr = proxy.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("openssl")
+            .args(["s_client", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0", "-connect", &addr])
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl s_client")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Protocol  : TLSv1\n") || text.contains("TLSv1, Cipher"), "{text}");
+    let evs = proxy.wait_summaries(1).await;
+    let d = named(&evs, 1, "intercept.decision");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["action"], "passthrough");
+    assert!(d[0]["reason"].as_str().unwrap().contains("TLS 1.0"), "{d:?}");
+    assert!(finding_ids(&evs).contains(&"intercept.fallback".to_string()));
+    // The handshake was observed end to end, as in passthrough.
+    let sh = named(&evs, 1, "tls.server_hello");
+    assert_eq!(sh.len(), 1);
+    assert_eq!(sh[0]["version"], "TLSv1.0");
+    let _ = server.kill();
+    let _ = server.wait();
+    proxy.stop().await;
+}
