@@ -34,6 +34,7 @@ fn event_names() -> Vec<String> {
         "capture.",
         "observer.",
         "headers.",
+        "intercept.",
     ];
     let mut names = Vec::new();
     for f in files {
@@ -101,6 +102,8 @@ const ALL_EVENTS: &[&str] = &[
     "capture.error",
     "capture.truncated",
     "capture.dropped",
+    "intercept.decision",
+    "intercept.handshake",
 ];
 
 /// The name of every variant of every event enum, written out without a
@@ -126,6 +129,8 @@ fn variant_name(kind: &smtptap::event::EventKind) -> &'static str {
             S::ObserverLagged { .. } => "observer.lagged",
             S::Close { .. } => "session.close",
             S::Summary { .. } => "session.summary",
+            S::InterceptDecision { .. } => "intercept.decision",
+            S::InterceptHandshake { .. } => "intercept.handshake",
         },
         K::Smtp(e) => match e {
             Smtp::Banner { .. } => "smtp.banner",
@@ -248,7 +253,7 @@ fn is_run_id(run: &str) -> bool {
 /// Every example line in docs/log-schema.md is a real event of schema v1: it
 /// parses as one, serialises back to exactly the same line (the schema is the
 /// code's, field order included), carries a run id (and a `leg` exactly on
-/// `tls.*`/`cert.*` events), and the console renders it as at least one line
+/// `tls.*`/`cert.*`/`intercept.handshake` events), and the console renders it as at least one line
 /// of its own (not the generic `name key=value` fallback). Every event has at
 /// least one example.
 #[test]
@@ -292,7 +297,9 @@ fn every_schema_example_parses_round_trips_and_renders_on_the_console() {
         if !is_run_id(&ev.run) {
             problems.push(format!("no run id like r20261123T205812Z-4c1f: {line}"));
         }
-        let on_leg = name.starts_with("tls.") || name.starts_with("cert.");
+        let on_leg = name.starts_with("tls.")
+            || name.starts_with("cert.")
+            || name == "intercept.handshake";
         if ev.leg.is_some() != on_leg {
             problems.push(format!(
                 "{name}: `leg` must be {}: {line}",
