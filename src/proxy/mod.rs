@@ -9,6 +9,7 @@
 //!                              │ 2. connect upstream          (upstream::connect)
 //!                              │    └─ failure: 421 reply or close, per config
 //!                              │ 3. relay both ways           (relay::relay)
+//!                              │    or, intercept mode:       (intercept::run: TLS on both legs)
 //!                              └ 4. report the outcome, wait for the analysis to finish
 //! ```
 //!

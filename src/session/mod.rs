@@ -5,12 +5,13 @@
 //! CRLs). It reads no clock (time comes with the inputs, so a capture's
 //! timestamps work as live ones do), touches no socket, spawns nothing, and
 //! runs without an async runtime. The live proxy (`proxy::analysis`) and
-//! `smtptap probe` (`probe`) drive it today; intercept mode and offline
-//! analysis will drive the same type.
+//! `smtptap probe` (`probe`) drive it today, the proxy's intercept mode
+//! included (`proxy::intercept`); offline analysis will drive the same type.
 //!
 //! ```text
 //!  driver ──opened / upstream_connected / upstream_failed / loop_refused──▶ ┐
 //!         ──bytes(leg, side, ts, &[u8]) / fin(leg, side, ts)─────────────▶ │ SessionAnalyzer
+//!         ──plaintext(side, ts, &[u8]) (the SMTP inside TLS, intercept) ─▶ │
 //!         ──crls_fetched(id, outcomes)────────────────────────────────────▶ │  ├─ stage: Sniff → Smtp → Tls → Off   (stage.rs)
 //!         ──close(ts, ends, loss)─────────────────────────────────────────▶ ┘  ├─ capture policy                     (capture_policy.rs)
 //!                                                                              ├─ names for certificate checks       (names.rs)
@@ -39,10 +40,13 @@
 //! (one per TLS session and side).
 //!
 //! Legs: in passthrough every byte is fed as [`Leg::EndToEnd`] (the client's
-//! TLS runs through smtptap to the server). Intercept mode will feed its two
+//! TLS runs through smtptap to the server). Intercept mode feeds its two
 //! TLS sessions as [`Leg::ClientProxy`] and [`Leg::ProxyServer`]: each gets
 //! its own TLS observer and its facts carry that leg; the diagnosis judges
-//! only certificates the server presented, never one smtptap minted.
+//! only certificates the server presented, never one smtptap minted. The
+//! SMTP it decrypts comes in through [`SessionAnalyzer::plaintext`]
+//! (`plaintext.rs`), its own facts through `intercept_fact`, and secrets to
+//! embed in the capture through `tls_secrets`.
 
 mod capture_policy;
 mod finish;
