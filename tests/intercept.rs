@@ -319,3 +319,85 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
     let _ = server.wait();
     proxy.stop().await;
 }
+
+/// tshark over the capture with the proxy's and the upstream's ports decoded as SMTP.
+fn smtp_lines(file: &std::path::Path, ports: &[u16], filter: &str) -> String {
+    let mut args: Vec<String> = vec!["-r".into(), file.display().to_string()];
+    for p in ports {
+        args.push("-d".into());
+        args.push(format!("tcp.port=={p},smtp"));
+    }
+    args.extend(["-Y".into(), filter.into(), "-T".into(), "fields".into()]);
+    args.extend(["-e".into(), "smtp.req.command".into(), "-e".into(), "smtp.response.code".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::tshark(&refs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_holds_both_legs_and_the_decrypted_smtp_and_embedded_keys_decrypt_the_legs() {
+    let dir = temp_dir("intercept-capture");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    let file = dir.join("cap.pcapng");
+    let keylog = dir.join("keys.log");
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}embed_secrets = true\nkeylog = \"{}\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n[capture]\nenabled = true\npath = \"{}\"\n",
+            keylog.display(),
+            up.ca_file.display(),
+            file.display()
+        ),
+    )
+    .await;
+    let report = lab::send(
+        proxy.addr,
+        &opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body()),
+    )
+    .await;
+    assert!(report.error.is_none(), "{report:?}");
+    proxy.wait_summaries(1).await;
+    let proxy_port = proxy.addr.port();
+    proxy.stop().await;
+    let ports = [proxy_port, up.server.addr().port()];
+
+    // The key log: NSS lines for both legs, mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&keylog).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let keys = std::fs::read_to_string(&keylog).unwrap();
+    assert!(
+        keys.lines().filter(|l| l.starts_with("CLIENT_TRAFFIC_SECRET_0 ")).count() >= 2,
+        "{keys}"
+    );
+
+    // The decrypted flow: the conversation inside TLS, as SMTP.
+    let decrypted = smtp_lines(&file, &ports, "frame.interface_name == \"decrypted\" && smtp");
+    assert!(decrypted.contains("EHLO"), "{decrypted}");
+    assert!(decrypted.contains("MAIL"), "{decrypted}");
+    assert!(decrypted.contains("RCPT"), "{decrypted}");
+    assert!(!decrypted.contains("STARTTLS"), "only the part inside TLS: {decrypted}");
+    // With the embedded secrets tshark decrypts each wire leg from the file alone.
+    for leg in ["client-leg", "upstream-leg"] {
+        let f = format!("frame.interface_name == \"{leg}\" && smtp.req.command == \"MAIL\"");
+        let got = smtp_lines(&file, &ports, &f);
+        assert!(got.contains("MAIL"), "{leg} not decrypted: {got:?}");
+    }
+    // Without them it does not: the keys did the work.
+    let stripped = dir.join("stripped.pcapng");
+    let st = std::process::Command::new("editcap")
+        .arg("--discard-all-secrets")
+        .arg(&file)
+        .arg(&stripped)
+        .status()
+        .expect("editcap is needed (apt-get install wireshark-common)");
+    assert!(st.success());
+    for leg in ["client-leg", "upstream-leg"] {
+        let f = format!("frame.interface_name == \"{leg}\" && smtp.req.command == \"MAIL\"");
+        let got = smtp_lines(&stripped, &ports, &f);
+        assert!(!got.contains("MAIL"), "{leg} decrypted without keys: {got:?}");
+    }
+    // The decrypted flow needs no keys.
+    let decrypted = smtp_lines(&stripped, &ports, "frame.interface_name == \"decrypted\" && smtp");
+    assert!(decrypted.contains("MAIL"), "{decrypted}");
+}

@@ -25,6 +25,19 @@ pub(super) struct LegStream<S> {
     us: Side,
     read_fin: bool,
     write_fin: bool,
+    /// Read one TLS record at a time (during the handshake, when secrets
+    /// are embedded): rustls then derives a key, and logs it, before the
+    /// first record it protects is read and tapped, so the capture's
+    /// Decryption Secrets Block precedes that record.
+    bounded: bool,
+    /// Header bytes of the current record read so far, and its length.
+    hdr: [u8; 5],
+    hdr_len: usize,
+    body_left: usize,
+    /// Bounded mode: the last record read, offered to the tap only at the
+    /// next read (after rustls processed it and logged the keys it yields:
+    /// Wireshark needs a secret before the record that starts its use).
+    pending: Vec<u8>,
 }
 
 impl<S> LegStream<S> {
@@ -40,6 +53,54 @@ impl<S> LegStream<S> {
             us,
             read_fin: false,
             write_fin: false,
+            bounded: false,
+            hdr: [0; 5],
+            hdr_len: 0,
+            body_left: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        if !self.pending.is_empty() {
+            let p = std::mem::take(&mut self.pending);
+            self.offer(self.us.peer(), &p);
+        }
+    }
+
+    /// Reads stop at TLS record boundaries until [`Self::unbound`].
+    pub(super) fn bounded(mut self, on: bool) -> Self {
+        self.bounded = on;
+        self
+    }
+
+    /// Back to reads of any size (after the handshake).
+    pub(super) fn unbound(&mut self) {
+        self.bounded = false;
+        self.flush_pending();
+    }
+
+    /// Most bytes the next read may take, when bounded.
+    fn limit(&self) -> usize {
+        if self.body_left > 0 {
+            self.body_left
+        } else {
+            5 - self.hdr_len
+        }
+    }
+
+    fn account(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.body_left > 0 {
+                self.body_left -= 1;
+            } else {
+                self.hdr[self.hdr_len] = b;
+                self.hdr_len += 1;
+                if self.hdr_len == 5 {
+                    self.body_left = usize::from(u16::from_be_bytes([self.hdr[3], self.hdr[4]]));
+                    self.hdr_len = 0;
+                }
+            }
         }
     }
 
@@ -76,6 +137,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for LegStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.bounded && buf.remaining() > 0 {
+            let limit = self.limit().min(buf.remaining());
+            let mut tmp = ReadBuf::new(buf.initialize_unfilled_to(limit));
+            let r = Pin::new(&mut self.inner).poll_read(cx, &mut tmp);
+            let n = tmp.filled().len();
+            if let Poll::Ready(Ok(())) = &r {
+                let got = tmp.filled().to_vec();
+                self.account(&got);
+                let peer = self.us.peer();
+                // The previous record was processed: its keys are logged.
+                self.flush_pending();
+                if got.is_empty() {
+                    if !self.read_fin {
+                        self.read_fin = true;
+                        self.fin(peer);
+                    }
+                } else {
+                    self.pending = got;
+                }
+                buf.advance(n);
+            }
+            return r;
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
@@ -184,5 +268,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for EofTolerant<R> {
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
             other => other,
         }
+    }
+}
+
+impl<S> Drop for LegStream<S> {
+    fn drop(&mut self) {
+        // A handshake that failed still reports the last record (an alert).
+        self.flush_pending();
     }
 }

@@ -291,7 +291,8 @@ pub(crate) async fn run(
             return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, &moved);
         }
     };
-    let up_io = io::LegStream::new(server, Leg::ProxyServer, tap.clone());
+    let embed = shared.cfg.embed_secrets;
+    let up_io = io::LegStream::new(server, Leg::ProxyServer, tap.clone()).bounded(embed);
     let up = tokio::time::timeout(idle, connector.connect(server_name, up_io)).await;
     let (verified, verify_error, chain, requested) = {
         let s = seen.lock().map(|s| {
@@ -313,7 +314,10 @@ pub(crate) async fn run(
     };
     let enforce = shared.cfg.upstream_verify == crate::config::UpstreamVerify::Enforce;
     let mut up = match up {
-        Ok(Ok(s)) => s,
+        Ok(Ok(mut s)) => {
+            s.get_mut().0.unbound();
+            s
+        }
         failed => {
             let error = match failed {
                 Ok(Err(e)) => e.to_string(),
@@ -420,11 +424,14 @@ pub(crate) async fn run(
     };
     let client_io = io::Replay::new(
         hello_bytes,
-        io::LegStream::new(client, Leg::ClientProxy, tap.clone()),
+        io::LegStream::new(client, Leg::ClientProxy, tap.clone()).bounded(embed),
     );
     let down = tokio::time::timeout(idle, acceptor.accept(client_io)).await;
     let down = match down {
-        Ok(Ok(s)) => s,
+        Ok(Ok(mut s)) => {
+            s.get_mut().0.inner.unbound();
+            s
+        }
         failed => {
             let error = match failed {
                 Ok(Err(e)) => e.to_string(),
