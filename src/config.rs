@@ -1054,13 +1054,20 @@ impl RawIntercept {
          -> Result<Option<CertFiles>, ConfigError> {
             match (c, k) {
                 (None, None) => Ok(None),
-                (Some(_), None) => Err(err(kk, format!("missing: {ck} is set, so {kk} must be too"))),
-                (None, Some(_)) => Err(err(ck, format!("missing: {kk} is set, so {ck} must be too"))),
+                (Some(_), None) => Err(err(
+                    kk,
+                    format!("missing: {ck} is set, so {kk} must be too"),
+                )),
+                (None, Some(_)) => Err(err(
+                    ck,
+                    format!("missing: {kk} is set, so {ck} must be too"),
+                )),
                 (Some(c), Some(k)) => {
                     let (cert_path, cert_pem) = read(ck, c)?;
                     let (key_path, key_pem) = read(kk, k)?;
                     let mut r = cert_pem.as_bytes();
-                    let certs: Vec<_> = rustls_pemfile::certs(&mut r).collect::<Result<_, _>>()
+                    let certs: Vec<_> = rustls_pemfile::certs(&mut r)
+                        .collect::<Result<_, _>>()
                         .map_err(|e| err(ck, format!("{c:?}: bad PEM: {e}")))?;
                     if certs.is_empty() {
                         return Err(err(ck, format!("{c:?}: no CERTIFICATE block")));
@@ -1113,12 +1120,18 @@ impl RawIntercept {
         for (i, n) in self.cert_names.iter().flatten().enumerate() {
             let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
             if n.is_empty() || n.contains(char::is_whitespace) {
-                return Err(err(&format!("cert_names[{i}]"), format!("{n:?} is not a host name")));
+                return Err(err(
+                    &format!("cert_names[{i}]"),
+                    format!("{n:?} is not a host name"),
+                ));
             }
             static_names.push(n);
         }
         if !static_names.is_empty() && static_cert.is_none() {
-            return Err(err("cert_names", "set, but there is no static certificate (cert + key)".into()));
+            return Err(err(
+                "cert_names",
+                "set, but there is no static certificate (cert + key)".into(),
+            ));
         }
         let upstream_verify = match self.upstream_verify.as_deref().unwrap_or("record") {
             "record" => UpstreamVerify::Record,
@@ -1137,7 +1150,12 @@ impl RawIntercept {
             }
             Some(n) => Some(n.to_string()),
         };
-        let client_cert = pair("client_cert", "client_key", &self.client_cert, &self.client_key)?;
+        let client_cert = pair(
+            "client_cert",
+            "client_key",
+            &self.client_cert,
+            &self.client_key,
+        )?;
         let keylog = match self.keylog.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(p) => Some(PathBuf::from(p)),
@@ -1371,7 +1389,9 @@ mod tests {
             0o600
         );
         // Refuses to overwrite.
-        assert!(crate::cli::ca_init(&dir, "Test CA").unwrap_err().contains("already exists"));
+        assert!(crate::cli::ca_init(&dir, "Test CA")
+            .unwrap_err()
+            .contains("already exists"));
         let base = "listen=[\"127.0.0.1:1\"]\nupstream=\"h:25\"\n";
         let e = resolve(&format!("{base}mode = \"mitm\"\n")).unwrap_err();
         assert_eq!(e.key, "mode");

@@ -297,9 +297,8 @@ fn every_schema_example_parses_round_trips_and_renders_on_the_console() {
         if !is_run_id(&ev.run) {
             problems.push(format!("no run id like r20261123T205812Z-4c1f: {line}"));
         }
-        let on_leg = name.starts_with("tls.")
-            || name.starts_with("cert.")
-            || name == "intercept.handshake";
+        let on_leg =
+            name.starts_with("tls.") || name.starts_with("cert.") || name == "intercept.handshake";
         if ev.leg.is_some() != on_leg {
             problems.push(format!(
                 "{name}: `leg` must be {}: {line}",

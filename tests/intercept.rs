@@ -70,7 +70,10 @@ fn opts(tls: Arc<rustls::ClientConfig>, body: &[u8]) -> ClientOptions {
     }
 }
 
-fn verifying(anchor: &[u8], versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+fn verifying(
+    anchor: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls::pki_types::CertificateDer::from(anchor.to_vec()))
@@ -90,7 +93,7 @@ fn body() -> Vec<u8> {
     b
 }
 
-fn leg_events<'a>(evs: &'a [Event], name: &str, leg: &str) -> Vec<serde_json::Value> {
+fn leg_events(evs: &[Event], name: &str, leg: &str) -> Vec<serde_json::Value> {
     named(evs, 1, name)
         .into_iter()
         .filter(|v| v["leg"] == leg)
@@ -115,7 +118,11 @@ async fn intercepted_session(versions: &[&'static rustls::SupportedProtocolVersi
     assert!(report.error.is_none(), "{report:?}");
     assert!(report.tls, "{report:?}");
     assert!(
-        report.data_reply.as_deref().unwrap_or("").starts_with("250"),
+        report
+            .data_reply
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("250"),
         "{report:?}"
     );
     let evs = proxy.wait_summaries(1).await;
@@ -209,7 +216,10 @@ async fn enforce_refuses_an_untrusted_upstream_and_fails_the_clients_handshake()
         &opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body()),
     )
     .await;
-    assert!(report.error.is_some(), "the client's handshake should fail: {report:?}");
+    assert!(
+        report.error.is_some(),
+        "the client's handshake should fail: {report:?}"
+    );
     assert!(!report.tls);
     let evs = proxy.wait_summaries(1).await;
     assert!(up.server.received().is_empty());
@@ -219,7 +229,10 @@ async fn enforce_refuses_an_untrusted_upstream_and_fails_the_clients_handshake()
     assert_eq!(hs[0]["refused"], true);
     assert_eq!(hs[0]["verified"], false);
     let ids = finding_ids(&evs);
-    assert!(ids.contains(&"intercept.upstream_refused".to_string()), "{ids:?}");
+    assert!(
+        ids.contains(&"intercept.upstream_refused".to_string()),
+        "{ids:?}"
+    );
     let summary = named(&evs, 1, "session.summary")[0].to_string();
     assert!(
         summary.contains("no path from the certificate to a trust anchor"),
@@ -256,7 +269,10 @@ async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
     assert!(report.error.is_some(), "{report:?}");
     let evs = proxy.wait_summaries(1).await;
     let ids = finding_ids(&evs);
-    assert!(ids.contains(&"intercept.client_failed".to_string()), "{ids:?}");
+    assert!(
+        ids.contains(&"intercept.client_failed".to_string()),
+        "{ids:?}"
+    );
     proxy.stop().await;
 }
 
@@ -268,12 +284,20 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
     use std::process::{Command, Stdio};
     let dir = temp_dir("intercept-tls10");
     let ca = Ca::new("Legacy CA").unwrap();
-    let leaf = ca.issue(&LeafSpec::server(["legacy.example.test"])).unwrap();
+    let leaf = ca
+        .issue(&LeafSpec::server(["legacy.example.test"]))
+        .unwrap();
     std::fs::write(dir.join("leaf.pem"), leaf.chain_pem()).unwrap();
     std::fs::write(dir.join("leaf.key"), leaf.key_pem()).unwrap();
     let port = common::closed_port();
     let mut server = Command::new("openssl")
-        .args(["s_server", "-quiet", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"])
+        .args([
+            "s_server",
+            "-quiet",
+            "-tls1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ])
         .arg("-accept")
         .arg(port.to_string())
         .arg("-cert")
@@ -292,11 +316,22 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let (_anchor, icfg) = proxy_ca(&dir);
-    let proxy = TestProxy::start(&format!("127.0.0.1:{port}"), &format!("implicit_tls = true\n{icfg}")).await;
+    let proxy = TestProxy::start(
+        &format!("127.0.0.1:{port}"),
+        &format!("implicit_tls = true\n{icfg}"),
+    )
+    .await;
     let addr = proxy.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("openssl")
-            .args(["s_client", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0", "-connect", &addr])
+            .args([
+                "s_client",
+                "-tls1",
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+                "-connect",
+                &addr,
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("openssl s_client")
@@ -304,12 +339,18 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Protocol  : TLSv1\n") || text.contains("TLSv1, Cipher"), "{text}");
+    assert!(
+        text.contains("Protocol  : TLSv1\n") || text.contains("TLSv1, Cipher"),
+        "{text}"
+    );
     let evs = proxy.wait_summaries(1).await;
     let d = named(&evs, 1, "intercept.decision");
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0]["action"], "passthrough");
-    assert!(d[0]["reason"].as_str().unwrap().contains("TLS 1.0"), "{d:?}");
+    assert!(
+        d[0]["reason"].as_str().unwrap().contains("TLS 1.0"),
+        "{d:?}"
+    );
     assert!(finding_ids(&evs).contains(&"intercept.fallback".to_string()));
     // The handshake was observed end to end, as in passthrough.
     let sh = named(&evs, 1, "tls.server_hello");
@@ -328,7 +369,12 @@ fn smtp_lines(file: &std::path::Path, ports: &[u16], filter: &str) -> String {
         args.push(format!("tcp.port=={p},smtp"));
     }
     args.extend(["-Y".into(), filter.into(), "-T".into(), "fields".into()]);
-    args.extend(["-e".into(), "smtp.req.command".into(), "-e".into(), "smtp.response.code".into()]);
+    args.extend([
+        "-e".into(),
+        "smtp.req.command".into(),
+        "-e".into(),
+        "smtp.response.code".into(),
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     common::tshark(&refs)
 }
@@ -367,16 +413,26 @@ async fn the_capture_holds_both_legs_and_the_decrypted_smtp_and_embedded_keys_de
     assert_eq!(mode, 0o600);
     let keys = std::fs::read_to_string(&keylog).unwrap();
     assert!(
-        keys.lines().filter(|l| l.starts_with("CLIENT_TRAFFIC_SECRET_0 ")).count() >= 2,
+        keys.lines()
+            .filter(|l| l.starts_with("CLIENT_TRAFFIC_SECRET_0 "))
+            .count()
+            >= 2,
         "{keys}"
     );
 
     // The decrypted flow: the conversation inside TLS, as SMTP.
-    let decrypted = smtp_lines(&file, &ports, "frame.interface_name == \"decrypted\" && smtp");
+    let decrypted = smtp_lines(
+        &file,
+        &ports,
+        "frame.interface_name == \"decrypted\" && smtp",
+    );
     assert!(decrypted.contains("EHLO"), "{decrypted}");
     assert!(decrypted.contains("MAIL"), "{decrypted}");
     assert!(decrypted.contains("RCPT"), "{decrypted}");
-    assert!(!decrypted.contains("STARTTLS"), "only the part inside TLS: {decrypted}");
+    assert!(
+        !decrypted.contains("STARTTLS"),
+        "only the part inside TLS: {decrypted}"
+    );
     // With the embedded secrets tshark decrypts each wire leg from the file alone.
     for leg in ["client-leg", "upstream-leg"] {
         let f = format!("frame.interface_name == \"{leg}\" && smtp.req.command == \"MAIL\"");
@@ -395,9 +451,16 @@ async fn the_capture_holds_both_legs_and_the_decrypted_smtp_and_embedded_keys_de
     for leg in ["client-leg", "upstream-leg"] {
         let f = format!("frame.interface_name == \"{leg}\" && smtp.req.command == \"MAIL\"");
         let got = smtp_lines(&stripped, &ports, &f);
-        assert!(!got.contains("MAIL"), "{leg} decrypted without keys: {got:?}");
+        assert!(
+            !got.contains("MAIL"),
+            "{leg} decrypted without keys: {got:?}"
+        );
     }
     // The decrypted flow needs no keys.
-    let decrypted = smtp_lines(&stripped, &ports, "frame.interface_name == \"decrypted\" && smtp");
+    let decrypted = smtp_lines(
+        &stripped,
+        &ports,
+        "frame.interface_name == \"decrypted\" && smtp",
+    );
     assert!(decrypted.contains("MAIL"), "{decrypted}");
 }

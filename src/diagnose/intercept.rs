@@ -47,7 +47,10 @@ pub(super) fn rules(v: &SessionView, out: &mut Vec<Finding>) {
                     if let Some(v) = verify_error {
                         ev.push(format!("verification: {v}"));
                     }
-                    ev.push("the client's handshake was failed with an alert (handshake_failure)".into());
+                    ev.push(
+                        "the client's handshake was failed with an alert (handshake_failure)"
+                            .into(),
+                    );
                     out.push(Finding::new(
                         ids::INTERCEPT_UPSTREAM_FAILED,
                         Severity::Error,

@@ -132,7 +132,10 @@ pub fn diagnose(events: &[Event], ctx: &Context) -> Vec<Finding> {
     message::rules(&v, &mut out);
     intercept::rules(&v, &mut out);
     // smtptap's own failed handshake says it better than the generic one.
-    if out.iter().any(|f| f.id.starts_with("intercept.") && f.severity == Severity::Error) {
+    if out
+        .iter()
+        .any(|f| f.id.starts_with("intercept.") && f.severity == Severity::Error)
+    {
         out.retain(|f| f.id != ids::TLS_HANDSHAKE_FAILED);
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));

@@ -292,7 +292,8 @@ impl SessionAnalyzer {
             }
             self.cap.fin(side, ts);
         } else {
-            self.cap.leg_fin(usize::from(leg == Leg::ProxyServer), side, ts);
+            self.cap
+                .leg_fin(usize::from(leg == Leg::ProxyServer), side, ts);
         }
         self.emit(ts, None, SessionEvent::HalfClose { side });
     }

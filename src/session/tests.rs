@@ -662,7 +662,10 @@ fn decrypted_smtp_is_observed_the_same_at_every_split_point() {
     assert_eq!(count("smtp.auth"), 1, "{names:?}");
     assert_eq!(count("smtp.message"), 1, "{names:?}");
     let all = whole.join("\n");
-    assert!(!all.contains("AGFsaWNlAHMzY3JldA"), "the AUTH secret leaked");
+    assert!(
+        !all.contains("AGFsaWNlAHMzY3JldA"),
+        "the AUTH secret leaked"
+    );
     assert!(!all.contains("bodytext-7f3a"), "the body leaked");
     let summary = whole.last().unwrap();
     assert!(summary.contains("smtp.rejected_after_tls"), "{summary}");

@@ -251,7 +251,10 @@ fn verdict(ders: &[Vec<u8>], name: &ServerName<'_>, trust: &TrustStore) -> Resul
     let names = match name {
         ServerName::DnsName(d) => vec![(NameSource::Sni, d.as_ref().to_string())],
         ServerName::IpAddress(ip) => {
-            vec![(NameSource::Upstream, std::net::IpAddr::from(*ip).to_string())]
+            vec![(
+                NameSource::Upstream,
+                std::net::IpAddr::from(*ip).to_string(),
+            )]
         }
         _ => Vec::new(),
     };

@@ -184,18 +184,27 @@ pub(super) async fn run(
 
 /// Whether the client's latest commands include a STARTTLS awaiting its reply.
 fn pending_starttls(out: &[SmtpEvent]) -> bool {
-    out.iter().any(|e| {
-        matches!(e, SmtpEvent::Command { verb, .. } if verb.eq_ignore_ascii_case("STARTTLS"))
-    })
+    out.iter().any(
+        |e| matches!(e, SmtpEvent::Command { verb, .. } if verb.eq_ignore_ascii_case("STARTTLS")),
+    )
 }
 
 /// Forwards bytes the client sent after STARTTLS once they turned out not
 /// to start TLS here; the ordinary relay goes on.
-async fn forward_held(server: &mut TcpStream, tap: &Tap, held: Vec<u8>, moved: &mut Moved) -> Boundary {
+async fn forward_held(
+    server: &mut TcpStream,
+    tap: &Tap,
+    held: Vec<u8>,
+    moved: &mut Moved,
+) -> Boundary {
     if held.is_empty() {
         return Boundary::Relay;
     }
-    tap.data(Side::Client, Timestamp::now(), bytes::Bytes::from(held.clone()));
+    tap.data(
+        Side::Client,
+        Timestamp::now(),
+        bytes::Bytes::from(held.clone()),
+    );
     if let Err(e) = server.write_all(&held).await {
         return Boundary::Ended {
             client: DirEnd::io("writing to server", &e),

@@ -51,7 +51,8 @@ pub(super) fn examine(buf: &[u8]) -> Buffered {
                     msg[0]
                 ));
             }
-            let need = 4 + ((usize::from(msg[1]) << 16) | (usize::from(msg[2]) << 8) | usize::from(msg[3]));
+            let need = 4
+                + ((usize::from(msg[1]) << 16) | (usize::from(msg[2]) << 8) | usize::from(msg[3]));
             if msg.len() >= need {
                 return match parse_client_hello(msg.get(4..need).unwrap_or(&[])) {
                     Ok(ch) => Buffered::Hello(Box::new(ch)),
@@ -82,7 +83,11 @@ pub(super) fn servable(ch: &ClientHello, rsa_ok: bool) -> Result<(), String> {
     let any = |list: &[u16], of: &[u16]| list.iter().any(|x| of.contains(x));
     let group = ch.groups.is_empty() || any(&ch.groups, &GROUPS);
     let ecdsa_sig = ch.sigalgs.is_empty() || ch.sigalgs.contains(&ECDSA_P256_SHA256);
-    if offers(0x0304) && any(&ch.ciphers, &TLS13_SUITES) && any(&ch.groups, &GROUPS) && (ecdsa_sig || rsa_ok) {
+    if offers(0x0304)
+        && any(&ch.ciphers, &TLS13_SUITES)
+        && any(&ch.groups, &GROUPS)
+        && (ecdsa_sig || rsa_ok)
+    {
         return Ok(());
     }
     if offers(0x0303) && group && !ch.groups.is_empty() {

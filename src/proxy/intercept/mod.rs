@@ -185,7 +185,10 @@ pub(crate) async fn run(
                 let o = relay::relay(client, server, tap, idle, abort).await;
                 return add(o, &moved);
             }
-            cleartext::Boundary::Ended { client: c, server: s } => return ends(c, s, &moved),
+            cleartext::Boundary::Ended {
+                client: c,
+                server: s,
+            } => return ends(c, s, &moved),
         }
     }
     // Read the whole ClientHello before deciding.
@@ -209,7 +212,11 @@ pub(crate) async fn run(
             Ok(0) => break Err("the client closed before its ClientHello was complete".into()),
             Ok(_) => {}
             Err(e) => {
-                return ends(DirEnd::io("reading from client", &e), DirEnd::PeerFailed, &moved)
+                return ends(
+                    DirEnd::io("reading from client", &e),
+                    DirEnd::PeerFailed,
+                    &moved,
+                )
             }
         }
     };
@@ -232,7 +239,11 @@ pub(crate) async fn run(
             if !held.is_empty() {
                 tap.data(Side::Client, Timestamp::now(), held.clone());
                 if let Err(e) = server.write_all(&held).await {
-                    return ends(DirEnd::io("writing to server", &e), DirEnd::PeerFailed, &moved);
+                    return ends(
+                        DirEnd::io("writing to server", &e),
+                        DirEnd::PeerFailed,
+                        &moved,
+                    );
                 }
                 moved.client += held.len() as u64;
             }
@@ -295,20 +306,11 @@ pub(crate) async fn run(
     let up_io = io::LegStream::new(server, Leg::ProxyServer, tap.clone()).bounded(embed);
     let up = tokio::time::timeout(idle, connector.connect(server_name, up_io)).await;
     let (verified, verify_error, chain, requested) = {
-        let s = seen.lock().map(|s| {
-            (
-                s.verdict.clone(),
-                s.chain.clone(),
-                s.cert_requested,
-            )
-        });
+        let s = seen
+            .lock()
+            .map(|s| (s.verdict.clone(), s.chain.clone(), s.cert_requested));
         match s {
-            Ok((v, c, r)) => (
-                v.as_ref().map(Result::is_ok),
-                v.and_then(Result::err),
-                c,
-                r,
-            ),
+            Ok((v, c, r)) => (v.as_ref().map(Result::is_ok), v.and_then(Result::err), c, r),
             Err(_) => (None, None, Vec::new(), false),
         }
     };
@@ -406,8 +408,14 @@ pub(crate) async fn run(
     }
 
     // The client leg: mint (or pick) the leaf, then complete its handshake.
-    let fallback_name = upstream_sni.clone().unwrap_or_else(|| upstream_host.to_string());
-    let leaf = shared.leaf(sni.as_deref(), chain.first().map(Vec::as_slice), &fallback_name);
+    let fallback_name = upstream_sni
+        .clone()
+        .unwrap_or_else(|| upstream_host.to_string());
+    let leaf = shared.leaf(
+        sni.as_deref(),
+        chain.first().map(Vec::as_slice),
+        &fallback_name,
+    );
     let acceptor = leaf.and_then(|(k, desc)| {
         shared
             .server_config(k, keylog.clone())
@@ -501,8 +509,22 @@ where
     let mut server_res = None;
     let mut stop_reason: Option<DirEnd> = None;
     {
-        let c2s = relay::pump(Side::Client, &mut cr, &mut sw, tap, &activity, stop_rx.clone());
-        let s2c = relay::pump(Side::Server, &mut sr, &mut cw, tap, &activity, stop_rx.clone());
+        let c2s = relay::pump(
+            Side::Client,
+            &mut cr,
+            &mut sw,
+            tap,
+            &activity,
+            stop_rx.clone(),
+        );
+        let s2c = relay::pump(
+            Side::Server,
+            &mut sr,
+            &mut cw,
+            tap,
+            &activity,
+            stop_rx.clone(),
+        );
         tokio::pin!(c2s);
         tokio::pin!(s2c);
         let mut idle_check = tokio::time::interval(relay::idle_check_period(idle));
