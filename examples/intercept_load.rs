@@ -51,6 +51,11 @@ async fn load(addr: SocketAddr, sessions: usize, size: usize, conc: usize) -> (f
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < sessions {
                 let r = lab::send(addr, &opts).await;
                 if r.error.is_some() || !r.tls {
+                    eprintln!(
+                        "failed session: {:?} (last replies {:?})",
+                        r.error,
+                        r.replies.iter().rev().take(3).collect::<Vec<_>>()
+                    );
                     failed += 1;
                 }
             }
@@ -71,7 +76,14 @@ async fn proxy(upstream: SocketAddr, extra: &str) -> Result<smtptap::proxy::Runn
     let cfg = RawConfig::from_toml(&text, "intercept_load")
         .and_then(|r| r.resolve("intercept_load"))
         .map_err(|e| e.to_string())?;
-    smtptap::proxy::spawn(cfg, smtptap::sink::Sinks::default()).await
+    let mut sinks = smtptap::sink::Sinks::default();
+    // SMTPTAP_LOAD_LOG=FILE: the intercept proxy's JSON events, to look into a slow session.
+    if let (Ok(path), false) = (std::env::var("SMTPTAP_LOAD_LOG"), extra.is_empty()) {
+        sinks.json = Some(
+            smtptap::sink::json::open(std::path::Path::new(&path)).map_err(|e| e.to_string())?,
+        );
+    }
+    smtptap::proxy::spawn(cfg, sinks).await
 }
 
 #[tokio::main]

@@ -277,3 +277,61 @@ impl<S> Drop for LegStream<S> {
         self.flush_pending();
     }
 }
+
+/// A TLS write half whose writes complete only once flushed to the socket.
+/// The relay's pump writes a chunk and goes back to reading; a TLS stream
+/// may keep part of an accepted chunk in its buffer until the next write,
+/// which for the last chunk of a message (`.` CRLF) never comes: the
+/// session would stall. Here a write returns only when its records are out.
+pub(super) struct Flushed<W> {
+    inner: W,
+    /// Bytes the inner stream accepted whose flush is still pending.
+    accepted: Option<usize>,
+}
+
+impl<W> Flushed<W> {
+    pub(super) fn new(inner: W) -> Self {
+        Flushed {
+            inner,
+            accepted: None,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Flushed<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.accepted {
+            Some(n) => n,
+            None => match Pin::new(&mut self.inner).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            },
+        };
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.accepted = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => {
+                self.accepted = None;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                self.accepted = Some(n);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

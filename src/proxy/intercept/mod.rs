@@ -501,8 +501,10 @@ where
 {
     let activity = relay::Activity::new();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (cr, mut cw) = tokio::io::split(client);
-    let (sr, mut sw) = tokio::io::split(server);
+    let (cr, cw) = tokio::io::split(client);
+    let (sr, sw) = tokio::io::split(server);
+    let mut cw = io::Flushed::new(cw);
+    let mut sw = io::Flushed::new(sw);
     let mut cr = io::EofTolerant(cr);
     let mut sr = io::EofTolerant(sr);
     let mut client_res = None;
