@@ -122,3 +122,107 @@ pub(super) fn servable(ch: &ClientHello, rsa_ok: bool) -> Result<(), String> {
         ch.ciphers.len()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello record with these versions, suites, groups and sigalgs.
+    fn hello(
+        legacy: u16,
+        versions: &[u16],
+        suites: &[u16],
+        groups: &[u16],
+        sigalgs: &[u16],
+    ) -> Vec<u8> {
+        let list16 = |v: &[u16]| -> Vec<u8> { v.iter().flat_map(|x| x.to_be_bytes()).collect() };
+        let mut exts = Vec::new();
+        let mut ext = |ty: u16, body: Vec<u8>| {
+            exts.extend_from_slice(&ty.to_be_bytes());
+            exts.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            exts.extend_from_slice(&body);
+        };
+        if !versions.is_empty() {
+            let v = list16(versions);
+            let mut b = vec![v.len() as u8];
+            b.extend(v);
+            ext(43, b);
+        }
+        let g = list16(groups);
+        let mut b = (g.len() as u16).to_be_bytes().to_vec();
+        b.extend(g);
+        ext(10, b);
+        let s = list16(sigalgs);
+        let mut b = (s.len() as u16).to_be_bytes().to_vec();
+        b.extend(s);
+        ext(13, b);
+        let mut body = legacy.to_be_bytes().to_vec();
+        body.extend([0u8; 32]);
+        body.push(0);
+        let c = list16(suites);
+        body.extend((c.len() as u16).to_be_bytes());
+        body.extend(c);
+        body.extend([1, 0]);
+        body.extend((exts.len() as u16).to_be_bytes());
+        body.extend(exts);
+        let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend(body);
+        let mut rec = vec![0x16, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+        rec.extend(hs);
+        rec
+    }
+
+    fn decide(bytes: &[u8]) -> Result<(), String> {
+        match examine(bytes) {
+            Buffered::Hello(ch) => servable(&ch, false),
+            Buffered::Foreign(why) => Err(why),
+            Buffered::Incomplete => Err("incomplete".into()),
+        }
+    }
+
+    #[test]
+    fn modern_hellos_are_served_and_legacy_ones_say_why_not() {
+        let tls13 = hello(
+            0x0303,
+            &[0x0304, 0x0303],
+            &[0x1301, 0xc02b],
+            &[0x001d],
+            &[0x0403],
+        );
+        assert_eq!(decide(&tls13), Ok(()));
+        let tls12 = hello(0x0303, &[], &[0xc02b], &[0x0017], &[0x0403]);
+        assert_eq!(decide(&tls12), Ok(()));
+        let tls10 = hello(0x0301, &[], &[0xc013, 0x002f], &[0x0017], &[]);
+        let why = decide(&tls10).unwrap_err();
+        assert!(why.contains("at most TLS 1.0"), "{why}");
+        let cbc = hello(0x0303, &[], &[0xc013, 0xc027, 0x002f], &[0x0017], &[0x0403]);
+        let why = decide(&cbc).unwrap_err();
+        assert!(why.contains("CBC"), "{why}");
+        let rsa_only = hello(0x0303, &[], &[0xc02f], &[0x0017], &[0x0401]);
+        assert!(decide(&rsa_only).is_err());
+    }
+
+    #[test]
+    fn partial_foreign_and_sslv2_bytes_are_told_apart_at_every_split() {
+        let tls13 = hello(0x0303, &[0x0304], &[0x1301], &[0x001d], &[0x0403]);
+        for k in 0..tls13.len() {
+            assert!(
+                matches!(examine(&tls13[..k]), Buffered::Incomplete),
+                "at {k}"
+            );
+        }
+        assert!(matches!(
+            examine(&[0x80, 0x2e, 0x01, 0x00, 0x02]),
+            Buffered::Foreign(_)
+        ));
+        assert!(matches!(examine(b"EHLO x\r\n"), Buffered::Foreign(_)));
+        // A hello split over two handshake records is reassembled.
+        let body = &tls13[5..];
+        let (a, b) = body.split_at(20);
+        let mut two = vec![0x16, 3, 1, 0, a.len() as u8];
+        two.extend_from_slice(a);
+        two.extend([0x16, 3, 1, (b.len() >> 8) as u8, b.len() as u8]);
+        two.extend_from_slice(b);
+        assert!(matches!(examine(&two), Buffered::Hello(_)));
+    }
+}
