@@ -37,6 +37,24 @@ pub enum Command {
     /// The exit status is the verdict: 0 no error finding, 1 an error finding,
     /// 2 usage or configuration error, 3 could not connect.
     Probe(Box<crate::probe::ProbeArgs>),
+    /// Manage the certificate authority of intercept mode.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `smtptap ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new CA for intercept mode: DIR/ca.crt (give it to the clients to trust)
+    /// and DIR/ca.key (mode 0600, keep it secret). Existing files are never overwritten.
+    Init {
+        /// Directory to write ca.crt and ca.key into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The CA's common name.
+        #[arg(long, value_name = "NAME", default_value = "smtptap intercept CA")]
+        name: String,
+    },
 }
 
 /// What `smtptap proxy --help` says about signals and stopping.
@@ -126,6 +144,20 @@ pub struct ProxyArgs {
     /// (one file per run, or per session with capture.per_session). Opens in Wireshark/tshark.
     #[arg(long, value_name = "FILE|DIR")]
     pub pcap: Option<String>,
+    /// "passthrough" (default: relay TLS untouched) or "intercept" (terminate TLS on both
+    /// legs and observe the SMTP inside; needs [intercept] ca_cert/ca_key or cert/key).
+    #[arg(long, value_name = "passthrough|intercept")]
+    pub mode: Option<String>,
+    /// Intercept mode: the CA certificate that signs minted leaves (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<String>,
+    /// Intercept mode: the CA's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub ca_key: Option<String>,
+    /// Intercept mode: append NSS key log lines for both TLS legs to FILE (mode 0600).
+    /// Anyone with this file can decrypt the captured sessions.
+    #[arg(long, value_name = "FILE")]
+    pub keylog: Option<String>,
 }
 
 impl ProxyArgs {
@@ -205,6 +237,18 @@ impl ProxyArgs {
             raw.capture.enabled = true;
             raw.capture.path = p.clone();
         }
+        if let Some(m) = &self.mode {
+            raw.mode = Some(m.clone());
+        }
+        if let Some(p) = &self.ca_cert {
+            raw.intercept.ca_cert = Some(p.clone());
+        }
+        if let Some(p) = &self.ca_key {
+            raw.intercept.ca_key = Some(p.clone());
+        }
+        if let Some(p) = &self.keylog {
+            raw.intercept.keylog = Some(p.clone());
+        }
         Ok((raw, file))
     }
 }
@@ -220,7 +264,51 @@ pub fn main() -> ExitCode {
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
         Command::Probe(args) => ExitCode::from(crate::probe::main(&args)),
+        Command::Ca(CaCommand::Init { out, name }) => match ca_init(&out, &name) {
+            Ok((crt, key)) => {
+                println!("wrote {} (give it to the clients to trust)", crt.display());
+                println!("wrote {} (mode 0600: keep it secret)", key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("smtptap: ca init: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+/// `smtptap ca init`: a new CA in `dir` (`ca.crt`, `ca.key` mode 0600);
+/// refuses to overwrite either file.
+pub fn ca_init(dir: &std::path::Path, name: &str) -> Result<(PathBuf, PathBuf), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let crt = dir.join("ca.crt");
+    let key = dir.join("ca.key");
+    for p in [&crt, &key] {
+        if p.exists() {
+            return Err(format!(
+                "{} already exists: not overwriting it (move it away or choose another --out)",
+                p.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ca = crate::cert::mint::Ca::new(name).map_err(|e| format!("cannot make the CA: {e}"))?;
+    let write = |p: &PathBuf, mode: u32, text: &str| -> Result<(), String> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(p)
+            .map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    write(&key, 0o600, &ca.key_pem())?;
+    write(&crt, 0o644, &ca.pem())?;
+    Ok((crt, key))
 }
 
 fn init_tracing() {

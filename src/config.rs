@@ -88,6 +88,12 @@ pub struct RawConfig {
     /// `[[destination]]`: settings keyed by the upstream's address or network.
     #[serde(default)]
     pub destination: Vec<RawDestination>,
+    /// `"passthrough"` (default) or `"intercept"` (terminate TLS on both legs).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `[intercept]`: certificates and options of intercept mode.
+    #[serde(default)]
+    pub intercept: RawIntercept,
 }
 
 /// One `[[destination]]` table as written.
@@ -448,6 +454,10 @@ pub struct ProxyConfig {
     pub tls: TlsSettings,
     /// Capture, if enabled.
     pub capture: Option<crate::capture::CaptureConfig>,
+    /// Passthrough (relay TLS untouched) or intercept.
+    pub mode: Mode,
+    /// Intercept mode's settings (`Some` exactly when `mode` is intercept).
+    pub intercept: Option<InterceptConfig>,
 }
 
 impl ProxyConfig {
@@ -469,6 +479,7 @@ impl ProxyConfig {
                 "legs": match c.legs {
                     crate::capture::Legs::ClientView => "client_view",
                     crate::capture::Legs::Both => "both",
+                    crate::capture::Legs::Intercept => "intercept",
                 },
                 "bodies": c.bodies,
                 "redact_auth": c.redact_auth,
@@ -538,6 +549,8 @@ impl ProxyConfig {
                 "expect_names": d.expect_names,
             })).collect::<Vec<_>>(),
             "capture": capture,
+            "mode": self.mode.to_string(),
+            "intercept": self.intercept.as_ref().map(InterceptConfig::resolved_json),
         })
     }
 }
@@ -835,6 +848,28 @@ impl RawConfig {
             None
         };
 
+        let mode = match self.mode.as_deref().unwrap_or("passthrough") {
+            "passthrough" => Mode::Passthrough,
+            "intercept" => Mode::Intercept,
+            other => {
+                return Err(err(
+                    "mode",
+                    format!("{other:?} is not one of \"passthrough\", \"intercept\""),
+                ))
+            }
+        };
+        let intercept = match mode {
+            Mode::Intercept => Some(self.intercept.resolve(file)?),
+            Mode::Passthrough => None,
+        };
+        // Intercept mode writes both wire legs and the decrypted SMTP.
+        let capture = capture.map(|mut c| {
+            if mode == Mode::Intercept {
+                c.legs = crate::capture::Legs::Intercept;
+            }
+            c
+        });
+
         Ok(ProxyConfig {
             listen,
             upstream,
@@ -845,6 +880,8 @@ impl RawConfig {
             log,
             tls,
             capture,
+            mode,
+            intercept,
         })
     }
 }
@@ -1013,6 +1050,284 @@ fn validate_reply_line(line: &str) -> Result<(), String> {
         Err(format!(
             "{line:?} is not a single 4xx/5xx SMTP reply line (e.g. \"{DEFAULT_FAILURE_REPLY}\")"
         ))
+    }
+}
+
+/// How smtptap treats a session's TLS (`mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Relay every byte untouched; observe the TLS handshake from outside.
+    #[default]
+    Passthrough,
+    /// Terminate TLS on both legs (smtptap is the client's server and the
+    /// server's client) and observe the SMTP inside.
+    Intercept,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Passthrough => "passthrough",
+            Mode::Intercept => "intercept",
+        })
+    }
+}
+
+/// `[intercept]` as written (used only with `mode = "intercept"`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntercept {
+    /// The CA that signs minted leaves (PEM certificate), e.g. from `smtptap ca init`.
+    pub ca_cert: Option<String>,
+    /// The CA's private key (PEM); must not be readable by group or others.
+    pub ca_key: Option<String>,
+    /// Accept a CA key readable by group or others.
+    pub allow_insecure_ca_key: Option<bool>,
+    /// A static certificate chain to present instead of a minted leaf (PEM).
+    pub cert: Option<String>,
+    /// The static certificate's private key (PEM).
+    pub key: Option<String>,
+    /// The client SNI names the static certificate is presented for (empty: all).
+    pub cert_names: Option<Vec<String>>,
+    /// `"record"` (default) or `"enforce"`.
+    pub upstream_verify: Option<String>,
+    /// The name sent as SNI upstream when the client sent none.
+    pub upstream_name: Option<String>,
+    /// A client certificate chain to present to the upstream (PEM).
+    pub client_cert: Option<String>,
+    /// Its private key (PEM).
+    pub client_key: Option<String>,
+    /// Ask the client for a certificate (any is accepted and recorded).
+    pub request_client_cert: Option<bool>,
+    /// Append NSS key log lines of both legs to this file (mode 0600).
+    pub keylog: Option<String>,
+    /// Embed the TLS secrets in the pcapng capture (Decryption Secrets Block).
+    pub embed_secrets: Option<bool>,
+}
+
+/// PEM text holding a private key: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem(pub String);
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPem([redacted])")
+    }
+}
+
+/// What intercept mode does with the upstream's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamVerify {
+    /// Record the chain and the verification result; go on whatever it is.
+    Record,
+    /// Refuse an upstream whose chain does not verify (the client's handshake fails).
+    Enforce,
+}
+
+/// A certificate chain and its key, read from files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The chain's file.
+    pub cert_path: PathBuf,
+    /// The key's file.
+    pub key_path: PathBuf,
+    /// The chain, PEM.
+    pub cert_pem: String,
+    /// The key, PEM.
+    pub key_pem: SecretPem,
+}
+
+/// The validated `[intercept]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// The minting CA, if configured.
+    pub ca: Option<CertFiles>,
+    /// The static certificate, if configured.
+    pub static_cert: Option<CertFiles>,
+    /// The names the static certificate is presented for (lower case; empty: all).
+    pub static_names: Vec<String>,
+    /// Record or enforce the upstream's verification.
+    pub upstream_verify: UpstreamVerify,
+    /// SNI sent upstream when the client sent none.
+    pub upstream_name: Option<String>,
+    /// The client certificate presented upstream.
+    pub client_cert: Option<CertFiles>,
+    /// Ask the client for a certificate.
+    pub request_client_cert: bool,
+    /// NSS key log file.
+    pub keylog: Option<PathBuf>,
+    /// Embed TLS secrets in captures.
+    pub embed_secrets: bool,
+}
+
+impl InterceptConfig {
+    /// The resolved section as JSON for `run.start`: paths, never key material.
+    pub fn resolved_json(&self) -> serde_json::Value {
+        let path = |c: &Option<CertFiles>, key: bool| {
+            c.as_ref().map(|c| {
+                if key { &c.key_path } else { &c.cert_path }
+                    .display()
+                    .to_string()
+            })
+        };
+        serde_json::json!({
+            "ca_cert": path(&self.ca, false),
+            "ca_key": path(&self.ca, true),
+            "cert": path(&self.static_cert, false),
+            "key": path(&self.static_cert, true),
+            "cert_names": self.static_names,
+            "upstream_verify": match self.upstream_verify {
+                UpstreamVerify::Record => "record",
+                UpstreamVerify::Enforce => "enforce",
+            },
+            "upstream_name": self.upstream_name,
+            "client_cert": path(&self.client_cert, false),
+            "client_key": path(&self.client_cert, true),
+            "request_client_cert": self.request_client_cert,
+            "keylog": self.keylog.as_ref().map(|p| p.display().to_string()),
+            "embed_secrets": self.embed_secrets,
+        })
+    }
+}
+
+impl RawIntercept {
+    /// Validates the section: files readable and parseable, the CA key private.
+    pub fn resolve(&self, file: &str) -> Result<InterceptConfig, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            file: file.to_string(),
+            key: format!("intercept.{key}"),
+            message,
+        };
+        let read = |key: &str, p: &str| -> Result<(PathBuf, String), ConfigError> {
+            let path = PathBuf::from(p);
+            std::fs::read_to_string(&path)
+                .map(|t| (path, t))
+                .map_err(|e| err(key, format!("cannot read {p:?}: {e}")))
+        };
+        let pair = |ck: &str,
+                    kk: &str,
+                    c: &Option<String>,
+                    k: &Option<String>|
+         -> Result<Option<CertFiles>, ConfigError> {
+            match (c, k) {
+                (None, None) => Ok(None),
+                (Some(_), None) => Err(err(
+                    kk,
+                    format!("missing: {ck} is set, so {kk} must be too"),
+                )),
+                (None, Some(_)) => Err(err(
+                    ck,
+                    format!("missing: {kk} is set, so {ck} must be too"),
+                )),
+                (Some(c), Some(k)) => {
+                    let (cert_path, cert_pem) = read(ck, c)?;
+                    let (key_path, key_pem) = read(kk, k)?;
+                    let mut r = cert_pem.as_bytes();
+                    let certs: Vec<_> = rustls_pemfile::certs(&mut r)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| err(ck, format!("{c:?}: bad PEM: {e}")))?;
+                    if certs.is_empty() {
+                        return Err(err(ck, format!("{c:?}: no CERTIFICATE block")));
+                    }
+                    let mut r = key_pem.as_bytes();
+                    match rustls_pemfile::private_key(&mut r) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Err(err(kk, format!("{k:?}: no private key block"))),
+                        Err(e) => return Err(err(kk, format!("{k:?}: bad PEM: {e}"))),
+                    }
+                    Ok(Some(CertFiles {
+                        cert_path,
+                        key_path,
+                        cert_pem,
+                        key_pem: SecretPem(key_pem),
+                    }))
+                }
+            }
+        };
+        let ca = pair("ca_cert", "ca_key", &self.ca_cert, &self.ca_key)?;
+        if let Some(ca) = &ca {
+            crate::cert::mint::Ca::from_pem(&ca.cert_pem, &ca.key_pem.0)
+                .map_err(|e| err("ca_cert", format!("cannot sign with this CA: {e}")))?;
+            let allow = self.allow_insecure_ca_key.unwrap_or(false);
+            if !allow {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&ca.key_path)
+                    .map(|m| m.permissions().mode())
+                    .unwrap_or(0);
+                if mode & 0o077 != 0 {
+                    return Err(err(
+                        "ca_key",
+                        format!(
+                            "{} is readable by group or others (mode {:o}): anyone who reads it can impersonate every server to clients that trust this CA; chmod 600 it (or set intercept.allow_insecure_ca_key = true)",
+                            ca.key_path.display(),
+                            mode & 0o777
+                        ),
+                    ));
+                }
+            }
+        }
+        let static_cert = pair("cert", "key", &self.cert, &self.key)?;
+        if ca.is_none() && static_cert.is_none() {
+            return Err(err(
+                "ca_cert",
+                "mode = \"intercept\" needs a CA to mint certificates (ca_cert + ca_key, e.g. from `smtptap ca init`) or a static certificate (cert + key)".into(),
+            ));
+        }
+        let mut static_names = Vec::new();
+        for (i, n) in self.cert_names.iter().flatten().enumerate() {
+            let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+            if n.is_empty() || n.contains(char::is_whitespace) {
+                return Err(err(
+                    &format!("cert_names[{i}]"),
+                    format!("{n:?} is not a host name"),
+                ));
+            }
+            static_names.push(n);
+        }
+        if !static_names.is_empty() && static_cert.is_none() {
+            return Err(err(
+                "cert_names",
+                "set, but there is no static certificate (cert + key)".into(),
+            ));
+        }
+        let upstream_verify = match self.upstream_verify.as_deref().unwrap_or("record") {
+            "record" => UpstreamVerify::Record,
+            "enforce" => UpstreamVerify::Enforce,
+            other => {
+                return Err(err(
+                    "upstream_verify",
+                    format!("{other:?} is not one of \"record\", \"enforce\""),
+                ))
+            }
+        };
+        let upstream_name = match self.upstream_name.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(n) if rustls_pki_types::ServerName::try_from(n).is_err() => {
+                return Err(err("upstream_name", format!("{n:?} is not a host name")))
+            }
+            Some(n) => Some(n.to_string()),
+        };
+        let client_cert = pair(
+            "client_cert",
+            "client_key",
+            &self.client_cert,
+            &self.client_key,
+        )?;
+        let keylog = match self.keylog.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(p) => Some(PathBuf::from(p)),
+        };
+        Ok(InterceptConfig {
+            ca,
+            static_cert,
+            static_names,
+            upstream_verify,
+            upstream_name,
+            client_cert,
+            request_client_cert: self.request_client_cert.unwrap_or(false),
+            keylog,
+            embed_secrets: self.embed_secrets.unwrap_or(false),
+        })
     }
 }
 
@@ -1290,5 +1605,55 @@ mod tests {
             e.to_string().contains("less than twice rotate_bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn intercept_section_is_checked_and_names_its_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("smtptap-cfg-ic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (crt, key) = crate::cli::ca_init(&dir, "Test CA").unwrap();
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Refuses to overwrite.
+        assert!(crate::cli::ca_init(&dir, "Test CA")
+            .unwrap_err()
+            .contains("already exists"));
+        let base = "listen=[\"127.0.0.1:1\"]\nupstream=\"h:25\"\n";
+        let e = resolve(&format!("{base}mode = \"mitm\"\n")).unwrap_err();
+        assert_eq!(e.key, "mode");
+        let e = resolve(&format!("{base}mode = \"intercept\"\n")).unwrap_err();
+        assert_eq!(e.key, "intercept.ca_cert");
+        assert!(e.message.contains("smtptap ca init"), "{e}");
+        let ok = format!(
+            "{base}mode = \"intercept\"\n[intercept]\nca_cert = {:?}\nca_key = {:?}\nupstream_verify = \"enforce\"\n",
+            crt.display().to_string(),
+            key.display().to_string()
+        );
+        let c = resolve(&ok).unwrap();
+        assert_eq!(c.mode, Mode::Intercept);
+        let ic = c.intercept.as_ref().unwrap();
+        assert_eq!(ic.upstream_verify, UpstreamVerify::Enforce);
+        // The key never reaches the resolved JSON or Debug output.
+        let json = c.resolved_json().to_string();
+        assert!(!json.contains("PRIVATE KEY"), "{json}");
+        assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+        // A CA key readable by others is refused unless allowed.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = resolve(&ok).unwrap_err();
+        assert_eq!(e.key, "intercept.ca_key");
+        assert!(e.message.contains("chmod 600"), "{e}");
+        resolve(&format!("{ok}allow_insecure_ca_key = true\n")).unwrap();
+        let e = resolve(&format!("{ok}upstream_verify2 = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("upstream_verify2"), "{e}");
+        let e = resolve(&format!(
+            "{base}mode = \"intercept\"\n[intercept]\ncert = {:?}\n",
+            crt.display().to_string()
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "intercept.key");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -566,6 +566,47 @@ pub enum SessionEvent {
         /// In words (the alert, the SMTP reply, the socket error).
         detail: String,
     },
+    /// Intercept mode: at the client's ClientHello, whether smtptap
+    /// terminates this session's TLS or passes it through, and why.
+    #[serde(rename = "intercept.decision")]
+    InterceptDecision {
+        /// `intercept` or `passthrough` (the client's hello is one rustls cannot serve).
+        action: String,
+        /// Why, in words.
+        reason: String,
+        /// The client's SNI.
+        sni: Option<String>,
+        /// The SNI smtptap sends upstream (`intercept` only).
+        upstream_sni: Option<String>,
+    },
+    /// Intercept mode: the outcome of one of smtptap's own TLS handshakes;
+    /// the envelope's `leg` says which (`client_proxy`: smtptap as the
+    /// client's server; `proxy_server`: smtptap as the server's client).
+    #[serde(rename = "intercept.handshake")]
+    InterceptHandshake {
+        /// The handshake completed.
+        ok: bool,
+        /// The negotiated version (`TLSv1.3`).
+        version: Option<String>,
+        /// The negotiated cipher suite (IANA name).
+        cipher_suite: Option<String>,
+        /// Why it failed, in words.
+        error: Option<String>,
+        /// `proxy_server`: whether the upstream's chain verified (trust
+        /// anchors of `[tls]`, the name sent as SNI).
+        verified: Option<bool>,
+        /// `proxy_server`: why it did not verify.
+        verify_error: Option<String>,
+        /// `proxy_server`: smtptap refused the upstream (`upstream_verify = "enforce"`).
+        refused: bool,
+        /// `proxy_server`: whether the upstream asked for a client certificate;
+        /// `client_proxy`: whether smtptap asked the client for one.
+        client_cert_requested: Option<bool>,
+        /// Whether a client certificate was sent on this leg.
+        client_cert_sent: Option<bool>,
+        /// `client_proxy`: the certificate smtptap presented: `minted` or `static`, and its names.
+        presented: Option<String>,
+    },
 }
 
 impl SessionEvent {
@@ -590,6 +631,8 @@ impl SessionEvent {
             SessionEvent::Close { .. } => "session.close",
             SessionEvent::Summary { .. } => "session.summary",
             SessionEvent::ProbeVersion { .. } => "probe.version",
+            SessionEvent::InterceptDecision { .. } => "intercept.decision",
+            SessionEvent::InterceptHandshake { .. } => "intercept.handshake",
         }
     }
 }

@@ -211,6 +211,7 @@ async fn serve(
                 conn.get_mut()
                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
+                conn.get_mut().flush().await?;
                 let data = read_data(&mut conn).await?;
                 received
                     .lock()
@@ -240,6 +241,7 @@ async fn serve(
             _ => "502 5.5.2 Error: command not recognized\r\n".into(),
         };
         conn.get_mut().write_all(reply.as_bytes()).await?;
+        conn.get_mut().flush().await?;
     }
 }
 
@@ -366,6 +368,8 @@ async fn cmd<R: AsyncRead + AsyncWrite + Unpin>(
     c.get_mut()
         .write_all(format!("{line}\r\n").as_bytes())
         .await?;
+    // A TLS stream may keep the end of a write buffered until flushed.
+    c.get_mut().flush().await?;
     read_reply(c, report).await
 }
 
@@ -465,6 +469,7 @@ async fn send_inner(
     }
     stuffed.extend_from_slice(b".\r\n");
     c.get_mut().write_all(&stuffed).await?;
+    c.get_mut().flush().await?;
     let (_, l) = read_reply(&mut c, report).await?;
     report.data_reply = Some(l);
     let _ = cmd(&mut c, "QUIT", report).await;

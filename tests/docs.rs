@@ -35,6 +35,7 @@ fn event_names() -> Vec<String> {
         "observer.",
         "headers.",
         "probe.",
+        "intercept.",
     ];
     let mut names = Vec::new();
     for f in files {
@@ -108,6 +109,8 @@ const ALL_EVENTS: &[&str] = &[
     "capture.dropped",
     "probe.version",
     "capture.deleted",
+    "intercept.decision",
+    "intercept.handshake",
 ];
 
 /// The name of every variant of every event enum, written out without a
@@ -138,6 +141,8 @@ fn variant_name(kind: &smtptap::event::EventKind) -> &'static str {
             S::Close { .. } => "session.close",
             S::Summary { .. } => "session.summary",
             S::ProbeVersion { .. } => "probe.version",
+            S::InterceptDecision { .. } => "intercept.decision",
+            S::InterceptHandshake { .. } => "intercept.handshake",
         },
         K::Smtp(e) => match e {
             Smtp::Banner { .. } => "smtp.banner",
@@ -261,7 +266,7 @@ fn is_run_id(run: &str) -> bool {
 /// Every example line in docs/log-schema.md is a real event of schema v1: it
 /// parses as one, serialises back to exactly the same line (the schema is the
 /// code's, field order included), carries a run id (and a `leg` exactly on
-/// `tls.*`/`cert.*` events), and the console renders it as at least one line
+/// `tls.*`/`cert.*`/`intercept.handshake` events), and the console renders it as at least one line
 /// of its own (not the generic `name key=value` fallback). Every event has at
 /// least one example.
 #[test]
@@ -305,7 +310,8 @@ fn every_schema_example_parses_round_trips_and_renders_on_the_console() {
         if !is_run_id(&ev.run) {
             problems.push(format!("no run id like r20261123T205812Z-4c1f: {line}"));
         }
-        let on_leg = name.starts_with("tls.") || name.starts_with("cert.");
+        let on_leg =
+            name.starts_with("tls.") || name.starts_with("cert.") || name == "intercept.handshake";
         if ev.leg.is_some() != on_leg {
             problems.push(format!(
                 "{name}: `leg` must be {}: {line}",

@@ -169,6 +169,11 @@ struct Smtptap {
 
 impl Smtptap {
     fn start(name: &str, upstream: Profile) -> Smtptap {
+        Smtptap::start_with(name, upstream, &[])
+    }
+
+    /// As [`Smtptap::start`], with extra arguments (intercept mode).
+    fn start_with(name: &str, upstream: Profile, extra: &[String]) -> Smtptap {
         let port = free_port();
         let log = bed().dir.join(format!("smtptap-{name}.jsonl"));
         let _ = std::fs::remove_file(&log);
@@ -184,6 +189,7 @@ impl Smtptap {
             .arg("--ca-file")
             .arg(ca_file())
             .args(["--expect-name", CA_NAME, "--quiet", "--drain-timeout", "5"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -970,4 +976,119 @@ fn headers_reads_the_real_postfix_received_header_of_a_message_relayed_through_s
         .filter_map(|f| f["id"].as_str())
         .collect();
     assert!(!ids.contains(&"headers.hop_without_tls"), "{ids:?}");
+}
+
+// ---------------------------------------------------------------- intercept mode
+
+/// A proxy CA made by the binary itself (`smtptap ca init`), and the
+/// arguments that run the proxy in intercept mode with it.
+fn intercept_ca(name: &str) -> (PathBuf, Vec<String>) {
+    let dir = bed().dir.join(format!("intercept-ca-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_smtptap"))
+        .args(["ca", "init", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("smtptap ca init");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let args = vec![
+        "--mode".to_string(),
+        "intercept".to_string(),
+        "--ca-cert".to_string(),
+        dir.join("ca.crt").display().to_string(),
+        "--ca-key".to_string(),
+        dir.join("ca.key").display().to_string(),
+    ];
+    (dir.join("ca.crt"), args)
+}
+
+fn intercept_scenario(name: &str, client: impl FnOnce(u16, &str, &Path) -> Output) -> Outcome {
+    let _bed = acquire();
+    let (ca, args) = intercept_ca(name);
+    let subject = format!("smtptap-interop-{name}-{}", std::process::id());
+    let tap = Smtptap::start_with(name, Profile::A, &args);
+    let out = client(tap.port, &subject, &ca);
+    let delivered = find_message(Profile::A, &subject, Duration::from_secs(30));
+    let pcap = tap.pcap.clone();
+    let events = tap.stop();
+    Outcome {
+        upstream_port: Profile::A.port(),
+        client_ok: out.status.success(),
+        client_out: output_text(&out),
+        delivered,
+        events,
+        pcap,
+    }
+}
+
+fn intercepted_events_ok(o: &Outcome, version: &str) {
+    assert!(o.client_ok, "{}", o.client_out);
+    assert!(o.delivered.is_some(), "not delivered: {}", o.client_out);
+    let named = |n: &str| -> Vec<&Value> { o.events.iter().filter(|e| e["event"] == n).collect() };
+    let d = named("intercept.decision");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["action"], "intercept");
+    let hs = named("intercept.handshake");
+    assert_eq!(hs.len(), 2, "{hs:?}");
+    for h in &hs {
+        assert_eq!(h["ok"], true, "{h}");
+    }
+    let client_leg: Vec<_> = hs.iter().filter(|h| h["leg"] == "client_proxy").collect();
+    assert_eq!(client_leg[0]["version"], version, "{client_leg:?}");
+    // Postfix's certificate, read on the smtptap <-> server leg, is trusted.
+    let chain: Vec<_> = named("cert.chain")
+        .into_iter()
+        .filter(|c| c["leg"] == "proxy_server")
+        .collect();
+    assert_eq!(chain.len(), 1, "{chain:?}");
+    assert_eq!(chain[0]["trusted"], true);
+    // The conversation inside TLS: two EHLOs, the accepted message.
+    assert_eq!(named("smtp.ehlo").len(), 2);
+    let m = named("smtp.message");
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["accepted"], true);
+}
+
+#[test]
+fn intercept_swaks_tls12_trusting_only_the_proxy_ca_delivers_to_postfix() {
+    let o = intercept_scenario("icept-swaks", |p, s, ca| {
+        swaks(
+            p,
+            s,
+            &[
+                "--tls",
+                "--tls-verify",
+                "--tls-ca-path",
+                ca.to_str().unwrap(),
+                "--tls-protocol",
+                "tlsv1_2",
+                "--tls-sni",
+                CA_NAME,
+            ],
+        )
+    });
+    intercepted_events_ok(&o, "TLSv1.2");
+}
+
+#[test]
+fn intercept_python_tls13_trusting_only_the_proxy_ca_delivers_to_postfix() {
+    let o = intercept_scenario("icept-python", |p, s, ca| {
+        let code = format!(
+            r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+with smtplib.SMTP("127.0.0.1", {p}, local_hostname="client.test", timeout=20) as c:
+    c.ehlo()
+    c._host = "{CA_NAME}"
+    c.starttls(context=ctx)
+    c.ehlo()
+    c.sendmail("alice@client.test", ["{RCPT}"], "Subject: {s}\r\n\r\nhello through intercept\r\n")
+print("sent")
+"#,
+            ca = ca.to_str().unwrap()
+        );
+        python3(&code)
+    });
+    intercepted_events_ok(&o, "TLSv1.3");
 }

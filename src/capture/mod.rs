@@ -203,7 +203,26 @@ pub enum Legs {
     ClientView,
     /// Two flows: client ↔ proxy, and proxy ↔ upstream.
     Both,
+    /// Intercept mode (set by `mode = "intercept"`, not written by users):
+    /// the two wire flows of `Both`, each with its own TLS session, plus the
+    /// SMTP smtptap decrypted, client ↔ upstream, on interface `decrypted`.
+    #[serde(skip)]
+    Intercept,
 }
+
+impl Legs {
+    /// The pcapng interfaces a file holds, by id.
+    pub fn interface_names(self) -> &'static [&'static str] {
+        match self {
+            Legs::ClientView => &["smtp"],
+            Legs::Both => &["client-leg", "upstream-leg"],
+            Legs::Intercept => &["client-leg", "upstream-leg", DECRYPTED_INTERFACE],
+        }
+    }
+}
+
+/// The interface of intercept mode's decrypted SMTP (`frame.interface_name == "decrypted"`).
+pub const DECRYPTED_INTERFACE: &str = "decrypted";
 
 /// The `[capture]` table of `config.toml`, as written by the user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -510,7 +529,7 @@ impl Capture {
         let mut legs = Vec::new();
         match self.cfg.legs {
             Legs::ClientView => legs.push(TcpFlow::new(flow.client, flow.upstream, flow.session)),
-            Legs::Both => {
+            Legs::Both | Legs::Intercept => {
                 let local = flow.proxy_upstream_local.unwrap_or_else(|| {
                     SocketAddr::new(flow::unspecified_like(flow.upstream.ip()), 0)
                 });
@@ -537,6 +556,9 @@ impl Capture {
             skipped: [0, 0],
             events: Vec::new(),
             closed: false,
+            decrypted: (self.cfg.legs == Legs::Intercept)
+                .then(|| TcpFlow::new(flow.client, flow.upstream, flow.session ^ 0xaaaa)),
+            decrypted_open: false,
         };
         let mut frames = Vec::new();
         for (i, leg) in s.legs.iter_mut().enumerate() {
@@ -614,6 +636,10 @@ pub struct SessionCapture {
     /// Session-side events waiting for `take_events`.
     events: Vec<CaptureEvent>,
     closed: bool,
+    /// Intercept mode: the decrypted SMTP, client ↔ upstream (interface 2).
+    decrypted: Option<TcpFlow>,
+    /// Its handshake was written (at its first bytes).
+    decrypted_open: bool,
 }
 
 impl std::fmt::Debug for SessionCapture {
@@ -708,6 +734,112 @@ impl SessionCapture {
         if !self.closed && self.pending_comments.len() < MAX_PENDING_COMMENTS {
             self.pending_comments.push(pcapng::clamp_comment(text));
         }
+    }
+
+    /// Intercept mode: bytes `side` sent on one wire leg only (`leg` 0: the
+    /// client leg, 1: the upstream leg), each leg carrying its own TLS session.
+    pub fn leg_data(&mut self, leg: usize, side: Side, ts: Timestamp, bytes: &[u8]) {
+        if bytes.is_empty() || self.closed || self.shared.is_failed() {
+            return;
+        }
+        let Some(flow) = self.legs.get_mut(leg) else {
+            return;
+        };
+        if let Some(limit) = self.cfg.max_bytes_per_session {
+            if self.payload.saturating_add(bytes.len() as u64) > limit {
+                flow.skip(side, bytes.len());
+                if !self.truncated {
+                    self.truncate_with(Vec::new());
+                }
+                return;
+            }
+        }
+        self.payload = self.payload.saturating_add(bytes.len() as u64);
+        let mut f = Vec::new();
+        flow.data(side, ts, bytes, &mut f);
+        let frames = tag(leg, f).collect();
+        self.send(frames);
+    }
+
+    /// Intercept mode: `side` closed one wire leg (`leg` as in [`Self::leg_data`]).
+    pub fn leg_end(&mut self, leg: usize, side: Side, ts: Timestamp, how: CloseKind) {
+        if self.closed {
+            return;
+        }
+        let Some(flow) = self.legs.get_mut(leg) else {
+            return;
+        };
+        let mut f = Vec::new();
+        match how {
+            CloseKind::Fin => flow.fin(side, ts, &mut f),
+            CloseKind::Rst => flow.rst(side, ts, &mut f),
+            CloseKind::Open => return,
+        }
+        let frames = tag(leg, f).collect();
+        self.send(frames);
+    }
+
+    /// Whether this capture writes intercept mode's decrypted flow.
+    pub fn has_decrypted(&self) -> bool {
+        self.decrypted.is_some()
+    }
+
+    /// Intercept mode: decrypted SMTP sent by `side` (already redacted by
+    /// the caller, like [`Self::data`]); `skip`: that many bytes are left out
+    /// instead (a body). The flow's handshake is written at its first bytes.
+    pub fn decrypted_data(&mut self, side: Side, ts: Timestamp, bytes: &[u8], skip: usize) {
+        if self.closed || self.shared.is_failed() {
+            return;
+        }
+        let idx = self.legs.len();
+        let Some(flow) = self.decrypted.as_mut() else {
+            return;
+        };
+        let mut f = Vec::new();
+        if !self.decrypted_open {
+            self.decrypted_open = true;
+            flow.handshake(ts, &mut f);
+        }
+        if skip > 0 {
+            flow.skip(side, skip);
+            let i = usize::from(side == Side::Server);
+            if let Some(n) = self.skipped.get_mut(i) {
+                *n = n.saturating_add(skip as u64);
+            }
+        }
+        if !bytes.is_empty() {
+            let over = self
+                .cfg
+                .max_bytes_per_session
+                .is_some_and(|l| self.payload.saturating_add(bytes.len() as u64) > l);
+            if over {
+                flow.skip(side, bytes.len());
+            } else {
+                self.payload = self.payload.saturating_add(bytes.len() as u64);
+                flow.data(side, ts, bytes, &mut f);
+            }
+        }
+        let frames = tag(idx, f).collect();
+        self.send(frames);
+    }
+
+    /// Intercept mode: `side` ended the decrypted conversation (its TLS close).
+    pub fn decrypted_end(&mut self, side: Side, ts: Timestamp, how: CloseKind) {
+        if self.closed || !self.decrypted_open {
+            return;
+        }
+        let idx = self.legs.len();
+        let Some(flow) = self.decrypted.as_mut() else {
+            return;
+        };
+        let mut f = Vec::new();
+        match how {
+            CloseKind::Fin => flow.fin(side, ts, &mut f),
+            CloseKind::Rst => flow.rst(side, ts, &mut f),
+            CloseKind::Open => return,
+        }
+        let frames = tag(idx, f).collect();
+        self.send(frames);
     }
 
     /// Queues an NSS key log (`CLIENT_RANDOM …` lines) to be written as a

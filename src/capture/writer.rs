@@ -235,10 +235,7 @@ impl OpenFile {
             inner: BufWriter::with_capacity(buffer, file),
             n: 0,
         };
-        let names: &[&str] = match legs {
-            Legs::ClientView => &["smtp"],
-            Legs::Both => &["client-leg", "upstream-leg"],
-        };
+        let names = legs.interface_names();
         let ng = pcapng::start(w, names).map_err(pcap_io)?;
         Ok(OpenFile {
             path: path.to_path_buf(),

@@ -1,4 +1,5 @@
-//! Certificate minting for the lab, the tests and the future intercept mode.
+//! Certificate minting for the lab, the tests, `smtptap ca init` and intercept
+//! mode (leaves in the image of the upstream's, `proxy::intercept`).
 //!
 //! This module owns making certificates: a [`Ca`] (root or intermediate) that
 //! issues leaves described by a [`LeafSpec`], and [`self_signed`] leaves. Keys

@@ -92,6 +92,16 @@ pub const SMTP_REJECTED_AFTER_TLS: &str = "smtp.rejected_after_tls";
 /// RCPT TO answered with 4xx/5xx.
 pub const SMTP_RECIPIENT_REJECTED: &str = "smtp.recipient_rejected";
 
+// Intercept mode (intercept.rs)
+/// smtptap could not serve the client's ClientHello: the session was passed through.
+pub const INTERCEPT_FALLBACK: &str = "intercept.fallback";
+/// `upstream_verify = "enforce"`: the upstream's certificate did not verify; refused.
+pub const INTERCEPT_UPSTREAM_REFUSED: &str = "intercept.upstream_refused";
+/// smtptap's TLS handshake with the server failed (the client's was failed with an alert).
+pub const INTERCEPT_UPSTREAM_FAILED: &str = "intercept.upstream_failed";
+/// The client's TLS handshake with smtptap failed (often: it does not trust smtptap's CA).
+pub const INTERCEPT_CLIENT_FAILED: &str = "intercept.client_failed";
+
 /// Every finding id the diagnosis can produce.
 pub const ALL: &[&str] = &[
     UPSTREAM_UNREACHABLE,
@@ -134,6 +144,10 @@ pub const ALL: &[&str] = &[
     SMTP_MESSAGE_REJECTED,
     SMTP_REJECTED_AFTER_TLS,
     SMTP_RECIPIENT_REJECTED,
+    INTERCEPT_FALLBACK,
+    INTERCEPT_UPSTREAM_REFUSED,
+    INTERCEPT_UPSTREAM_FAILED,
+    INTERCEPT_CLIENT_FAILED,
 ];
 
 #[cfg(test)]

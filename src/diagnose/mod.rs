@@ -22,12 +22,14 @@
 //! | `tls.rs` | `tls.*` of the handshake |
 //! | `cert.rs` | `cert.*` |
 //! | `message.rs` | rejected messages and recipients |
+//! | `intercept.rs` | `intercept.*`: intercept mode's fallback and its own handshakes |
 //!
 //! This module must not do I/O, read the clock, or depend on anything but
 //! the events and the [`Context`].
 
 mod cert;
 pub mod ids;
+mod intercept;
 mod message;
 mod relay;
 mod smtp;
@@ -128,6 +130,14 @@ pub fn diagnose(events: &[Event], ctx: &Context) -> Vec<Finding> {
     tls::rules(&v, cert_problems, &mut out);
     out.extend(certs);
     message::rules(&v, &mut out);
+    intercept::rules(&v, &mut out);
+    // smtptap's own failed handshake says it better than the generic one.
+    if out
+        .iter()
+        .any(|f| f.id.starts_with("intercept.") && f.severity == Severity::Error)
+    {
+        out.retain(|f| f.id != ids::TLS_HANDSHAKE_FAILED);
+    }
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }

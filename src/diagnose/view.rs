@@ -146,6 +146,14 @@ impl<'a> SessionView<'a> {
         })
     }
 
+    /// The session-level facts with their leg (intercept mode's per-leg facts).
+    pub fn session_legs(&self) -> impl Iterator<Item = (&'a SessionEvent, Option<Leg>)> + 'a {
+        self.events.iter().filter_map(|e| match &e.kind {
+            EventKind::Session(s) => Some((s, e.leg)),
+            _ => None,
+        })
+    }
+
     /// The certificate facts about certificates the real peers presented
     /// ([`presented_by_peer`]; never one smtptap minted), in order.
     pub fn certs(&self) -> impl Iterator<Item = &'a CertEvent> + 'a {

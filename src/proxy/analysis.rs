@@ -188,11 +188,17 @@ pub async fn run(
         }
     }
     flush(&mut a, &sink).await;
+    // Intercept mode: after `Tapped::Decrypting`, relayed chunks are the
+    // conversation inside TLS.
+    let mut plain = false;
     loop {
         tokio::select! {
             msg = data.recv() => match msg {
+                Some(TapMsg::Data(c)) if plain => a.plaintext(c.side, c.ts, &c.bytes),
+                Some(TapMsg::Eof { side, ts }) if plain => a.plaintext_fin(side, ts),
                 Some(TapMsg::Data(c)) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
                 Some(TapMsg::Eof { side, ts }) => a.fin(Leg::EndToEnd, side, ts),
+                Some(TapMsg::Intercept(t)) => super::intercept::feed(&mut a, t, &mut plain),
                 None => break,
             },
             r = side_result(&mut side) => {

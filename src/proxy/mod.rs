@@ -9,6 +9,7 @@
 //!                              │ 2. connect upstream          (upstream::connect)
 //!                              │    └─ failure: 421 reply or close, per config
 //!                              │ 3. relay both ways           (relay::relay)
+//!                              │    or, intercept mode:       (intercept::run: TLS on both legs)
 //!                              └ 4. report the outcome, wait for the analysis to finish
 //! ```
 //!
@@ -28,6 +29,7 @@
 
 pub mod analysis;
 pub mod crl;
+pub mod intercept;
 pub mod relay;
 pub mod side_probe;
 pub mod transparent;
@@ -69,6 +71,7 @@ pub struct Proxy {
     analysis: Arc<Analysis>,
     crls: Arc<CrlCache>,
     probes: Arc<side_probe::SideProbes>,
+    intercept: Option<Arc<intercept::Shared>>,
 }
 
 /// Counters reported when the proxy stops.
@@ -90,7 +93,14 @@ impl Proxy {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
+        let intercept = match &cfg.intercept {
+            Some(ic) => Some(Arc::new(
+                intercept::Shared::new(ic).map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
         Ok(Proxy {
+            intercept,
             listeners,
             sink,
             analysis: Arc::new(analysis),
@@ -156,6 +166,7 @@ impl Proxy {
                 probes: self.probes.clone(),
                 abort: abort_rx.clone(),
                 total_reached: total_reached.clone(),
+                intercept: self.intercept.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -252,6 +263,8 @@ struct SessionCtx {
     abort: watch::Receiver<bool>,
     /// Notified when `limits.max_sessions_total` sessions were accepted.
     total_reached: Arc<tokio::sync::Notify>,
+    /// Intercept mode's shared state (`mode = "intercept"`).
+    intercept: Option<Arc<intercept::Shared>>,
 }
 
 async fn accept_loop(
@@ -480,7 +493,9 @@ async fn run_session(
         opened: Timestamp::now(),
         implicit_tls: cfg.implicit_tls,
     };
-    let (data_tx, data_rx) = mpsc::channel(cfg.limits.observer_queue);
+    // Intercept mode taps each leg's wire bytes besides the relayed ones.
+    let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
+    let (data_tx, data_rx) = mpsc::channel(queue);
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let analysis = tokio::spawn(analysis::run(
         info,
@@ -522,14 +537,24 @@ async fn run_session(
                 .await;
             let tap = relay::Tap::new(data_tx);
             let tap_state = tap.state();
-            let outcome = relay::relay(
-                client,
-                up.stream,
-                tap,
-                relay::Deadlines::from_limits(&cfg.limits),
-                ctx.abort.clone(),
-            )
-            .await;
+            let deadlines = relay::Deadlines::from_limits(&cfg.limits);
+            let outcome = match &ctx.intercept {
+                Some(ic) => {
+                    intercept::run(
+                        ic,
+                        &ctx.analysis,
+                        cfg,
+                        &upstream.host,
+                        client,
+                        up.stream,
+                        tap,
+                        deadlines,
+                        ctx.abort.clone(),
+                    )
+                    .await
+                }
+                None => relay::relay(client, up.stream, tap, deadlines, ctx.abort.clone()).await,
+            };
             let _ = ctl_tx
                 .send(Control::Closed {
                     ts: Timestamp::now(),

@@ -81,6 +81,8 @@ pub enum TapMsg {
         /// When.
         ts: Timestamp,
     },
+    /// Intercept mode: wire bytes of a leg, decrypted-stream markers, facts.
+    Intercept(super::intercept::Tapped),
 }
 
 /// The tap: a non-blocking, lossy-but-honest feed of relayed bytes to analysis.
@@ -147,13 +149,19 @@ impl Tap {
         }
     }
 
-    fn data(&self, side: Side, ts: Timestamp, bytes: Bytes) {
+    pub(crate) fn data(&self, side: Side, ts: Timestamp, bytes: Bytes) {
         let len = bytes.len();
         self.offer(side, TapMsg::Data(Chunk { side, ts, bytes }), len);
     }
 
-    fn eof(&self, side: Side, ts: Timestamp) {
+    pub(crate) fn eof(&self, side: Side, ts: Timestamp) {
         self.offer(side, TapMsg::Eof { side, ts }, 0);
+    }
+
+    /// Intercept mode: offers one of its messages (`len` bytes of data, for
+    /// the loss count), under the same never-wait rule.
+    pub(crate) fn intercept(&self, side: Side, msg: super::intercept::Tapped, len: usize) {
+        self.offer(side, TapMsg::Intercept(msg), len);
     }
 }
 
@@ -187,7 +195,7 @@ impl Deadlines {
         }
     }
 
-    fn check_period(&self) -> Duration {
+    pub(crate) fn check_period(&self) -> Duration {
         let shortest = [Some(self.idle), self.line, self.session]
             .into_iter()
             .flatten()
@@ -411,7 +419,7 @@ pub async fn relay(
 
 /// The deadline that has passed, if any (the session's first, then a
 /// line's, then idleness).
-fn deadline_passed(d: &Deadlines, a: &Activity) -> Option<DirEnd> {
+pub(crate) fn deadline_passed(d: &Deadlines, a: &Activity) -> Option<DirEnd> {
     if let Some(limit) = d.session {
         if a.age() >= limit {
             return Some(DirEnd::Deadline {
@@ -440,13 +448,13 @@ fn deadline_passed(d: &Deadlines, a: &Activity) -> Option<DirEnd> {
     (a.idle_for() >= d.idle).then_some(DirEnd::Idle)
 }
 
-struct PumpResult {
-    end: DirEnd,
-    bytes: u64,
+pub(crate) struct PumpResult {
+    pub(crate) end: DirEnd,
+    pub(crate) bytes: u64,
 }
 
 impl PumpResult {
-    fn aborted() -> Self {
+    pub(crate) fn aborted() -> Self {
         PumpResult {
             end: DirEnd::Aborted,
             bytes: 0,
@@ -455,7 +463,7 @@ impl PumpResult {
 }
 
 /// One direction: read from `from` (sent by `side`), tap, write to `to`.
-async fn pump<R, W>(
+pub(crate) async fn pump<R, W>(
     side: Side,
     from: &mut R,
     to: &mut W,

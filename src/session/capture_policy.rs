@@ -26,6 +26,10 @@ pub(super) struct CapturePolicy {
     /// Client bytes sent after STARTTLS before its reply, not yet written
     /// (only when the policy redacts). Bounded by the observer's `max_handoff`.
     held: Vec<u8>,
+    /// Intercept mode: the decrypted conversation was lost and the policy redacts.
+    decrypted_blind: bool,
+    /// The capture already says why the rest of the decrypted flow is left out.
+    decrypted_noted: bool,
 }
 
 impl std::fmt::Debug for CapturePolicy {
@@ -194,21 +198,27 @@ impl CapturePolicy {
     }
 }
 
-/// Hands SMTP bytes to the capture: DATA/BDAT payload skipped when
-/// `capture.bodies = false`, AUTH secrets replaced by `*` when
-/// `capture.redact_auth = true` (both per the marks of the SMTP observer).
-fn capture_marked(c: &mut SessionCapture, side: Side, ts: Timestamp, bytes: &[u8], marks: &[Mark]) {
-    let (bodies, redact) = c.policy();
+/// A piece of SMTP bytes as the capture must take it.
+enum Seg<'a> {
+    /// Written (already redacted).
+    Data(std::borrow::Cow<'a, [u8]>),
+    /// Left out: this many bytes (a body with `capture.bodies = false`).
+    Skip(usize),
+}
+
+/// SMTP bytes cut per the observer's marks and the policy: DATA/BDAT payload
+/// skipped when `bodies` is false, AUTH secrets replaced by `*` when
+/// `redact` is true.
+fn segments<'a>(bytes: &'a [u8], marks: &[Mark], bodies: bool, redact: bool) -> Vec<Seg<'a>> {
     let relevant = marks.iter().any(|m| match m.kind {
         MarkKind::Body => !bodies,
         MarkKind::Secret => redact,
         MarkKind::Held => false,
     });
     if !relevant {
-        c.data(side, ts, bytes);
-        return;
+        return vec![Seg::Data(std::borrow::Cow::Borrowed(bytes))];
     }
-    let data: std::borrow::Cow<'_, [u8]> =
+    let data: std::borrow::Cow<'a, [u8]> =
         if redact && marks.iter().any(|m| m.kind == MarkKind::Secret) {
             let mut redacted = bytes.to_vec();
             for m in marks.iter().filter(|m| m.kind == MarkKind::Secret) {
@@ -224,24 +234,123 @@ fn capture_marked(c: &mut SessionCapture, side: Side, ts: Timestamp, bytes: &[u8
         } else {
             std::borrow::Cow::Borrowed(bytes)
         };
-    let data = &data[..];
     if bodies {
-        c.data(side, ts, data);
-        return;
+        return vec![Seg::Data(data)];
     }
+    let piece = |r: std::ops::Range<usize>| -> std::borrow::Cow<'a, [u8]> {
+        match &data {
+            std::borrow::Cow::Borrowed(b) => std::borrow::Cow::Borrowed(b.get(r).unwrap_or(&[])),
+            std::borrow::Cow::Owned(v) => std::borrow::Cow::Owned(v.get(r).unwrap_or(&[]).to_vec()),
+        }
+    };
+    let mut out = Vec::new();
     let mut pos = 0;
     for m in marks.iter().filter(|m| m.kind == MarkKind::Body) {
         let start = m.range.start.min(data.len());
         let end = m.range.end.min(data.len());
         if start > pos {
-            c.data(side, ts, &data[pos..start]);
+            out.push(Seg::Data(piece(pos..start)));
         }
         if end > start {
-            c.skip(side, ts, end - start);
+            out.push(Seg::Skip(end - start));
         }
         pos = pos.max(end);
     }
     if pos < data.len() {
-        c.data(side, ts, &data[pos..]);
+        out.push(Seg::Data(piece(pos..data.len())));
+    }
+    out
+}
+
+/// Hands SMTP bytes to the capture: DATA/BDAT payload skipped when
+/// `capture.bodies = false`, AUTH secrets replaced by `*` when
+/// `capture.redact_auth = true` (both per the marks of the SMTP observer).
+fn capture_marked(c: &mut SessionCapture, side: Side, ts: Timestamp, bytes: &[u8], marks: &[Mark]) {
+    let (bodies, redact) = c.policy();
+    for seg in segments(bytes, marks, bodies, redact) {
+        match seg {
+            Seg::Data(d) => c.data(side, ts, &d),
+            Seg::Skip(n) => c.skip(side, ts, n),
+        }
+    }
+}
+
+impl CapturePolicy {
+    /// Intercept mode: decrypted SMTP with its observer's marks, to the
+    /// decrypted flow under the same policy as the cleartext. `desynced`:
+    /// the observer gave up in this chunk, so its tail cannot be checked.
+    pub fn decrypted(
+        &mut self,
+        side: Side,
+        ts: Timestamp,
+        bytes: &[u8],
+        marks: &[Mark],
+        desynced: bool,
+    ) {
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        if !c.has_decrypted() {
+            return;
+        }
+        if desynced && blind_reason(c).is_some() {
+            self.decrypted_blind = true;
+            return self.decrypted_unfollowed(side, ts, bytes);
+        }
+        let (bodies, redact) = c.policy();
+        for seg in segments(bytes, marks, bodies, redact) {
+            match seg {
+                Seg::Data(d) => c.decrypted_data(side, ts, &d, 0),
+                Seg::Skip(n) => c.decrypted_data(side, ts, &[], n),
+            }
+        }
+    }
+
+    /// Intercept mode: decrypted bytes no observer follows any more: written
+    /// unless the policy redacts, then left out with one comment.
+    pub fn decrypted_unfollowed(&mut self, side: Side, ts: Timestamp, bytes: &[u8]) {
+        let Some(c) = self.capture.as_mut() else {
+            return;
+        };
+        match blind_reason(c) {
+            Some(why) => {
+                if !self.decrypted_noted {
+                    c.comment(&blind_comment(why));
+                    self.decrypted_noted = true;
+                }
+                c.decrypted_data(side, ts, &[], bytes.len());
+            }
+            None => c.decrypted_data(side, ts, bytes, 0),
+        }
+    }
+
+    /// Intercept mode: `side` closed the decrypted conversation.
+    pub fn decrypted_fin(&mut self, side: Side, ts: Timestamp) {
+        if let Some(c) = self.capture.as_mut() {
+            c.decrypted_end(side, ts, CloseKind::Fin);
+        }
+    }
+
+    /// Intercept mode: raw TLS bytes of one wire leg (`leg` 0: client leg,
+    /// 1: upstream leg). They are encrypted: nothing in them to redact.
+    pub fn leg_raw(&mut self, leg: usize, side: Side, ts: Timestamp, bytes: &[u8]) {
+        if let Some(c) = self.capture.as_mut() {
+            c.leg_data(leg, side, ts, bytes);
+        }
+    }
+
+    /// Intercept mode: `side` closed wire leg `leg`.
+    pub fn leg_fin(&mut self, leg: usize, side: Side, ts: Timestamp) {
+        if let Some(c) = self.capture.as_mut() {
+            c.leg_end(leg, side, ts, CloseKind::Fin);
+        }
+    }
+
+    /// Intercept mode: TLS secrets (NSS key log lines) to embed before the
+    /// next frames (only when the configuration asks for it).
+    pub fn secrets(&mut self, keylog: &[u8]) {
+        if let Some(c) = self.capture.as_mut() {
+            c.tls_secrets(keylog);
+        }
     }
 }

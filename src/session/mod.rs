@@ -5,12 +5,13 @@
 //! CRLs). It reads no clock (time comes with the inputs, so a capture's
 //! timestamps work as live ones do), touches no socket, spawns nothing, and
 //! runs without an async runtime. The live proxy (`proxy::analysis`) and
-//! `smtptap probe` (`probe`) drive it today; intercept mode and offline
-//! analysis will drive the same type.
+//! `smtptap probe` (`probe`) drive it today, the proxy's intercept mode
+//! included (`proxy::intercept`); offline analysis will drive the same type.
 //!
 //! ```text
 //!  driver ──opened / upstream_connected / upstream_failed / loop_refused──▶ ┐
 //!         ──bytes(leg, side, ts, &[u8]) / fin(leg, side, ts)─────────────▶ │ SessionAnalyzer
+//!         ──plaintext(side, ts, &[u8]) (the SMTP inside TLS, intercept) ─▶ │
 //!         ──crls_fetched(id, outcomes)────────────────────────────────────▶ │  ├─ stage: Sniff → Smtp → Tls → Off   (stage.rs)
 //!         ──close(ts, ends, loss)─────────────────────────────────────────▶ ┘  ├─ capture policy                     (capture_policy.rs)
 //!                                                                              ├─ names for certificate checks       (names.rs)
@@ -26,6 +27,7 @@
 //! | `shared.rs` | [`Analysis`]: what the sessions of a run share (config, trust store, capture, prior-failure memory in event time) |
 //! | `stage.rs` | the stage machine (sniff, SMTP, TLS, off) and the per-leg TLS observers |
 //! | `capture_policy.rs` | what of the bytes reaches the pcapng flow (bodies, AUTH, held and unfollowable bytes) |
+//! | `plaintext.rs` | the SMTP conversation inside TLS fed by a driver that decrypts it (intercept) |
 //! | `names.rs` | host names learnt from the conversation, and the names a chain is checked against |
 //! | `revocation.rs` | which CRLs a chain needs, chains waiting for them, `cert.crl` events |
 //! | `record.rs` | event stamping (run, session, leg), the bounded kept set, exact counts |
@@ -38,15 +40,19 @@
 //! (one per TLS session and side).
 //!
 //! Legs: in passthrough every byte is fed as [`Leg::EndToEnd`] (the client's
-//! TLS runs through smtptap to the server). Intercept mode will feed its two
+//! TLS runs through smtptap to the server). Intercept mode feeds its two
 //! TLS sessions as [`Leg::ClientProxy`] and [`Leg::ProxyServer`]: each gets
 //! its own TLS observer and its facts carry that leg; the diagnosis judges
-//! only certificates the server presented, never one smtptap minted.
+//! only certificates the server presented, never one smtptap minted. The
+//! SMTP it decrypts comes in through [`SessionAnalyzer::plaintext`]
+//! (`plaintext.rs`), its own facts through `intercept_fact`, and secrets to
+//! embed in the capture through `tls_secrets`.
 
 mod capture_policy;
 mod finish;
 pub mod input;
 mod names;
+mod plaintext;
 mod record;
 pub mod revocation;
 mod shared;
@@ -129,6 +135,9 @@ pub struct SessionAnalyzer {
     quit_answered: bool,
     /// The side-probe asked for when TLS 1.3 hides the certificate.
     side: side_probe::SideProbeState,
+    /// The SMTP conversation inside TLS, when a driver decrypts it
+    /// ([`SessionAnalyzer::plaintext`]).
+    inner: plaintext::Inner,
 }
 
 impl SessionAnalyzer {
@@ -156,6 +165,7 @@ impl SessionAnalyzer {
             finished: false,
             quit_answered: false,
             side: side_probe::SideProbeState::default(),
+            inner: plaintext::Inner::default(),
         };
         let i = &a.info;
         let open = SessionEvent::Open {
@@ -288,6 +298,9 @@ impl SessionAnalyzer {
                 self.sniffed_tls(ts, None);
             }
             self.cap.fin(side, ts);
+        } else {
+            self.cap
+                .leg_fin(usize::from(leg == Leg::ProxyServer), side, ts);
         }
         self.emit(ts, None, SessionEvent::HalfClose { side });
     }

@@ -254,6 +254,7 @@ impl SessionAnalyzer {
             );
             self.legs[i] = Some(Box::default());
         }
+        self.cap.leg_raw(i, side, ts, bytes);
         self.feed_tls(leg, side, ts, bytes);
     }
 

@@ -688,3 +688,104 @@ fn no_side_probe_when_it_is_off() {
         assert!(a.take_requests().is_empty());
     }
 }
+
+/// The SMTP inside TLS of an intercepted session, as smtptap decrypts it.
+fn inner() -> Transcript {
+    let s = |t: &str| (Side::Server, t.as_bytes().to_vec());
+    let c = |t: &str| (Side::Client, t.as_bytes().to_vec());
+    vec![
+        c("EHLO client.example\r\n"),
+        s("250-mx.example\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"),
+        c("AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n"),
+        s("235 2.7.0 Authentication successful\r\n"),
+        c("MAIL FROM:<a@client.example>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"),
+        s("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"),
+        c("Subject: hi\r\n\r\nbodytext-7f3a\r\n.\r\n"),
+        s("550 5.7.1 Message rejected by policy\r\n"),
+        c("QUIT\r\n"),
+        s("221 2.0.0 Bye\r\n"),
+    ]
+}
+
+/// An intercepted session: the cleartext end to end, both legs' TLS, then
+/// the decrypted conversation through `plaintext`; every event as JSON.
+fn run_intercepted(
+    shared: &Arc<Analysis>,
+    legs: &(Transcript, Transcript),
+    plain: &[(Side, Vec<u8>)],
+) -> Vec<String> {
+    let mut a = SessionAnalyzer::new(info(5, at(0)), shared.clone());
+    a.upstream_connected(
+        at(0),
+        "192.0.2.25:25".parse().unwrap(),
+        "192.0.2.10:51514".parse().unwrap(),
+        0.001,
+    );
+    for (i, (side, b)) in cleartext().into_iter().enumerate() {
+        a.bytes(Leg::EndToEnd, side, at(i as u64), &b);
+    }
+    for (side, b) in &legs.0 {
+        a.bytes(Leg::ClientProxy, *side, at(10), b);
+    }
+    for (side, b) in &legs.1 {
+        a.bytes(Leg::ProxyServer, *side, at(11), b);
+    }
+    for (side, b) in plain {
+        a.plaintext(*side, at(20), b);
+    }
+    a.plaintext_fin(Side::Client, at(30));
+    let ends = Ends {
+        client_end: DirEnd::Fin,
+        server_end: DirEnd::Fin,
+        client_bytes: 0,
+        server_bytes: 0,
+    };
+    a.close(at(30), ends, None);
+    a.take_events()
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect()
+}
+
+#[test]
+fn decrypted_smtp_is_observed_the_same_at_every_split_point() {
+    let p = pki(&["mx.example"], None);
+    let sh = shared(&p, "");
+    let plain = inner();
+    let legs = (tls(&p, false), tls(&p, true));
+    let whole = run_intercepted(&sh, &legs, &plain);
+    let names = names_of(&whole);
+    // The second EHLO and its capabilities, AUTH, the envelope, the message.
+    let count = |n: &str| names.iter().filter(|x| *x == n).count();
+    assert_eq!(count("smtp.capabilities"), 2, "{names:?}");
+    assert_eq!(count("smtp.auth"), 1, "{names:?}");
+    assert_eq!(count("smtp.message"), 1, "{names:?}");
+    let all = whole.join("\n");
+    assert!(
+        !all.contains("AGFsaWNlAHMzY3JldA"),
+        "the AUTH secret leaked"
+    );
+    assert!(!all.contains("bodytext-7f3a"), "the body leaked");
+    let summary = whole.last().unwrap();
+    assert!(summary.contains("smtp.rejected_after_tls"), "{summary}");
+    // Both legs' facts, each under its leg.
+    for leg in ["client_proxy", "proxy_server"] {
+        assert!(
+            whole
+                .iter()
+                .any(|l| l.contains("\"tls.server_hello\"") && l.contains(leg)),
+            "no ServerHello on {leg}"
+        );
+    }
+    // Any split of the decrypted stream gives the same events.
+    for i in 0..plain.len() {
+        for k in 1..plain[i].1.len() {
+            let mut split = plain.clone();
+            let (side, b) = split.remove(i);
+            split.insert(i, (side, b[k..].to_vec()));
+            split.insert(i, (side, b[..k].to_vec()));
+            let got = run_intercepted(&sh, &legs, &split);
+            assert!(got == whole, "chunk {i} split at {k}");
+        }
+    }
+}

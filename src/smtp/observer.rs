@@ -200,6 +200,15 @@ fn push_mark(marks: &mut Vec<Mark>, range: std::ops::Range<usize>, kind: MarkKin
 }
 
 impl SmtpObserver {
+    /// An observer for the conversation inside TLS after a STARTTLS (intercept
+    /// mode decrypts it): no banner comes, the first reply answers the
+    /// client's first command (its new EHLO).
+    pub fn after_starttls(limits: SmtpLimits) -> Self {
+        let mut o = SmtpObserver::new(limits);
+        o.banner_seen = true;
+        o
+    }
+
     /// A fresh observer for one session, at the start of the connection.
     pub fn new(limits: SmtpLimits) -> Self {
         SmtpObserver {

@@ -20,7 +20,7 @@
 //!        └──────────────▶ TlsEvent ◀───────────────────────────────┘
 //! ```
 
-mod hello;
+pub(crate) mod hello;
 mod ja;
 pub mod names;
 mod record;

@@ -167,6 +167,65 @@ pub(super) fn render(ev: &Event, e: &SessionEvent) -> Lines {
             };
             vec![(Fact, format!("{what}: {detail}"))]
         }
+        SessionEvent::InterceptDecision {
+            action, reason, ..
+        } => vec![(
+            if action == "intercept" { Fact } else { Problem },
+            format!("intercept: {action} ({reason})"),
+        )],
+        SessionEvent::InterceptHandshake {
+            ok,
+            version,
+            cipher_suite,
+            error,
+            verified,
+            verify_error,
+            refused,
+            presented,
+            ..
+        } => {
+            let leg = match ev.leg {
+                Some(crate::event::Leg::ClientProxy) => "client <-> smtptap",
+                _ => "smtptap <-> server",
+            };
+            let mut out = Vec::new();
+            if *ok {
+                out.push((
+                    Fact,
+                    format!(
+                        "{leg}: TLS established, {} {}",
+                        version.as_deref().unwrap_or("?"),
+                        cipher_suite.as_deref().unwrap_or("?")
+                    ),
+                ));
+            } else {
+                out.push((
+                    Problem,
+                    format!("{leg}: TLS handshake failed: {}", error.as_deref().unwrap_or("?")),
+                ));
+            }
+            if let Some(p) = presented {
+                out.push((Fact, format!("smtptap presented {p}")));
+            }
+            match (verified, refused) {
+                (Some(false), true) => out.push((
+                    Problem,
+                    format!(
+                        "upstream certificate not verified, refused (enforce): {}",
+                        verify_error.as_deref().unwrap_or("?")
+                    ),
+                )),
+                (Some(false), false) => out.push((
+                    Problem,
+                    format!(
+                        "upstream certificate not verified (recorded): {}",
+                        verify_error.as_deref().unwrap_or("?")
+                    ),
+                )),
+                _ => {}
+            }
+            out
+        }
     }
 }
 

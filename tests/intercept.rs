@@ -1,0 +1,466 @@
+//! Intercept mode end to end on loopback: real rustls clients (the lab
+//! client) and servers (the lab server), smtptap terminating TLS on both
+//! legs with a CA made by `smtptap ca init`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{named, temp_dir, TestProxy};
+use smtptap::cert::mint::{Ca, LeafSpec};
+use smtptap::event::Event;
+use smtptap::lab::{self, ClientOptions, LabServer, ServerProfile, StartTls};
+
+/// The upstream's PKI: its own CA (PEM file for `[tls] ca_files`) and a leaf.
+struct Upstream {
+    server: LabServer,
+    ca_file: std::path::PathBuf,
+}
+
+async fn upstream(
+    dir: &std::path::Path,
+    implicit: bool,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Upstream {
+    let ca = Ca::new("Upstream Test CA").unwrap();
+    let leaf = ca.issue(&LeafSpec::server(["mx.example.test"])).unwrap();
+    let tls = Arc::new(
+        rustls::ServerConfig::builder_with_protocol_versions(versions)
+            .with_no_client_auth()
+            .with_single_cert(leaf.rustls_chain(), leaf.rustls_key())
+            .unwrap(),
+    );
+    let mut profile = ServerProfile::new("mx.example.test", Some(tls));
+    profile.implicit_tls = implicit;
+    let server = LabServer::start(profile).await.unwrap();
+    let ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    Upstream { server, ca_file }
+}
+
+/// A proxy CA from `smtptap ca init` and the intercept configuration using it.
+fn proxy_ca(dir: &std::path::Path) -> (Vec<u8>, String) {
+    let (crt, key) = smtptap::cli::ca_init(&dir.join("ca"), "smtptap test CA").unwrap();
+    let pem = std::fs::read_to_string(&crt).unwrap();
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let cfg = format!(
+        "mode = \"intercept\"\n[intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+        crt.display(),
+        key.display()
+    );
+    (der, cfg)
+}
+
+use rustls::pki_types::pem::PemObject;
+
+fn opts(tls: Arc<rustls::ClientConfig>, body: &[u8]) -> ClientOptions {
+    ClientOptions {
+        ehlo: "client.example.test".into(),
+        starttls: StartTls::Required,
+        tls: Some(tls),
+        server_name: "mx.example.test".into(),
+        from: "alice@client.example.test".into(),
+        to: vec!["bob@mx.example.test".into()],
+        body: body.to_vec(),
+        helo: false,
+    }
+}
+
+fn verifying(
+    anchor: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(anchor.to_vec()))
+        .unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+fn body() -> Vec<u8> {
+    let mut b = b"Subject: intercepted\r\n\r\n".to_vec();
+    for i in 0..2000 {
+        b.extend_from_slice(format!("line {i} of the message body\r\n").as_bytes());
+    }
+    b
+}
+
+fn leg_events(evs: &[Event], name: &str, leg: &str) -> Vec<serde_json::Value> {
+    named(evs, 1, name)
+        .into_iter()
+        .filter(|v| v["leg"] == leg)
+        .collect()
+}
+
+async fn intercepted_session(versions: &[&'static rustls::SupportedProtocolVersion], want: &str) {
+    let dir = temp_dir(&format!("intercept-{want}"));
+    let up = upstream(&dir, false, versions).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    let b = body();
+    // The client trusts only the proxy CA and checks the name.
+    let report = lab::send(proxy.addr, &opts(verifying(&anchor, versions), &b)).await;
+    assert!(report.error.is_none(), "{report:?}");
+    assert!(report.tls, "{report:?}");
+    assert!(
+        report
+            .data_reply
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("250"),
+        "{report:?}"
+    );
+    let evs = proxy.wait_summaries(1).await;
+    let got = up.server.received();
+    assert_eq!(got.len(), 1);
+    let mut sent = b.clone();
+    if !sent.ends_with(b"\r\n") {
+        sent.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(got[0].data, sent, "the message arrived changed");
+    assert!(got[0].tls);
+
+    let decision = named(&evs, 1, "intercept.decision");
+    assert_eq!(decision.len(), 1, "{decision:?}");
+    assert_eq!(decision[0]["action"], "intercept");
+    assert_eq!(decision[0]["sni"], "mx.example.test");
+    for leg in ["client_proxy", "proxy_server"] {
+        let hs = leg_events(&evs, "intercept.handshake", leg);
+        assert_eq!(hs.len(), 1, "{leg}: {hs:?}");
+        assert_eq!(hs[0]["ok"], true, "{leg}: {hs:?}");
+        assert_eq!(hs[0]["version"], want, "{leg}: {hs:?}");
+        let sh = leg_events(&evs, "tls.server_hello", leg);
+        assert_eq!(sh.len(), 1, "{leg}: no ServerHello under its leg");
+        assert_eq!(sh[0]["version"], want);
+        assert_eq!(leg_events(&evs, "tls.client_hello", leg).len(), 1, "{leg}");
+        assert!(
+            leg_events(&evs, "tls.client_hello", leg)[0]["ja4"].is_string(),
+            "{leg}: JA4"
+        );
+    }
+    let up_hs = &leg_events(&evs, "intercept.handshake", "proxy_server")[0];
+    assert_eq!(up_hs["verified"], true, "{up_hs}");
+    let down = &leg_events(&evs, "intercept.handshake", "client_proxy")[0];
+    assert!(
+        down["presented"]
+            .as_str()
+            .unwrap()
+            .contains("mx.example.test"),
+        "{down}"
+    );
+    // The upstream's chain is analysed under its leg (seen on the wire in
+    // TLS 1.2, handed over by the handshake in TLS 1.3).
+    let chains = leg_events(&evs, "cert.chain", "proxy_server");
+    assert_eq!(chains.len(), 1, "{chains:?}");
+    assert_eq!(chains[0]["trusted"], true);
+    // The conversation inside TLS: second EHLO, envelope, message.
+    assert_eq!(named(&evs, 1, "smtp.ehlo").len(), 2);
+    let msg = named(&evs, 1, "smtp.message");
+    assert_eq!(msg.len(), 1, "{msg:?}");
+    assert_eq!(msg[0]["accepted"], true);
+    assert_eq!(msg[0]["mail_from"], "alice@client.example.test");
+    let summary = &named(&evs, 1, "session.summary")[0];
+    for f in summary["findings"].as_array().unwrap() {
+        assert_ne!(f["severity"], "error", "{summary}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_session_is_intercepted_and_delivered_byte_identical() {
+    intercepted_session(&[&rustls::version::TLS13], "TLSv1.3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_session_is_intercepted_and_delivered_byte_identical() {
+    intercepted_session(&[&rustls::version::TLS12], "TLSv1.2").await;
+}
+
+fn finding_ids(evs: &[Event]) -> Vec<String> {
+    named(evs, 1, "session.summary")[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_refuses_an_untrusted_upstream_and_fails_the_clients_handshake() {
+    let dir = temp_dir("intercept-enforce");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    // The upstream's CA is not among the proxy's trust anchors.
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!("{icfg}upstream_verify = \"enforce\"\nupstream_name = \"mx.example.test\"\n"),
+    )
+    .await;
+    let report = lab::send(
+        proxy.addr,
+        &opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body()),
+    )
+    .await;
+    assert!(
+        report.error.is_some(),
+        "the client's handshake should fail: {report:?}"
+    );
+    assert!(!report.tls);
+    let evs = proxy.wait_summaries(1).await;
+    assert!(up.server.received().is_empty());
+    let hs = leg_events(&evs, "intercept.handshake", "proxy_server");
+    assert_eq!(hs.len(), 1, "{hs:?}");
+    assert_eq!(hs[0]["ok"], false);
+    assert_eq!(hs[0]["refused"], true);
+    assert_eq!(hs[0]["verified"], false);
+    let ids = finding_ids(&evs);
+    assert!(
+        ids.contains(&"intercept.upstream_refused".to_string()),
+        "{ids:?}"
+    );
+    let summary = named(&evs, 1, "session.summary")[0].to_string();
+    assert!(
+        summary.contains("no path from the certificate to a trust anchor"),
+        "the finding says why: {summary}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
+    let dir = temp_dir("intercept-distrust");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (_anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    // This client trusts only the upstream's own CA: it refuses the minted leaf.
+    let upstream_ca = std::fs::read_to_string(&up.ca_file).unwrap();
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(upstream_ca.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let report = lab::send(
+        proxy.addr,
+        &opts(verifying(&der, rustls::DEFAULT_VERSIONS), &body()),
+    )
+    .await;
+    assert!(report.error.is_some(), "{report:?}");
+    let evs = proxy.wait_summaries(1).await;
+    let ids = finding_ids(&evs);
+    assert!(
+        ids.contains(&"intercept.client_failed".to_string()),
+        "{ids:?}"
+    );
+    proxy.stop().await;
+}
+
+/// openssl s_server with TLS 1.0 only, implicit TLS (it has no STARTTLS):
+/// the proxy, configured for implicit TLS, cannot serve a TLS 1.0 hello,
+/// passes the session through, and the handshake still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
+    use std::process::{Command, Stdio};
+    let dir = temp_dir("intercept-tls10");
+    let ca = Ca::new("Legacy CA").unwrap();
+    let leaf = ca
+        .issue(&LeafSpec::server(["legacy.example.test"]))
+        .unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf.chain_pem()).unwrap();
+    std::fs::write(dir.join("leaf.key"), leaf.key_pem()).unwrap();
+    let port = common::closed_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-tls1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ])
+        .arg("-accept")
+        .arg(port.to_string())
+        .arg("-cert")
+        .arg(dir.join("leaf.pem"))
+        .arg("-key")
+        .arg(dir.join("leaf.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is needed (apt-get install openssl)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &format!("127.0.0.1:{port}"),
+        &format!("implicit_tls = true\n{icfg}"),
+    )
+    .await;
+    let addr = proxy.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-tls1",
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+                "-connect",
+                &addr,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl s_client")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Protocol  : TLSv1\n") || text.contains("TLSv1, Cipher"),
+        "{text}"
+    );
+    let evs = proxy.wait_summaries(1).await;
+    let d = named(&evs, 1, "intercept.decision");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["action"], "passthrough");
+    assert!(
+        d[0]["reason"].as_str().unwrap().contains("TLS 1.0"),
+        "{d:?}"
+    );
+    assert!(finding_ids(&evs).contains(&"intercept.fallback".to_string()));
+    // The handshake was observed end to end, as in passthrough.
+    let sh = named(&evs, 1, "tls.server_hello");
+    assert_eq!(sh.len(), 1);
+    assert_eq!(sh[0]["version"], "TLSv1.0");
+    let _ = server.kill();
+    let _ = server.wait();
+    proxy.stop().await;
+}
+
+/// tshark over the capture with the proxy's and the upstream's ports decoded as SMTP.
+fn smtp_lines(file: &std::path::Path, ports: &[u16], filter: &str) -> String {
+    let mut args: Vec<String> = vec!["-r".into(), file.display().to_string()];
+    for p in ports {
+        args.push("-d".into());
+        args.push(format!("tcp.port=={p},smtp"));
+    }
+    args.extend(["-Y".into(), filter.into(), "-T".into(), "fields".into()]);
+    args.extend([
+        "-e".into(),
+        "smtp.req.command".into(),
+        "-e".into(),
+        "smtp.response.code".into(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::tshark(&refs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_holds_both_legs_and_the_decrypted_smtp_and_embedded_keys_decrypt_the_legs() {
+    let dir = temp_dir("intercept-capture");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    let file = dir.join("cap.pcapng");
+    let keylog = dir.join("keys.log");
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}embed_secrets = true\nkeylog = \"{}\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n[capture]\nenabled = true\npath = \"{}\"\n",
+            keylog.display(),
+            up.ca_file.display(),
+            file.display()
+        ),
+    )
+    .await;
+    let report = lab::send(
+        proxy.addr,
+        &opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body()),
+    )
+    .await;
+    assert!(report.error.is_none(), "{report:?}");
+    proxy.wait_summaries(1).await;
+    let proxy_port = proxy.addr.port();
+    proxy.stop().await;
+    let ports = [proxy_port, up.server.addr().port()];
+
+    // The key log: NSS lines for both legs, mode 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&keylog).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let keys = std::fs::read_to_string(&keylog).unwrap();
+    assert!(
+        keys.lines()
+            .filter(|l| l.starts_with("CLIENT_TRAFFIC_SECRET_0 "))
+            .count()
+            >= 2,
+        "{keys}"
+    );
+
+    // The decrypted flow: the conversation inside TLS, as SMTP.
+    let decrypted = smtp_lines(
+        &file,
+        &ports,
+        "frame.interface_name == \"decrypted\" && smtp",
+    );
+    assert!(decrypted.contains("EHLO"), "{decrypted}");
+    assert!(decrypted.contains("MAIL"), "{decrypted}");
+    assert!(decrypted.contains("RCPT"), "{decrypted}");
+    assert!(
+        !decrypted.contains("STARTTLS"),
+        "only the part inside TLS: {decrypted}"
+    );
+    // With the embedded secrets tshark decrypts each wire leg from the file alone.
+    for leg in ["client-leg", "upstream-leg"] {
+        let f = format!("frame.interface_name == \"{leg}\" && smtp.req.command == \"MAIL\"");
+        let got = smtp_lines(&file, &ports, &f);
+        assert!(got.contains("MAIL"), "{leg} not decrypted: {got:?}");
+    }
+    // Without them it does not: the keys did the work.
+    let stripped = dir.join("stripped.pcapng");
+    let st = std::process::Command::new("editcap")
+        .arg("--discard-all-secrets")
+        .arg(&file)
+        .arg(&stripped)
+        .status()
+        .expect("editcap is needed (apt-get install wireshark-common)");
+    assert!(st.success());
+    for leg in ["client-leg", "upstream-leg"] {
+        let f = format!("frame.interface_name == \"{leg}\" && smtp.req.command == \"MAIL\"");
+        let got = smtp_lines(&stripped, &ports, &f);
+        assert!(
+            !got.contains("MAIL"),
+            "{leg} decrypted without keys: {got:?}"
+        );
+    }
+    // The decrypted flow needs no keys.
+    let decrypted = smtp_lines(
+        &stripped,
+        &ports,
+        "frame.interface_name == \"decrypted\" && smtp",
+    );
+    assert!(decrypted.contains("MAIL"), "{decrypted}");
+}
