@@ -303,7 +303,7 @@ pub fn analyze_message(raw: &[u8]) -> HeadersReport {
             for h in &part.headers {
                 let name = h.name.as_str();
                 let value = bytes
-                    .get(h.offset_start..h.offset_end)
+                    .get(h.offset_start as usize..h.offset_end as usize)
                     .map(String::from_utf8_lossy)
                     .unwrap_or_default();
                 if name.eq_ignore_ascii_case("received") {

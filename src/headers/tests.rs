@@ -578,3 +578,22 @@ fn real_postfix_37_headers() {
     assert_eq!(r.hops[0].tls.state, TransportTls::Local);
     assert_eq!(ids(&r), Vec::<&str>::new());
 }
+
+/// An input the `headers` fuzz target found: a `gb2312` encoded word in an
+/// address header that overflowed mail-parser 0.9's decode buffer (a panic
+/// in debug builds). It must give a report, as a message and as an mbox.
+#[test]
+fn fuzz_found_gb18030_encoded_word_is_analysed() {
+    let raw = fixture("fuzz_gb18030_overflow.bin");
+    for mbox in [false, true] {
+        let reports = analyze_input(&raw, mbox);
+        let mut out = Vec::new();
+        write_json(&reports, &mut out).unwrap();
+        let mut text = Vec::new();
+        write_console(&reports, &mut text).unwrap();
+        if !mbox {
+            assert_eq!(reports.len(), 1);
+            assert!(!out.is_empty() && !text.is_empty());
+        }
+    }
+}
