@@ -464,3 +464,54 @@ async fn the_capture_holds_both_legs_and_the_decrypted_smtp_and_embedded_keys_de
     );
     assert!(decrypted.contains("MAIL"), "{decrypted}");
 }
+
+/// A server that speaks only TLS 1.2 behind a TLS 1.3 client: each leg
+/// negotiates its own version, the mail is delivered, and the diagnosis
+/// compares the legs (`intercept.legs_differ`, info: the client offers 1.2
+/// too, so without smtptap it would get 1.2 from this server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legs_with_different_versions_are_compared() {
+    legs_differ(&[&rustls::version::TLS13, &rustls::version::TLS12], "info").await;
+}
+
+/// The same with a client that offers only TLS 1.3: smtptap makes the
+/// session work, and the finding warns that without it the two would not
+/// agree on a version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legs_that_would_not_agree_without_smtptap_are_a_warning() {
+    legs_differ(&[&rustls::version::TLS13], "warning").await;
+}
+
+async fn legs_differ(client: &[&'static rustls::SupportedProtocolVersion], severity: &str) {
+    let dir = temp_dir(&format!("intercept-legs-differ-{severity}"));
+    let up = upstream(&dir, false, &[&rustls::version::TLS12]).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    let b = body();
+    let report = lab::send(proxy.addr, &opts(verifying(&anchor, client), &b)).await;
+    assert!(report.error.is_none(), "{report:?}");
+    let evs = proxy.wait_summaries(1).await;
+    assert_eq!(up.server.received().len(), 1);
+    let version = |leg: &str| leg_events(&evs, "intercept.handshake", leg)[0]["version"].clone();
+    assert_eq!(version("client_proxy"), "TLSv1.3");
+    assert_eq!(version("proxy_server"), "TLSv1.2");
+    let summary = &named(&evs, 1, "session.summary")[0];
+    let f = summary["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "intercept.legs_differ")
+        .unwrap_or_else(|| panic!("no intercept.legs_differ: {summary}"));
+    assert_eq!(f["severity"], severity, "{f}");
+    let evidence = f["evidence"].to_string();
+    assert!(evidence.contains("client <-> smtptap: TLSv1.3"), "{f}");
+    assert!(evidence.contains("smtptap <-> server: TLSv1.2"), "{f}");
+    proxy.stop().await;
+}

@@ -101,6 +101,8 @@ pub const INTERCEPT_UPSTREAM_REFUSED: &str = "intercept.upstream_refused";
 pub const INTERCEPT_UPSTREAM_FAILED: &str = "intercept.upstream_failed";
 /// The client's TLS handshake with smtptap failed (often: it does not trust smtptap's CA).
 pub const INTERCEPT_CLIENT_FAILED: &str = "intercept.client_failed";
+/// The two legs of an intercepted session negotiated different TLS.
+pub const INTERCEPT_LEGS_DIFFER: &str = "intercept.legs_differ";
 
 /// Every finding id the diagnosis can produce.
 pub const ALL: &[&str] = &[
@@ -148,6 +150,7 @@ pub const ALL: &[&str] = &[
     INTERCEPT_UPSTREAM_REFUSED,
     INTERCEPT_UPSTREAM_FAILED,
     INTERCEPT_CLIENT_FAILED,
+    INTERCEPT_LEGS_DIFFER,
 ];
 
 #[cfg(test)]

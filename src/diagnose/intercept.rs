@@ -1,6 +1,6 @@
 //! Intercept mode's findings: a session passed through because rustls could
 //! not serve the client's hello, and smtptap's own handshakes that failed
-//! (with the server, or with the client).
+//! (with the server, or with the client), and the two legs' TLS compared.
 
 use super::{ids, Finding, SessionView, Severity};
 use crate::event::{Leg, SessionEvent};
@@ -78,4 +78,93 @@ pub(super) fn rules(v: &SessionView, out: &mut Vec<Finding>) {
             _ => {}
         }
     }
+    legs_differ(v, out);
+}
+
+/// What a completed handshake of smtptap's negotiated on a leg.
+fn negotiated_on(v: &SessionView, want: Leg) -> Option<(String, String)> {
+    v.session_legs().find_map(|(e, leg)| match e {
+        SessionEvent::InterceptHandshake {
+            ok: true,
+            version: Some(version),
+            cipher_suite: Some(suite),
+            ..
+        } if leg == Some(want) => Some((version.clone(), suite.clone())),
+        _ => None,
+    })
+}
+
+/// Both legs completed but negotiated different versions or suites: each
+/// leg is its own TLS session, so say what each got, which side made the
+/// difference, and whether the client and the server would agree without
+/// smtptap in the path.
+fn legs_differ(v: &SessionView, out: &mut Vec<Finding>) {
+    let (Some((cv, cs)), Some((sv, ss))) = (
+        negotiated_on(v, Leg::ClientProxy),
+        negotiated_on(v, Leg::ProxyServer),
+    ) else {
+        return;
+    };
+    if cv == sv && cs == ss {
+        return;
+    }
+    let mut evidence = vec![
+        format!("client <-> smtptap: {cv}, {cs}"),
+        format!("smtptap <-> server: {sv}, {ss}"),
+    ];
+    let client = v.client_hello_on(Leg::ClientProxy);
+    // Would the client and the server agree on their own? The client must
+    // offer the server's version and (TLS 1.2) the suite the server chose
+    // from smtptap's offer; TLS 1.3 suites are all AEAD and widely shared.
+    let offers_version = client.map(|ch| {
+        if ch.supported_versions.is_empty() {
+            ch.max_version.as_str() >= sv.as_str()
+        } else {
+            ch.supported_versions.iter().any(|x| *x == sv)
+        }
+    });
+    let offers_suite =
+        client.map(|ch| sv == "TLSv1.3" || ch.cipher_suites.iter().any(|x| *x == ss));
+    if let Some(ch) = client {
+        evidence.push(format!(
+            "the client offered {} and {} cipher suites",
+            if ch.supported_versions.is_empty() {
+                format!("up to {}", ch.max_version)
+            } else {
+                ch.supported_versions.join(", ")
+            },
+            ch.cipher_suites.len()
+        ));
+    }
+    let older = sv.as_str() < cv.as_str();
+    let (severity, title, advice) = match (offers_version, offers_suite) {
+        (Some(false), _) | (_, Some(false)) => (
+            Severity::Warning,
+            "The two legs negotiated different TLS, and without smtptap the client and the server would not agree",
+            format!(
+                "smtptap's TLS made this session work: the server chose {sv} with {ss}, which the client \
+                 does not offer. In passthrough, or once smtptap is removed, the handshake between them \
+                 fails. Enable {sv} and {ss} on the client, or a version and suite the client offers on \
+                 the server."
+            ),
+        ),
+        _ if older => (
+            Severity::Info,
+            "The server negotiated an older TLS version with smtptap than the client did",
+            format!(
+                "smtptap offered the server TLS 1.3 and 1.2 with modern suites; the server chose {sv}, \
+                 so it does not support {cv} (or has it disabled). Each leg is its own TLS session: \
+                 without smtptap the client would get {sv} from this server too. Nothing to change \
+                 unless the policy needs {cv}."
+            ),
+        ),
+                _ => return,
+    };
+    out.push(Finding::new(
+        ids::INTERCEPT_LEGS_DIFFER,
+        severity,
+        title,
+        evidence,
+        advice,
+    ));
 }

@@ -292,6 +292,15 @@ impl<'a> SessionView<'a> {
         })
     }
 
+    /// The ClientHello sent on `leg` (intercept mode: `ClientProxy` is the
+    /// real client's, `ProxyServer` smtptap's own).
+    pub fn client_hello_on(&self, leg: Leg) -> Option<&'a ClientHelloInfo> {
+        self.events.iter().find_map(|e| match &e.kind {
+            EventKind::Tls(TlsEvent::ClientHello(ch)) if e.leg == Some(leg) => Some(&**ch),
+            _ => None,
+        })
+    }
+
     /// The version and suite the server chose (its ServerHello; never one
     /// smtptap sent as the server of the client↔smtptap leg).
     pub fn negotiated(&self) -> Option<Negotiated<'a>> {
