@@ -1068,6 +1068,27 @@ fn intercept_swaks_tls12_trusting_only_the_proxy_ca_delivers_to_postfix() {
         )
     });
     intercepted_events_ok(&o, "TLSv1.2");
+    // Postfix gives smtptap TLS 1.3: the client is the limit, and the
+    // diagnosis says so (info, not a problem).
+    let summary = o
+        .events
+        .iter()
+        .find(|e| e["event"] == "session.summary")
+        .expect("a summary");
+    let f = summary["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "intercept.legs_differ")
+        .unwrap_or_else(|| panic!("no intercept.legs_differ: {summary}"));
+    assert_eq!(f["severity"], "info", "{f}");
+    assert!(
+        f["title"]
+            .as_str()
+            .unwrap()
+            .contains("client negotiated an older"),
+        "{f}"
+    );
 }
 
 #[test]

@@ -94,10 +94,11 @@ fn negotiated_on(v: &SessionView, want: Leg) -> Option<(String, String)> {
     })
 }
 
-/// Both legs completed but negotiated different versions or suites: each
-/// leg is its own TLS session, so say what each got, which side made the
-/// difference, and whether the client and the server would agree without
-/// smtptap in the path.
+/// Both legs completed with different TLS versions: each leg is its own
+/// TLS session, so say what each got, which side made the difference, and
+/// whether the client and the server would agree without smtptap. (Suites
+/// are not compared: each leg picks from its own offer, and smtptap's offer
+/// is not the client's, so a different suite says nothing about either.)
 fn legs_differ(v: &SessionView, out: &mut Vec<Finding>) {
     let (Some((cv, cs)), Some((sv, ss))) = (
         negotiated_on(v, Leg::ClientProxy),
@@ -105,7 +106,7 @@ fn legs_differ(v: &SessionView, out: &mut Vec<Finding>) {
     ) else {
         return;
     };
-    if cv == sv && cs == ss {
+    if cv == sv {
         return;
     }
     let mut evidence = vec![
@@ -113,52 +114,58 @@ fn legs_differ(v: &SessionView, out: &mut Vec<Finding>) {
         format!("smtptap <-> server: {sv}, {ss}"),
     ];
     let client = v.client_hello_on(Leg::ClientProxy);
-    // Would the client and the server agree on their own? The client must
-    // offer the server's version and (TLS 1.2) the suite the server chose
-    // from smtptap's offer; TLS 1.3 suites are all AEAD and widely shared.
-    let offers_version = client.map(|ch| {
+    if let Some(ch) = client {
+        evidence.push(format!(
+            "the client offered {}",
+            if ch.supported_versions.is_empty() {
+                format!("up to {}", ch.max_version)
+            } else {
+                ch.supported_versions.join(", ")
+            }
+        ));
+    }
+    // Version names order as the versions do (`TLSv1.0` < … < `TLSv1.3`).
+    let server_older = sv.as_str() < cv.as_str();
+    // Does the client offer the version the server chose?
+    let offers_server_version = client.map(|ch| {
         if ch.supported_versions.is_empty() {
             ch.max_version.as_str() >= sv.as_str()
         } else {
             ch.supported_versions.iter().any(|x| *x == sv)
         }
     });
-    let offers_suite =
-        client.map(|ch| sv == "TLSv1.3" || ch.cipher_suites.iter().any(|x| *x == ss));
-    if let Some(ch) = client {
-        evidence.push(format!(
-            "the client offered {} and {} cipher suites",
-            if ch.supported_versions.is_empty() {
-                format!("up to {}", ch.max_version)
-            } else {
-                ch.supported_versions.join(", ")
-            },
-            ch.cipher_suites.len()
-        ));
-    }
-    let older = sv.as_str() < cv.as_str();
-    let (severity, title, advice) = match (offers_version, offers_suite) {
-        (Some(false), _) | (_, Some(false)) => (
+    let (severity, title, advice) = if server_older && offers_server_version == Some(false) {
+        (
             Severity::Warning,
-            "The two legs negotiated different TLS, and without smtptap the client and the server would not agree",
+            "The two legs negotiated different TLS versions, and without smtptap the client and the server would not agree",
             format!(
-                "smtptap's TLS made this session work: the server chose {sv} with {ss}, which the client \
-                 does not offer. In passthrough, or once smtptap is removed, the handshake between them \
-                 fails. Enable {sv} and {ss} on the client, or a version and suite the client offers on \
-                 the server."
+                "smtptap made this session work: the server supports at most {sv}, which the client \
+                 does not offer (it offered {cv} and smtptap accepted). In passthrough, or once \
+                 smtptap is removed, the handshake between them fails. Enable {sv} on the client, or \
+                 {cv} on the server."
             ),
-        ),
-        _ if older => (
+        )
+    } else if server_older {
+        (
             Severity::Info,
             "The server negotiated an older TLS version with smtptap than the client did",
             format!(
-                "smtptap offered the server TLS 1.3 and 1.2 with modern suites; the server chose {sv}, \
-                 so it does not support {cv} (or has it disabled). Each leg is its own TLS session: \
-                 without smtptap the client would get {sv} from this server too. Nothing to change \
-                 unless the policy needs {cv}."
+                "smtptap offered the server TLS 1.3 and 1.2; the server chose {sv}, so it does not \
+                 support {cv} (or has it disabled). Each leg is its own TLS session: without smtptap \
+                 the client would get {sv} from this server too. Nothing to change unless policy \
+                 requires {cv}; then upgrade the server's TLS."
             ),
-        ),
-                _ => return,
+        )
+    } else {
+        (
+            Severity::Info,
+            "The client negotiated an older TLS version with smtptap than the server supports",
+            format!(
+                "The client offered at most {cv}; the server chose {sv} when smtptap offered it. \
+                 Without smtptap the session would use {cv} (if the server still accepts it). To get \
+                 {sv}, enable it on the client (its TLS library or its configured protocols)."
+            ),
+        )
     };
     out.push(Finding::new(
         ids::INTERCEPT_LEGS_DIFFER,
