@@ -281,8 +281,22 @@ async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
 /// passes the session through, and the handshake still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
+    tls10_fallback(false).await;
+}
+
+/// The same after STARTTLS (the issue's `openssl s_client -tls1 -starttls
+/// smtp`): the cleartext part is relayed, the hello is buffered at the
+/// boundary and then passed through to the TLS 1.0 upstream untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls10_client_after_starttls_falls_back_to_passthrough_and_completes() {
+    tls10_fallback(true).await;
+}
+
+/// A TLS 1.0-only `openssl s_server` upstream (implicit TLS, or behind an
+/// SMTP STARTTLS front), an `openssl s_client -tls1` through intercept mode.
+async fn tls10_fallback(starttls: bool) {
     use std::process::{Command, Stdio};
-    let dir = temp_dir("intercept-tls10");
+    let dir = temp_dir(&format!("intercept-tls10-{starttls}"));
     let ca = Ca::new("Legacy CA").unwrap();
     let leaf = ca
         .issue(&LeafSpec::server(["legacy.example.test"]))
@@ -316,22 +330,26 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let (_anchor, icfg) = proxy_ca(&dir);
-    let proxy = TestProxy::start(
-        &format!("127.0.0.1:{port}"),
-        &format!("implicit_tls = true\n{icfg}"),
-    )
-    .await;
+    let proxy = if starttls {
+        let front = common::starttls_front(port).await;
+        TestProxy::start(&format!("127.0.0.1:{front}"), &icfg).await
+    } else {
+        TestProxy::start(
+            &format!("127.0.0.1:{port}"),
+            &format!("implicit_tls = true\n{icfg}"),
+        )
+        .await
+    };
     let addr = proxy.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["s_client", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"];
+        if starttls {
+            args.extend(["-starttls", "smtp"]);
+        }
         Command::new("openssl")
-            .args([
-                "s_client",
-                "-tls1",
-                "-cipher",
-                "DEFAULT@SECLEVEL=0",
-                "-connect",
-                &addr,
-            ])
+            .args(&args)
+            .arg("-connect")
+            .arg(&addr)
             .stdin(Stdio::null())
             .output()
             .expect("openssl s_client")
@@ -356,6 +374,11 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
     let sh = named(&evs, 1, "tls.server_hello");
     assert_eq!(sh.len(), 1);
     assert_eq!(sh[0]["version"], "TLSv1.0");
+    if starttls {
+        // The cleartext part before it, as relayed.
+        assert_eq!(named(&evs, 1, "smtp.ehlo").len(), 1);
+        assert_eq!(named(&evs, 1, "tls.started").len(), 1);
+    }
     let _ = server.kill();
     let _ = server.wait();
     proxy.stop().await;

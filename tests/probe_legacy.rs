@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::temp_dir;
 use serde_json::Value;
 use smtptap::event::Event;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A self-signed certificate for s_server, and its SHA-256 as openssl says it.
 struct Cert {
@@ -119,53 +118,6 @@ fn s_server(c: &Cert, version_args: &[&str]) -> SServer {
 }
 
 const LEGACY: &[&str] = &["-cipher", "DEFAULT:@SECLEVEL=0"];
-
-/// An SMTP front on loopback: banner, EHLO (offering STARTTLS), STARTTLS's
-/// 220, then the raw bytes spliced to `backend` (the s_server).
-async fn smtp_front(backend: u16) -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut s = BufReader::new(sock);
-                let _ = s
-                    .get_mut()
-                    .write_all(b"220 legacy.example.test ESMTP front\r\n")
-                    .await;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if s.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let cmd = line.trim().to_ascii_uppercase();
-                    let reply: &[u8] = if cmd.starts_with("EHLO") {
-                        b"250-legacy.example.test\r\n250 STARTTLS\r\n"
-                    } else if cmd == "STARTTLS" {
-                        b"220 2.0.0 go ahead\r\n"
-                    } else if cmd == "QUIT" {
-                        let _ = s.get_mut().write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"502 5.5.2 not here\r\n"
-                    };
-                    let _ = s.get_mut().write_all(reply).await;
-                    if cmd == "STARTTLS" {
-                        break;
-                    }
-                }
-                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
-                else {
-                    return;
-                };
-                let mut sock = s.into_inner();
-                let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
-            });
-        }
-    });
-    port
-}
 
 struct Run {
     code: i32,
@@ -298,7 +250,7 @@ async fn tls10_only_server_behind_starttls_shows_the_legacy_finding() {
     let mut v = vec!["-tls1"];
     v.extend_from_slice(LEGACY);
     let s = s_server(&c, &v);
-    let front = smtp_front(s.port).await;
+    let front = common::starttls_front(s.port).await;
     let target = format!("127.0.0.1:{front}");
     let r = probe(&[&target, "--sni", "legacy.example.test", "--json"]).await;
     assert_legacy_fallback(&r, &c);
@@ -360,7 +312,7 @@ async fn versions_of_openssl_servers_with_known_version_sets() {
     }
     // Behind STARTTLS, on the console.
     let s = s_server(&c, &["-tls1_2"]);
-    let front = smtp_front(s.port).await;
+    let front = common::starttls_front(s.port).await;
     let r = probe(&[
         &format!("127.0.0.1:{front}"),
         "--versions",

@@ -162,3 +162,51 @@ pub fn ready_for(step: usize, got: &[u8]) -> bool {
         _ => false,
     }
 }
+
+/// An SMTP front on loopback for a TLS-only backend (an `openssl s_server`): banner, EHLO (offering STARTTLS), STARTTLS's
+/// 220, then the raw bytes spliced to `backend` (the s_server).
+pub async fn starttls_front(backend: u16) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut s = BufReader::new(sock);
+                let _ = s
+                    .get_mut()
+                    .write_all(b"220 legacy.example.test ESMTP front\r\n")
+                    .await;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.trim().to_ascii_uppercase();
+                    let reply: &[u8] = if cmd.starts_with("EHLO") {
+                        b"250-legacy.example.test\r\n250 STARTTLS\r\n"
+                    } else if cmd == "STARTTLS" {
+                        b"220 2.0.0 go ahead\r\n"
+                    } else if cmd == "QUIT" {
+                        let _ = s.get_mut().write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"502 5.5.2 not here\r\n"
+                    };
+                    let _ = s.get_mut().write_all(reply).await;
+                    if cmd == "STARTTLS" {
+                        break;
+                    }
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                else {
+                    return;
+                };
+                let mut sock = s.into_inner();
+                let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+            });
+        }
+    });
+    port
+}
