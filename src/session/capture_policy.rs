@@ -26,8 +26,6 @@ pub(super) struct CapturePolicy {
     /// Client bytes sent after STARTTLS before its reply, not yet written
     /// (only when the policy redacts). Bounded by the observer's `max_handoff`.
     held: Vec<u8>,
-    /// Intercept mode: the decrypted conversation was lost and the policy redacts.
-    decrypted_blind: bool,
     /// The capture already says why the rest of the decrypted flow is left out.
     decrypted_noted: bool,
 }
@@ -294,7 +292,6 @@ impl CapturePolicy {
             return;
         }
         if desynced && blind_reason(c).is_some() {
-            self.decrypted_blind = true;
             return self.decrypted_unfollowed(side, ts, bytes);
         }
         let (bodies, redact) = c.policy();
