@@ -538,3 +538,90 @@ async fn legs_differ(client: &[&'static rustls::SupportedProtocolVersion], sever
     assert!(evidence.contains("smtptap <-> server: TLSv1.2"), "{f}");
     proxy.stop().await;
 }
+
+/// Client certificates on both legs: the upstream requires one (verified
+/// against its client CA); smtptap presents the configured
+/// `[intercept] client_cert` upstream, asks the client for one
+/// (`request_client_cert`) and records what it sent: the client's chain,
+/// encrypted on the wire in TLS 1.3, is analysed under `client_proxy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_on_both_legs_are_presented_and_recorded() {
+    let dir = temp_dir("intercept-client-certs");
+    let client_ca = Ca::new("Client Test CA").unwrap();
+    let ours = client_ca
+        .issue(&LeafSpec::client(["smtptap.client.example.test"]))
+        .unwrap();
+    let theirs = client_ca
+        .issue(&LeafSpec::client(["sender.client.example.test"]))
+        .unwrap();
+    std::fs::write(dir.join("client.crt"), ours.chain_pem()).unwrap();
+    std::fs::write(dir.join("client.key"), ours.key_pem()).unwrap();
+    // The upstream: TLS 1.3, requires a client certificate from the client CA.
+    let up_ca = Ca::new("Upstream Test CA").unwrap();
+    let leaf = up_ca.issue(&LeafSpec::server(["mx.example.test"])).unwrap();
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots
+        .add(rustls::pki_types::CertificateDer::from(
+            client_ca.der().to_vec(),
+        ))
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(client_roots))
+        .build()
+        .unwrap();
+    let tls = Arc::new(
+        rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(leaf.rustls_chain(), leaf.rustls_key())
+            .unwrap(),
+    );
+    let server = LabServer::start(ServerProfile::new("mx.example.test", Some(tls)))
+        .await
+        .unwrap();
+    let up_ca_file = dir.join("upstream-ca.pem");
+    std::fs::write(&up_ca_file, up_ca.pem()).unwrap();
+    let (anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &server.addr().to_string(),
+        &format!(
+            "{icfg}upstream_name = \"mx.example.test\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n\
+             request_client_cert = true\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            dir.join("client.crt").display(),
+            dir.join("client.key").display(),
+            up_ca_file.display()
+        ),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(anchor))
+        .unwrap();
+    let client_tls = Arc::new(
+        rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_root_certificates(roots)
+            .with_client_auth_cert(theirs.rustls_chain(), theirs.rustls_key())
+            .unwrap(),
+    );
+    let b = body();
+    let report = lab::send(proxy.addr, &opts(client_tls, &b)).await;
+    assert!(report.error.is_none(), "{report:?}");
+    let evs = proxy.wait_summaries(1).await;
+    assert_eq!(server.received().len(), 1, "not delivered");
+    let up = &leg_events(&evs, "intercept.handshake", "proxy_server")[0];
+    assert_eq!(up["ok"], true, "{up}");
+    assert_eq!(up["client_cert_requested"], true, "{up}");
+    assert_eq!(up["client_cert_sent"], true, "{up}");
+    let down = &leg_events(&evs, "intercept.handshake", "client_proxy")[0];
+    assert_eq!(down["client_cert_requested"], true, "{down}");
+    assert_eq!(down["client_cert_sent"], true, "{down}");
+    // The client's certificate, analysed under its leg as the client's.
+    let infos: Vec<_> = leg_events(&evs, "cert.info", "client_proxy")
+        .into_iter()
+        .filter(|c| c.to_string().contains("sender.client.example.test"))
+        .collect();
+    assert!(
+        !infos.is_empty(),
+        "the client's certificate was not analysed"
+    );
+    assert_eq!(infos[0]["source"], "handshake", "{}", infos[0]);
+    proxy.stop().await;
+}

@@ -76,10 +76,14 @@ pub enum Tapped {
         /// The fact.
         fact: SessionEvent,
     },
-    /// The upstream's chain from a TLS 1.3 handshake (encrypted on the wire).
+    /// A peer's chain from a TLS 1.3 handshake of smtptap's (encrypted on
+    /// the wire): the server's on `proxy_server`, or the client
+    /// certificate the client sent on `client_proxy`.
     Chain {
         /// When.
         ts: Timestamp,
+        /// The leg.
+        leg: Leg,
         /// DER, leaf first.
         ders: Vec<Vec<u8>>,
     },
@@ -103,7 +107,13 @@ pub(crate) fn feed(a: &mut SessionAnalyzer, msg: Tapped, plain: &mut bool) {
         Tapped::WireFin { leg, side, ts } => a.fin(leg, side, ts),
         Tapped::Decrypting => *plain = true,
         Tapped::Fact { ts, leg, fact } => a.intercept_fact(ts, leg, fact),
-        Tapped::Chain { ts, ders } => a.peer_chain(ts, Leg::ProxyServer, Side::Server, ders),
+        Tapped::Chain { ts, leg, ders } => {
+            let sender = match leg {
+                Leg::ClientProxy => Side::Client,
+                _ => Side::Server,
+            };
+            a.peer_chain(ts, leg, sender, ders)
+        }
         Tapped::Secrets { keylog } => a.tls_secrets(&keylog),
     }
 }
@@ -400,6 +410,7 @@ pub(crate) async fn run(
                 Side::Server,
                 Tapped::Chain {
                     ts: Timestamp::now(),
+                    leg: Leg::ProxyServer,
                     ders: chain.clone(),
                 },
                 0,
@@ -464,6 +475,21 @@ pub(crate) async fn run(
     {
         let (_, conn) = down.get_ref();
         let (version, cipher_suite) = negotiated(conn);
+        // The client certificate the client sent: on the wire in TLS 1.2
+        // (the observer reads it there), encrypted in TLS 1.3, so handed over.
+        if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            if let Some(certs) = conn.peer_certificates().filter(|c| !c.is_empty()) {
+                tap.intercept(
+                    Side::Client,
+                    Tapped::Chain {
+                        ts: Timestamp::now(),
+                        leg: Leg::ClientProxy,
+                        ders: certs.iter().map(|c| c.as_ref().to_vec()).collect(),
+                    },
+                    0,
+                );
+            }
+        }
         fact(
             &tap,
             Some(Leg::ClientProxy),
