@@ -273,6 +273,12 @@ async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
         ids.contains(&"intercept.client_failed".to_string()),
         "{ids:?}"
     );
+    // The client's alert in TLS's words, not rustls' Rust names.
+    let down = &leg_events(&evs, "intercept.handshake", "client_proxy")[0];
+    assert_eq!(
+        down["error"], "the peer sent a fatal alert: unknown_ca",
+        "{down}"
+    );
     proxy.stop().await;
 }
 

@@ -332,7 +332,7 @@ pub(crate) async fn run(
         }
         failed => {
             let error = match failed {
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => handshake_error_words(&e),
                 _ => format!("no answer within {}s", idle.as_secs()),
             };
             let refused = enforce && verified == Some(false);
@@ -453,7 +453,7 @@ pub(crate) async fn run(
         }
         failed => {
             let error = match failed {
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => handshake_error_words(&e),
                 _ => format!("no answer within {}s", idle.as_secs()),
             };
             let mut f = handshake_fact(false, Some(error.clone()));
@@ -599,5 +599,20 @@ where
         server_end: settle(s.end),
         client_bytes: c.bytes,
         server_bytes: s.bytes,
+    }
+}
+
+/// A failed handshake's error in words: rustls prints an alert as its Rust
+/// name (`received fatal alert: UnknownCA`); the log and the console use
+/// the TLS name (`unknown_ca`), as for alerts seen on the wire.
+fn handshake_error_words(e: &std::io::Error) -> String {
+    let inner = e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::AlertReceived(a)) => format!(
+            "the peer sent a fatal alert: {}",
+            crate::tls::names::alert_name(u8::from(*a))
+        ),
+        Some(re) => re.to_string(),
+        None => e.to_string(),
     }
 }
