@@ -621,6 +621,13 @@ mod tls_bulk_1m {
 /// Asserts that every observer workload is followed to its end, so the
 /// timings measure real parsing (a desynced observer ignores its input).
 fn check() {
+    // The frame writer turns 1 MiB into at least one 1460-byte segment per
+    // MSS, each with its headers and block framing.
+    let written = pcapng_writer_1m::write_all(&BULK);
+    assert!(
+        written > BULK.len() + BULK.len() / 1460 * (54 + 32),
+        "pcapng writer wrote only {written} bytes"
+    );
     let data = |ev: &[SmtpEvent]| {
         ev.iter()
             .filter_map(|e| match e {
@@ -697,4 +704,60 @@ fn check() {
     assert!(!o.is_desynced() && out.is_empty(), "bulk: {out:?}");
     assert_eq!(o.stats().client.records - before, 64, "bulk records");
     assert_eq!(tls_parser_walk(&BULK), 64, "bulk records (tls-parser)");
+}
+
+/// The capture's frame writer: 1 MiB of one side's bytes, read 16 KiB at a
+/// time, synthesized into TCP/IP/Ethernet frames (`capture::flow::TcpFlow`)
+/// and written as pcapng Enhanced Packet Blocks (`capture::pcapng`) into
+/// memory (the disk is the writer thread's business, not measured here).
+/// Reference: copying the same bytes into a buffer of the output's size.
+mod pcapng_writer_1m {
+    use super::*;
+    use smtptap::capture::{flow::TcpFlow, pcapng};
+    use smtptap::event::Timestamp;
+
+    const READ: usize = 16 * 1024;
+
+    pub(super) fn write_all(data: &[u8]) -> usize {
+        let ts = Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000));
+        let mut flow = TcpFlow::new(
+            "192.0.2.10:51514".parse().unwrap(),
+            "192.0.2.25:25".parse().unwrap(),
+            7,
+        );
+        let mut ng = pcapng::start(Vec::with_capacity(data.len() * 11 / 10), &["proxy"]).unwrap();
+        let mut frames = Vec::new();
+        flow.handshake(ts, &mut frames);
+        for part in data.chunks(READ) {
+            flow.data(Side::Client, ts, part, &mut frames);
+            for f in frames.drain(..) {
+                pcapng::write_packet(&mut ng, 0, f.ts, &f.data, &[]).unwrap();
+            }
+        }
+        ng.into_inner().len()
+    }
+
+    #[divan::bench]
+    fn writer(bencher: Bencher) {
+        bencher
+            .counter(BytesCount::of_slice(&*BULK))
+            .bench_local(|| write_all(black_box(&BULK)));
+    }
+
+    #[divan::bench]
+    fn ref_memcpy(bencher: Bencher) {
+        let out_len = write_all(&BULK);
+        let c: Vec<&[u8]> = BULK.chunks(READ).collect();
+        let mut dst = vec![0u8; out_len];
+        bencher
+            .counter(BytesCount::of_slice(&*BULK))
+            .bench_local(|| {
+                let mut at = 0;
+                for part in &c {
+                    dst[at..at + part.len()].copy_from_slice(black_box(part));
+                    at += part.len();
+                }
+                at
+            });
+    }
 }
