@@ -131,7 +131,7 @@ fn legs_differ(v: &SessionView, out: &mut Vec<Finding>) {
         if ch.supported_versions.is_empty() {
             ch.max_version.as_str() >= sv.as_str()
         } else {
-            ch.supported_versions.iter().any(|x| *x == sv)
+            ch.supported_versions.contains(&sv)
         }
     });
     let (severity, title, advice) = if server_older && offers_server_version == Some(false) {
