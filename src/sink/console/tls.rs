@@ -83,6 +83,10 @@ pub(super) fn render(e: &TlsEvent) -> Lines {
             version,
             cipher_suite,
         } => vec![(Fact, format!("TLS established: {version}, {cipher_suite}"))],
+        TlsEvent::ClientGaveUp { note, .. } => vec![(
+            Problem,
+            format!("TLS: the client gave up right after the handshake: {note}"),
+        )],
         TlsEvent::Desync {
             side,
             reason,
