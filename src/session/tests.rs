@@ -688,3 +688,5 @@ fn no_side_probe_when_it_is_off() {
         assert!(a.take_requests().is_empty());
     }
 }
+
+mod gave_up;

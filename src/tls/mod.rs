@@ -444,28 +444,26 @@ impl TlsObserver {
         if !quit && (a.server_alert_first || !(a.alert || client_closed_first)) {
             return None;
         }
-        let version = self.version_str();
         let note = if quit {
             format!(
-                "the TLS handshake completed ({version}); the client then sent one encrypted \
-                 record of {} bytes, room for at most {} bytes of text (QUIT is 6, an EHLO with \
-                 a name is longer), and closed: it ended the session without an EHLO",
+                "after the handshake the client sent one encrypted record of {} bytes (room for \
+                 at most {} bytes of text: QUIT is 6, an EHLO with a name is longer) and closed: \
+                 it left without an EHLO",
                 a.first_len,
                 a.first_text_max.unwrap_or_default()
             )
         } else {
             format!(
-                "the TLS handshake completed ({version}); the client then sent no command and \
-                 closed{}",
+                "after the handshake the client sent no command and closed{}",
                 if a.alert {
-                    " with an encrypted alert (close_notify or a failure; the reason is not visible)"
+                    ", with an encrypted alert (close_notify or a failure; the reason is not visible)"
                 } else {
                     ""
                 }
             )
         };
         Some(TlsEvent::ClientGaveUp {
-            version,
+            version: self.version_str(),
             cipher_suite: self.cipher.map(suite_name).unwrap_or_default(),
             sent: if quit { "quit" } else { "nothing" }.into(),
             record_bytes: quit.then_some(a.first_len),
