@@ -67,7 +67,7 @@ fn client_gave_up(v: &SessionView, certs: &[Finding]) -> Option<Finding> {
         _ => None,
     })?;
     let what = if sent == "quit" {
-        "said only QUIT (no EHLO)"
+        "sent no EHLO (one short record: at most a QUIT)"
     } else {
         "sent no command"
     };

@@ -178,7 +178,8 @@ pub enum TlsEvent {
         cipher_suite: String,
         /// What the client sent after the handshake: `nothing`, or `quit`
         /// (one application-data record with room for no more than the 6
-        /// bytes of `QUIT<CRLF>`; its content is encrypted).
+        /// bytes of `QUIT<CRLF>`; its content is encrypted, so another bare
+        /// 4-letter command such as `NOOP` cannot be told apart).
         sent: String,
         /// The size of that record's body, when `sent` is `quit`.
         record_bytes: Option<usize>,
@@ -447,8 +448,8 @@ impl TlsObserver {
         let note = if quit {
             format!(
                 "after the handshake the client sent one encrypted record of {} bytes (room for \
-                 at most {} bytes of text: QUIT is 6, an EHLO with a name is longer) and closed: \
-                 it left without an EHLO",
+                 at most {} bytes of text: a QUIT, or another bare 4-letter command; an EHLO \
+                 with a name is longer) and closed: it left without an EHLO",
                 a.first_len,
                 a.first_text_max.unwrap_or_default()
             )
