@@ -1,8 +1,10 @@
 //! smtptap between real mail software: Postfix upstream profiles
 //! (`scripts/testbed`: a = STARTTLS with a test-CA certificate, b = no STARTTLS,
 //! c = TLS required, s = SMTPS, TLS from the first byte) and real clients (swaks, `openssl s_client`,
-//! posttls-finger, Python's smtplib, Postfix as the sending MTA), all on
-//! loopback. Each scenario runs once (memoised) and two kinds of test read it:
+//! posttls-finger, Python's smtplib, Postfix as the sending MTA, at `may`,
+//! at `verify`, and at `verify` trusting a CA that did not issue the
+//! upstream's certificate, so that it gives up right after the handshake),
+//! all on loopback. Each scenario runs once (memoised) and two kinds of test read it:
 //!
 //! - `peers_*`: what the peers saw (message in the Maildir, rejection text,
 //!   client output) and that smtptap relayed one session to the right upstream.

@@ -2,7 +2,10 @@
 //! (or from the first byte for implicit TLS), it reports the handshake as
 //! [`TlsEvent`]s: ClientHello (with JA3/JA4), ServerHello or
 //! HelloRetryRequest, certificates (visible up to TLS 1.2), key exchange,
-//! alerts, and when encrypted traffic is established.
+//! alerts, and when encrypted traffic is established. After that it reads
+//! only record headers, until the client's first command (one record in a
+//! healthy session), to tell a client that left right after the handshake
+//! ([`TlsObserver::client_gave_up`], asked by the session core at close).
 //!
 //! It owns TLS record framing, handshake reassembly and the meaning of the
 //! cleartext handshake. It must not touch sockets, block, alter bytes or
