@@ -155,13 +155,10 @@ fn handshake_failed(v: &SessionView, cert_problems: bool) -> Option<Finding> {
     let mut ev = Vec::new();
     match v.client_hello() {
         Some(ch) => ev.push(format!(
-            "ClientHello: up to {}, {} cipher suites, SNI {}",
+            "ClientHello: up to {}, {}, SNI {}",
             ch.max_version,
-            // Signalling values (renegotiation/fallback SCSV) and GREASE are not suites.
-            ch.cipher_suites
-                .iter()
-                .filter(|n| !n.contains("SCSV") && n.as_str() != "GREASE")
-                .count(),
+            // The same words as the console: what is not a suite is said apart.
+            ch.suites_in_words(),
             ch.sni.as_deref().unwrap_or("(none)")
         )),
         None => ev.push("no ClientHello was seen after STARTTLS".into()),

@@ -268,6 +268,53 @@ pub struct ClientHelloInfo {
     pub ja4: String,
 }
 
+impl ClientHelloInfo {
+    /// The offered cipher suites in words, one spelling for every place that
+    /// shows the count (console, diagnosis): the real suites counted, and
+    /// what the list holds besides them said after the count, never silently
+    /// dropped: `30 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV
+    /// signalling value, + 1 GREASE value)`. Signalling values (RFC 5746's
+    /// renegotiation SCSV, RFC 7507's fallback SCSV) and GREASE (RFC 8701)
+    /// are not suites a server can choose.
+    pub fn suites_in_words(&self) -> String {
+        let mut suites = 0usize;
+        let mut signalling: Vec<&str> = Vec::new();
+        let mut grease = 0usize;
+        for s in &self.cipher_suites {
+            if s == "GREASE" {
+                grease += 1;
+            } else if s.ends_with("_SCSV") {
+                if !signalling.contains(&s.as_str()) {
+                    signalling.push(s);
+                }
+            } else {
+                suites += 1;
+            }
+        }
+        let mut extra: Vec<String> = Vec::new();
+        match signalling.len() {
+            0 => {}
+            1 => extra.push(format!("+ {} signalling value", signalling[0])),
+            _ => extra.push(format!("+ {} signalling values", signalling.join(" and "))),
+        }
+        match grease {
+            0 => {}
+            1 => extra.push("+ 1 GREASE value".into()),
+            n => extra.push(format!("+ {n} GREASE values")),
+        }
+        let noun = if suites == 1 {
+            "cipher suite"
+        } else {
+            "cipher suites"
+        };
+        if extra.is_empty() {
+            format!("{suites} {noun}")
+        } else {
+            format!("{suites} {noun} ({})", extra.join(", "))
+        }
+    }
+}
+
 /// Record and byte counts of one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SideStats {

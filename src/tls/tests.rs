@@ -1349,3 +1349,60 @@ fn tls13_record_sizes_after_the_handshake() {
         "{v:?}"
     );
 }
+
+/// The suite count of the console and the diagnosis: GREASE and signalling
+/// values are not counted as suites, and are said after the count.
+#[test]
+fn suites_in_words_counts_suites_and_names_what_is_left_out() {
+    let ch = |list: &[u16]| {
+        let mut o = TlsObserver::new();
+        let mut ev = Vec::new();
+        let mut body = vec![0x03, 0x03];
+        body.extend([7u8; 32]);
+        body.push(0);
+        body.extend(((list.len() * 2) as u16).to_be_bytes());
+        for s in list {
+            body.extend(s.to_be_bytes());
+        }
+        body.extend([1, 0]); // null compression
+        body.extend([0, 0]); // no extensions
+        o.feed(Side::Client, &record(22, &handshake(1, &body)), &mut ev);
+        match ev.into_iter().next() {
+            Some(TlsEvent::ClientHello(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    };
+    let h = ch(&[0x1301, 0xc02f, 0x00ff]);
+    assert_eq!(h.cipher_suites.len(), 3);
+    assert_eq!(
+        h.suites_in_words(),
+        "2 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV signalling value)"
+    );
+    // GREASE (0x?a?a), both SCSVs, a duplicate SCSV said once.
+    let h = ch(&[
+        0x2a2a, 0x1301, 0x1302, 0xc02f, 0x00ff, 0x5600, 0xdada, 0x00ff,
+    ]);
+    assert_eq!(
+        h.suites_in_words(),
+        "3 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV and TLS_FALLBACK_SCSV \
+         signalling values, + 2 GREASE values)"
+    );
+    let h = ch(&[0x1301]);
+    assert_eq!(h.suites_in_words(), "1 cipher suite");
+    let h = ch(&[0x0a0a, 0x1301, 0x1303]);
+    assert_eq!(h.suites_in_words(), "2 cipher suites (+ 1 GREASE value)");
+    // The console line and the diagnosis's evidence say the same.
+    let ev = crate::event::Event::new(
+        crate::event::Timestamp(std::time::UNIX_EPOCH),
+        1,
+        TlsEvent::ClientHello(h.clone()),
+    );
+    let console: Vec<String> = crate::sink::console::render(&ev)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert!(
+        console[0].contains("2 cipher suites (+ 1 GREASE value)"),
+        "{console:?}"
+    );
+}

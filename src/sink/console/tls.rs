@@ -100,10 +100,10 @@ fn client_hello(h: &ClientHelloInfo) -> Lines {
         (
             Fact,
             format!(
-                "TLS ClientHello: up to {}, SNI {}, {} cipher suites, ALPN [{}]",
+                "TLS ClientHello: up to {}, SNI {}, {}, ALPN [{}]",
                 h.max_version,
                 h.sni.as_deref().unwrap_or("(none)"),
-                h.cipher_suites.len(),
+                h.suites_in_words(),
                 h.alpn.join(", ")
             ),
         ),
