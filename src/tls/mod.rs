@@ -376,6 +376,24 @@ pub struct TlsObserver {
     seen: [u8; 5],
 }
 
+/// A key exchange kind as the suite names spell it (not the Debug text).
+fn kx_name(kx: TlsCipherKx) -> &'static str {
+    match kx {
+        TlsCipherKx::Null => "NULL",
+        TlsCipherKx::Psk => "PSK",
+        TlsCipherKx::Krb5 => "KRB5",
+        TlsCipherKx::Srp => "SRP",
+        TlsCipherKx::Rsa => "RSA",
+        TlsCipherKx::Dh => "DH",
+        TlsCipherKx::Dhe => "DHE",
+        TlsCipherKx::Ecdh => "ECDH",
+        TlsCipherKx::Ecdhe => "ECDHE",
+        TlsCipherKx::Aecdh => "ECDH_anon",
+        TlsCipherKx::Eccpwd => "ECCPWD",
+        TlsCipherKx::Tls13 => "TLS 1.3",
+    }
+}
+
 /// Size of a TLS 1.3 encrypted alert record body: 2 bytes + content type + 16-byte tag.
 const TLS13_ALERT_RECORD: usize = 2 + 1 + 16;
 
@@ -903,7 +921,7 @@ impl TlsObserver {
                 let (kind, ke) = match kx {
                     Some(TlsCipherKx::Ecdhe) => ("ECDHE".to_string(), hello::parse_ske_ecdhe(body)),
                     Some(TlsCipherKx::Dhe) => ("DHE".to_string(), hello::parse_ske_dhe(body)),
-                    Some(other) => (format!("{other:?}").to_uppercase(), Default::default()),
+                    Some(other) => (kx_name(other).to_string(), Default::default()),
                     None => ("unknown".to_string(), Default::default()),
                 };
                 out.push(TlsEvent::ServerKeyExchange {
