@@ -98,6 +98,7 @@ const ALL_EVENTS: &[&str] = &[
     "tls.alert",
     "tls.established",
     "tls.desync",
+    "tls.client_gave_up",
     "cert.info",
     "cert.parse_error",
     "cert.chain",
@@ -172,6 +173,7 @@ fn variant_name(kind: &smtptap::event::EventKind) -> &'static str {
             Tls::Alert { .. } => "tls.alert",
             Tls::Established { .. } => "tls.established",
             Tls::Desync { .. } => "tls.desync",
+            Tls::ClientGaveUp { .. } => "tls.client_gave_up",
         },
         K::Cert(e) => match e {
             Cert::Info { .. } => "cert.info",

@@ -357,6 +357,14 @@ async fn starttls_bridge(tls_port: u16) -> SocketAddr {
 /// `openssl s_client -starttls smtp` to `addr` with `args`; sends one line of
 /// application data after the handshake, then closes. Returns its output.
 async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    // An EHLO, as a real client's first command after STARTTLS (a lone
+    // short command such as NOOP or QUIT would look like a client that gave
+    // up: `tls.client_closed_after_handshake`).
+    s_client_sending(addr, args, b"EHLO client.example.test\r\n").await
+}
+
+/// The same, sending `input` (nothing: it closes right after the handshake).
+async fn s_client_sending(addr: SocketAddr, args: &[&str], input: &'static [u8]) -> String {
     let mut cmd = openssl();
     cmd.args(["s_client", "-starttls", "smtp", "-connect"])
         .arg(addr.to_string())
@@ -367,7 +375,7 @@ async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
     tokio::task::spawn_blocking(move || {
         let mut child = cmd.spawn().unwrap();
         // The line is read once the handshake is done; EOF then ends s_client.
-        child.stdin.take().unwrap().write_all(b"NOOP\r\n").unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
         let start = Instant::now();
         loop {
             if child.try_wait().unwrap().is_some() {
@@ -1023,6 +1031,72 @@ async fn tls_handshake_failed_tls13_with_the_side_probe_shows_the_certificate() 
     assert_eq!(chain[0]["trusted"], true);
 }
 
+/// `openssl s_client -starttls smtp -tls1_2` with nothing to send: it
+/// completes the handshake, sends close_notify and closes, as a verifying
+/// sender does when it rejects the certificate after the handshake. The
+/// server's certificate is from a CA smtptap does not know either (the
+/// server sends no intermediate): that finding is given as the likely reason.
+#[tokio::test]
+async fn tls_client_closed_after_handshake_with_the_certificate_as_reason() {
+    let p = pki("gave-up-12");
+    let other = Ca::new("a CA nobody trusts").unwrap();
+    let issued = other.issue(&leaf(&[MX])).unwrap();
+    let server = LabServer::start(ServerProfile::new(MX, Some(server_tls(&issued))))
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&server.addr().to_string(), &p.toml("")).await;
+    let out = s_client_sending(proxy.addr, &["-tls1_2", "-servername", MX], b"").await;
+    assert!(out.contains("CONNECTED"), "{out}");
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(
+        &f,
+        &[
+            ("tls.client_closed_after_handshake", "error"),
+            ("cert.missing_intermediate", "error"),
+        ],
+    );
+    let id = "tls.client_closed_after_handshake";
+    evidence_has(&f, id, "TLS handshake completed: TLSv1.2");
+    evidence_has(&f, id, "the client sent no command and closed");
+    evidence_has(&f, id, "likely reason, from smtptap's own check");
+    evidence_has(&f, id, "(cert.missing_intermediate)");
+    let gave_up = named(&events, 1, "tls.client_gave_up");
+    assert_eq!(gave_up.len(), 1, "{gave_up:?}");
+    assert_eq!(gave_up[0]["sent"], "nothing");
+    assert_eq!(gave_up[0]["alert"], true);
+    let title = finding(&f, id)["title"].as_str().unwrap();
+    assert!(
+        title.contains("most likely it did not accept the server's certificate"),
+        "{title}"
+    );
+}
+
+/// The same in TLS 1.3 (the close_notify is an encrypted 19-byte record):
+/// the side-probe reads the certificate, smtptap trusts it, so the evidence
+/// says the client's own rules differ.
+#[tokio::test]
+async fn tls_client_closed_after_handshake_tls13() {
+    let p = pki("gave-up-13");
+    let issued = p.issue(&leaf(&[MX]));
+    let server = LabServer::start(ServerProfile::new(MX, Some(server_tls(&issued))))
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&server.addr().to_string(), &p.toml("")).await;
+    let out = s_client_sending(proxy.addr, &["-tls1_3", "-servername", MX], b"").await;
+    assert!(out.contains("CONNECTED"), "{out}");
+    let events = proxy.wait_summaries(1).await;
+    proxy.stop().await;
+    let f = findings_of(&events, 1);
+    check(&f, &[("tls.client_closed_after_handshake", "error")]);
+    let id = "tls.client_closed_after_handshake";
+    evidence_has(&f, id, "TLS handshake completed: TLSv1.3");
+    evidence_has(&f, id, "found nothing wrong with it");
+    let ids: Vec<&str> = f.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&"tls.handshake_failed"), "{ids:?}");
+}
+
 fn provider_with(suites: &[rustls::SupportedCipherSuite]) -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: suites.to_vec(),
@@ -1068,7 +1142,9 @@ async fn tls_handshake_failed_no_common_cipher_suite() {
     evidence_has(
         &f,
         "tls.handshake_failed",
-        "ClientHello: up to TLSv1.2, 1 cipher suites, SNI mx.example.test",
+        // rustls adds the renegotiation SCSV: said, not counted.
+        "ClientHello: up to TLSv1.2, 1 cipher suite (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV \
+         signalling value), SNI mx.example.test",
     );
     evidence_has(
         &f,

@@ -1,8 +1,10 @@
 //! smtptap between real mail software: Postfix upstream profiles
 //! (`scripts/testbed`: a = STARTTLS with a test-CA certificate, b = no STARTTLS,
 //! c = TLS required, s = SMTPS, TLS from the first byte) and real clients (swaks, `openssl s_client`,
-//! posttls-finger, Python's smtplib, Postfix as the sending MTA), all on
-//! loopback. Each scenario runs once (memoised) and two kinds of test read it:
+//! posttls-finger, Python's smtplib, Postfix as the sending MTA, at `may`,
+//! at `verify`, and at `verify` trusting a CA that did not issue the
+//! upstream's certificate, so that it gives up right after the handshake),
+//! all on loopback. Each scenario runs once (memoised) and two kinds of test read it:
 //!
 //! - `peers_*`: what the peers saw (message in the Maildir, rejection text,
 //!   client output) and that smtptap relayed one session to the right upstream.
@@ -1112,4 +1114,203 @@ print("sent")
         python3(&code)
     });
     intercepted_events_ok(&o, "TLSv1.3");
+}
+
+// ---------------------------------------------------------------- a sender that gives up after the handshake
+
+/// Postfix at `smtp_tls_security_level = verify` trusting only a CA that did
+/// not issue profile a's certificate (`testbed sender … other-ca.pem`): it
+/// completes the TLS handshake through smtptap, cannot verify the
+/// certificate, says QUIT over TLS and defers the message. `protocols`:
+/// `smtp_tls_(mandatory_)protocols` ("" for the default, TLS 1.3). The
+/// client output is the sender's log lines for the attempt.
+fn postfix_verify_untrusted(tag: &'static str, protocols: &'static str) -> Outcome {
+    scenario(
+        &format!("postfix-gives-up-{tag}"),
+        Profile::A,
+        false,
+        |p, s| {
+            let name = format!("sender-gives-up-{tag}");
+            let listen = free_port();
+            let other_ca = bed().dir.join("ca/other-ca.pem");
+            let mut args = vec![
+                "sender".to_string(),
+                name.clone(),
+                listen.to_string(),
+                p.to_string(),
+                "verify".into(),
+                other_ca.to_str().unwrap().to_string(),
+            ];
+            if !protocols.is_empty() {
+                args.push(protocols.into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = testbed(&args);
+            assert!(
+                out.status.success(),
+                "testbed sender: {}",
+                output_text(&out)
+            );
+            let sent = swaks(listen, s, &[]);
+            assert!(
+                sent.status.success(),
+                "injection into the sender failed: {}",
+                output_text(&sent)
+            );
+            // Wait for the sender's attempt through smtptap to be deferred.
+            let maillog = bed().dir.join(&name).join("maillog");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let log = loop {
+                let log = std::fs::read_to_string(&maillog).unwrap_or_default();
+                if log.contains("Server certificate not verified") || Instant::now() > deadline {
+                    break log;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let _ = Command::new("postfix")
+                .args(["-c"])
+                .arg(bed().dir.join(&name).join("etc"))
+                .arg("stop")
+                .output();
+            let lines: String = log
+                .lines()
+                .filter(|l| l.contains("postfix/smtp[") && !l.contains("overriding"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            Output {
+                status: sent.status,
+                stdout: lines.into_bytes(),
+                stderr: Vec::new(),
+            }
+        },
+    )
+}
+
+fn postfix_verify_untrusted_tls13() -> &'static Outcome {
+    static O: OnceLock<Outcome> = OnceLock::new();
+    O.get_or_init(|| postfix_verify_untrusted("tls13", ""))
+}
+
+fn postfix_verify_untrusted_tls12() -> &'static Outcome {
+    static O: OnceLock<Outcome> = OnceLock::new();
+    O.get_or_init(|| postfix_verify_untrusted("tls12", "<=TLSv1.2"))
+}
+
+/// `openssl s_client -starttls smtp` with nothing to say (stdin at EOF): it
+/// completes the handshake and closes at once.
+fn openssl_quits_after_handshake() -> &'static Outcome {
+    static O: OnceLock<Outcome> = OnceLock::new();
+    O.get_or_init(|| {
+        scenario("openssl-quits", Profile::A, false, |p, _s| {
+            Command::new("openssl")
+                .args(["s_client", "-starttls", "smtp"])
+                .args(["-connect", &format!("127.0.0.1:{p}")])
+                .args(["-servername", CA_NAME])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl")
+        })
+    })
+}
+
+/// The session's `tls.client_gave_up` events.
+fn gave_up(o: &Outcome) -> Vec<&Value> {
+    named(o, "tls.client_gave_up")
+}
+
+fn assert_gave_up(o: &Outcome, version: &str, sent: &str) {
+    let g = gave_up(o);
+    assert_eq!(g.len(), 1, "{:#?}", o.events);
+    assert_eq!(g[0]["version"], version, "{}", g[0]);
+    assert_eq!(g[0]["sent"], sent, "{}", g[0]);
+    assert!(
+        findings(o).contains(&(
+            "tls.client_closed_after_handshake".to_string(),
+            "error".to_string()
+        )),
+        "findings: {:?}",
+        findings(o)
+    );
+    assert!(
+        !has_finding(o, "tls.handshake_failed"),
+        "the handshake completed: {:?}",
+        findings(o)
+    );
+    // smtptap itself trusts the test CA (--ca-file): the evidence says the
+    // client's trust differs.
+    let f: Vec<Value> = named(o, "session.summary")
+        .iter()
+        .flat_map(|s| s["findings"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["id"] == "tls.client_closed_after_handshake")
+        .collect();
+    let text = f[0].to_string();
+    assert!(text.contains("found nothing wrong with it"), "{text}");
+    assert!(text.contains("Server certificate not verified"), "{text}");
+}
+
+#[test]
+fn peers_postfix_sender_tls_verify_untrusted_defers() {
+    for o in [
+        postfix_verify_untrusted_tls13(),
+        postfix_verify_untrusted_tls12(),
+    ] {
+        assert!(
+            o.client_out.contains("Server certificate not verified"),
+            "the sending Postfix did not give up on the certificate:\n{}",
+            o.client_out
+        );
+        assert!(o.delivered.is_none(), "the message must not be delivered");
+        assert_relayed(o);
+    }
+    assert!(
+        postfix_verify_untrusted_tls12()
+            .client_out
+            .contains("TLSv1.2"),
+        "{}",
+        postfix_verify_untrusted_tls12().client_out
+    );
+}
+
+#[test]
+fn events_postfix_verify_untrusted_tls13_is_a_client_that_gave_up() {
+    // Postfix says QUIT over TLS: one 23-byte record in TLS 1.3.
+    let o = postfix_verify_untrusted_tls13();
+    assert_gave_up(o, "TLSv1.3", "quit");
+    assert_eq!(gave_up(o)[0]["record_bytes"], 23, "{}", gave_up(o)[0]);
+}
+
+#[test]
+fn events_postfix_verify_untrusted_tls12_is_a_client_that_gave_up() {
+    let o = postfix_verify_untrusted_tls12();
+    assert_gave_up(o, "TLSv1.2", "quit");
+    // The chain is visible in TLS 1.2 and smtptap checked it.
+    assert!(
+        named(o, "cert.chain").iter().any(|c| c["trusted"] == true),
+        "{:#?}",
+        o.events
+    );
+}
+
+#[test]
+fn events_openssl_s_client_closing_after_the_handshake_gave_up() {
+    let o = openssl_quits_after_handshake();
+    assert!(o.client_out.contains("CONNECTED"), "{}", o.client_out);
+    let g = gave_up(o);
+    assert_eq!(g.len(), 1, "{:#?}", o.events);
+    assert_eq!(g[0]["sent"], "nothing", "{}", g[0]);
+    assert_eq!(g[0]["alert"], true, "{}", g[0]);
+    assert!(has_finding(o, "tls.client_closed_after_handshake"));
+}
+
+#[test]
+fn events_healthy_tls13_swaks_and_postfix_sessions_did_not_give_up() {
+    let o = swaks_tls();
+    let sh = named(o, "tls.server_hello");
+    assert_eq!(sh[0]["version"], "TLSv1.3", "{}", sh[0]);
+    assert!(gave_up(o).is_empty(), "{:#?}", o.events);
+    assert!(!has_finding(o, "tls.client_closed_after_handshake"));
+    for o in [postfix_may(), postfix_verify(), openssl_starttls()] {
+        assert!(gave_up(o).is_empty(), "{:#?}", o.events);
+        assert!(!has_finding(o, "tls.client_closed_after_handshake"));
+    }
 }

@@ -252,6 +252,8 @@ async fn tls13_hidden_certificate_is_still_reported_and_name_checked() {
     assert_eq!(info.len(), 1, "{info:?}");
     let f = findings(&evs);
     assert_eq!(errors(&f), vec!["cert.name_mismatch".to_string()]);
+    // The probe says EHLO over TLS and QUITs: it did not give up.
+    assert!(named(&evs, "tls.client_gave_up").is_empty());
     let ev = finding(&f, "cert.name_mismatch")["evidence"].to_string();
     assert!(ev.contains("expected: mail.partner.example"), "{ev}");
 }

@@ -259,6 +259,15 @@ async fn tls10_only_server_behind_starttls_shows_the_legacy_finding() {
     let started = common::named(&evs, 2, "tls.started");
     assert_eq!(started.len(), 1);
     assert_eq!(started[0]["after"], "starttls");
+    // The legacy session stops on purpose inside the handshake: not a
+    // client that gave up after a completed one.
+    for session in [1, 2] {
+        assert!(
+            common::named(&evs, session, "tls.client_gave_up").is_empty(),
+            "{}",
+            r.stdout
+        );
+    }
 }
 
 /// `--versions --json`: per version offered, accepted or not.

@@ -1009,3 +1009,23 @@ fn rfc4514_escaping_matches_openssl_rfc2253() {
         "CN=\\#Lab \\+ Co\\, \\\"x\\\" \\<y\\>\\; z\\\\\\ ,O=smtptap lab"
     );
 }
+
+/// A CA file or a CRL that webpki refuses is explained in words, never as
+/// webpki's Debug text (`BadDer`, `TrailingData(…)`).
+#[test]
+fn unusable_anchors_and_crls_are_explained_in_words() {
+    let err = crate::cert::TrustStore::from_ders(&[vec![0x30, 0x03, 0x02, 0x01, 0x00]])
+        .expect_err("not a certificate")
+        .to_string();
+    assert!(err.contains("malformed"), "{err}");
+    assert!(
+        !err.contains("BadDer") && !err.contains("TrailingData"),
+        "{err}"
+    );
+    let crl = crate::cert::trust::parse_crl(&[0x30, 0x00]).expect_err("not a CRL");
+    assert!(crl.starts_with("not a valid CRL: "), "{crl}");
+    assert!(
+        !crl.contains("BadDer") && !crl.contains('(') && !crl.contains('{'),
+        "{crl}"
+    );
+}

@@ -90,7 +90,7 @@ impl TrustStore {
                 webpki::anchor_from_trusted_cert(&cert).map_err(|e| CertError::BadCertificate {
                     path: None,
                     index,
-                    reason: format!("{e:?}"),
+                    reason: load_words(&e),
                 })?;
             out.push(a.to_owned());
         }
@@ -182,7 +182,7 @@ fn load_ca_file(path: &PathBuf) -> Result<Vec<TrustAnchor<'static>>, CertError> 
                 .map_err(|e| CertError::BadCertificate {
                     path: Some(shown.clone()),
                     index,
-                    reason: format!("not a usable CA certificate: {e:?}"),
+                    reason: format!("not a usable CA certificate: {}", load_words(&e)),
                 })
         })
         .collect()
@@ -221,7 +221,42 @@ pub fn crl_ders(bytes: &[u8]) -> Vec<Vec<u8>> {
 pub(crate) fn parse_crl(der: &[u8]) -> Result<webpki::CertRevocationList<'static>, String> {
     webpki::OwnedCertRevocationList::from_der(der)
         .map(webpki::CertRevocationList::from)
-        .map_err(|e| format!("not a valid CRL: {e:?}"))
+        .map_err(|e| format!("not a valid CRL: {}", load_words(&e)))
+}
+
+/// The words for webpki's refusal to load a trust anchor or parse a CRL (no
+/// Rust Debug text reaches a user).
+#[allow(deprecated)]
+fn load_words(e: &webpki::Error) -> String {
+    use webpki::Error as E;
+    match e {
+        E::BadDer | E::TrailingData(_) => "the DER encoding is malformed".into(),
+        E::BadDerTime => "a date in it is malformed".into(),
+        E::InvalidCertValidity => "its validity period is malformed".into(),
+        E::UnsupportedCertVersion => "not an X.509 version 3 certificate".into(),
+        E::UnsupportedCrlVersion => "not a version 2 CRL".into(),
+        E::UnsupportedCriticalExtension => {
+            "it has a critical extension webpki does not support".into()
+        }
+        E::MalformedExtensions | E::ExtensionValueInvalid => "an extension is malformed".into(),
+        E::InvalidSerialNumber => "its serial number is malformed".into(),
+        E::InvalidCrlNumber => "its CRL number is malformed".into(),
+        E::UnsupportedDeltaCrl => "delta CRLs are not supported".into(),
+        E::UnsupportedIndirectCrl => "indirect CRLs are not supported".into(),
+        E::UnsupportedCrlIssuingDistributionPoint => {
+            "its issuing distribution point is not supported".into()
+        }
+        E::UnsupportedRevocationReason => {
+            "it lists a revocation reason webpki does not know".into()
+        }
+        E::UnsupportedSignatureAlgorithm
+        | E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithm
+        | E::UnsupportedCrlSignatureAlgorithmContext(_) => {
+            "its signature algorithm is not supported".into()
+        }
+        _ => "webpki rejected it".into(),
+    }
 }
 
 /// Verifies `ders` (leaf first) for `role` at `now`, without any name check.

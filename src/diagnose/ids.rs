@@ -55,6 +55,8 @@ pub const TLS_NO_SNI: &str = "tls.no_sni";
 pub const TLS_CERTIFICATE_HIDDEN: &str = "tls.certificate_hidden";
 /// The server asked for a client certificate and got none.
 pub const TLS_CLIENT_CERT_MISSING: &str = "tls.client_cert_missing";
+/// The handshake completed, then the client closed without sending a command.
+pub const TLS_CLIENT_CLOSED_AFTER_HANDSHAKE: &str = "tls.client_closed_after_handshake";
 
 // Certificates (cert.rs)
 /// A certificate of the chain is past its notAfter.
@@ -130,6 +132,7 @@ pub const ALL: &[&str] = &[
     TLS_NO_SNI,
     TLS_CERTIFICATE_HIDDEN,
     TLS_CLIENT_CERT_MISSING,
+    TLS_CLIENT_CLOSED_AFTER_HANDSHAKE,
     CERT_EXPIRED,
     CERT_NOT_YET_VALID,
     CERT_EXPIRING,

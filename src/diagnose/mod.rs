@@ -126,8 +126,7 @@ pub fn diagnose(events: &[Event], ctx: &Context) -> Vec<Finding> {
     // have anything to say.
     let mut certs = Vec::new();
     cert::rules(&v, ctx, &mut certs);
-    let cert_problems = certs.iter().any(|f| f.severity > Severity::Info);
-    tls::rules(&v, cert_problems, &mut out);
+    tls::rules(&v, &certs, &mut out);
     out.extend(certs);
     message::rules(&v, &mut out);
     intercept::rules(&v, &mut out);

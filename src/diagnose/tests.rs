@@ -503,3 +503,33 @@ fn deadlines_that_closed_a_session_are_findings_with_their_words() {
         assert_eq!(f.len(), 1, "{f:?}");
     }
 }
+
+/// The ClientHello line of a failed handshake counts suites as the console
+/// does, and says what it left out (GREASE, signalling values).
+#[test]
+fn a_handshake_failure_counts_suites_and_says_what_is_left_out() {
+    let hello: crate::tls::ClientHelloInfo = serde_json::from_value(serde_json::json!({
+        "record_version": "TLSv1.0", "legacy_version": "TLSv1.2",
+        "supported_versions": [], "max_version": "TLSv1.2",
+        "cipher_suites": ["GREASE", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"],
+        "sni": "mx.example", "alpn": [], "supported_groups": [], "signature_algorithms": [],
+        "key_share_groups": [], "ec_point_formats": [], "session_ticket": false, "psk": false,
+        "early_data": false, "extensions": [], "sslv2_format": false,
+        "ja3": "", "ja3_string": "", "ja4": ""
+    }))
+    .unwrap();
+    let events = vec![
+        ev(SessionEvent::TlsStarted {
+            after: "starttls".into(),
+        }),
+        ev(TlsEvent::ClientHello(Box::new(hello))).on_leg(Some(Leg::EndToEnd)),
+    ];
+    let f = diagnose(&events, &Context::default());
+    let hs = find(&f, ids::TLS_HANDSHAKE_FAILED);
+    assert_eq!(
+        hs.evidence[0],
+        "ClientHello: up to TLSv1.2, 2 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV \
+         signalling value, + 1 GREASE value), SNI mx.example"
+    );
+}

@@ -7,12 +7,17 @@ use super::{ids, Finding, Negotiated, SessionView};
 use crate::event::{SessionEvent, Side};
 use crate::tls::TlsEvent;
 
-/// `cert_problems`: the certificate findings have a warning or an error.
-pub(super) fn rules(v: &SessionView, cert_problems: bool, out: &mut Vec<Finding>) {
+/// `certs`: the certificate findings (their problems are the likely reason
+/// a client gave up).
+pub(super) fn rules(v: &SessionView, certs: &[Finding], out: &mut Vec<Finding>) {
     if !v.tls_started() {
         return;
     }
-    if !v.tls_established() {
+    let cert_problems = certs.iter().any(|f| f.severity > Severity::Info);
+    let gave_up = client_gave_up(v, certs);
+    let handshake_completed = gave_up.is_some();
+    out.extend(gave_up);
+    if !v.tls_established() && !handshake_completed {
         out.extend(not_tls(v));
         out.extend(handshake_failed(v, cert_problems));
     }
@@ -47,6 +52,100 @@ fn not_tls(v: &SessionView) -> Option<Finding> {
     ))
 }
 
+/// The handshake completed, then the client left without a command
+/// (`tls.client_gave_up`): most likely it did not accept the certificate.
+fn client_gave_up(v: &SessionView, certs: &[Finding]) -> Option<Finding> {
+    let (version, cipher_suite, sent, alert, note) = v.tls().find_map(|t| match t {
+        TlsEvent::ClientGaveUp {
+            version,
+            cipher_suite,
+            sent,
+            alert,
+            note,
+            ..
+        } => Some((version, cipher_suite, sent, *alert, note)),
+        _ => None,
+    })?;
+    let what = if sent == "quit" {
+        "sent no EHLO (one short record: at most a QUIT)"
+    } else {
+        "sent no command"
+    };
+    let mut ev = vec![
+        format!("TLS handshake completed: {version}, {cipher_suite}"),
+        note.clone(),
+    ];
+    if alert && sent == "quit" {
+        ev.push(
+            "the client also sent an encrypted alert (close_notify or a failure; its reason \
+             is not visible)"
+                .into(),
+        );
+    }
+    if let Some((client_end, server_end)) = v.session().find_map(|e| match e {
+        SessionEvent::Close {
+            client_end,
+            server_end,
+            ..
+        } => Some((client_end, server_end)),
+        _ => None,
+    }) {
+        ev.push(format!(
+            "connection ended: client {client_end}, server {server_end}"
+        ));
+    }
+    let problems: Vec<&Finding> = certs
+        .iter()
+        .filter(|f| f.severity > Severity::Info)
+        .collect();
+    let via = match v.server_cert_source() {
+        Some(crate::event::Source::SideProbe) => " (read by smtptap's side-probe)",
+        _ => "",
+    };
+    if !problems.is_empty() {
+        for f in problems {
+            ev.push(format!(
+                "likely reason, from smtptap's own check of the server's certificate{via}: {} ({})",
+                f.title, f.id
+            ));
+            ev.extend(f.evidence.iter().map(|e| format!("    {e}")));
+        }
+    } else if v.server_leaf().is_some() {
+        ev.push(format!(
+            "smtptap checked the server's certificate{via} and found nothing wrong with it \
+             (its trust store, the dates, the names it knows of): the client trusts other CAs \
+             or expects another name"
+        ));
+    } else {
+        ev.push(
+            "the server's certificate was not seen (TLS 1.3 hides it, and no side-probe result \
+             came): check it with `smtptap probe HOST --expect-name NAME`"
+                .into(),
+        );
+    }
+    Some(Finding::new(
+        ids::TLS_CLIENT_CLOSED_AFTER_HANDSHAKE,
+        Severity::Error,
+        format!(
+            "TLS was established, then the client {what} and closed: most likely it did not \
+             accept the server's certificate"
+        ),
+        ev,
+        "The client completed the TLS handshake and left before sending mail: a verifying \
+         sender does this when the certificate fails its check (untrusted issuer, missing \
+         intermediate, name mismatch, expired), or when its policy rejects the negotiated \
+         version or cipher suite. No mail went through; the sender defers and retries. Read \
+         the sender's reason. Postfix: its log says `Server certificate not verified` (with \
+         `certificate verification failed for …: untrusted issuer …` or a name mismatch just \
+         before); look at `smtp_tls_security_level` (verify/secure), the destination's entry \
+         in `smtp_tls_policy_maps` (its `match=` names) and `smtp_tls_CAfile`/`smtp_tls_CApath`. \
+         Exchange: the SMTP send protocol log (`Set-SendConnector -ProtocolLoggingLevel \
+         Verbose`), and the Send connector's `TlsAuthLevel` and `TlsDomain`. Then either give \
+         the server a certificate the sender can verify (a chain to a CA it trusts, carrying \
+         the name it expects), or change the sender's TLS policy for this destination.",
+    ))
+}
+
 /// TLS started but was never established (and the observer followed it:
 /// a desync is `tls.not_tls`).
 fn handshake_failed(v: &SessionView, cert_problems: bool) -> Option<Finding> {
@@ -56,13 +155,10 @@ fn handshake_failed(v: &SessionView, cert_problems: bool) -> Option<Finding> {
     let mut ev = Vec::new();
     match v.client_hello() {
         Some(ch) => ev.push(format!(
-            "ClientHello: up to {}, {} cipher suites, SNI {}",
+            "ClientHello: up to {}, {}, SNI {}",
             ch.max_version,
-            // Signalling values (renegotiation/fallback SCSV) and GREASE are not suites.
-            ch.cipher_suites
-                .iter()
-                .filter(|n| !n.contains("SCSV") && n.as_str() != "GREASE")
-                .count(),
+            // The same words as the console: what is not a suite is said apart.
+            ch.suites_in_words(),
             ch.sni.as_deref().unwrap_or("(none)")
         )),
         None => ev.push("no ClientHello was seen after STARTTLS".into()),

@@ -102,7 +102,11 @@ impl ResolvesClientCert for RecordingResolver {
         sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
         if let Ok(mut s) = self.seen.lock() {
-            let schemes = sigschemes.iter().map(|s| format!("{s:?}")).collect();
+            // The wire observer's names (`ecdsa_secp256r1_sha256`), not rustls' Debug.
+            let schemes = sigschemes
+                .iter()
+                .map(|s| crate::tls::names::sigalg_name(u16::from(*s)))
+                .collect();
             s.cert_request = Some((schemes, root_hint_subjects.len()));
         }
         self.key.clone()

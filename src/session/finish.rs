@@ -93,6 +93,7 @@ impl SessionAnalyzer {
                 self.rec.pass(e);
             }
         }
+        self.judge_client_gave_up(ts, &ends, loss.is_some());
         if let Some((side, bytes)) = loss {
             self.emit(
                 ts,

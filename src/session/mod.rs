@@ -32,6 +32,7 @@
 //! | `revocation.rs` | which CRLs a chain needs, chains waiting for them, `cert.crl` events |
 //! | `record.rs` | event stamping (run, session, leg), the bounded kept set, exact counts |
 //! | `finish.rs` | the end: capture close, `observer.lagged`, `session.close`, diagnosis, `session.summary` |
+//! | `gave_up.rs` | at close: a client that completed the TLS handshake and left without a command (`tls.client_gave_up`) |
 //!
 //! It must not: do I/O, read the clock, wait, or depend on `proxy`.
 //! Memory per session is bounded: the observers' own bounds, the sniff hold
@@ -50,6 +51,7 @@
 
 mod capture_policy;
 mod finish;
+mod gave_up;
 pub mod input;
 mod names;
 mod plaintext;

@@ -789,3 +789,4 @@ fn decrypted_smtp_is_observed_the_same_at_every_split_point() {
         }
     }
 }
+mod gave_up;

@@ -2,7 +2,10 @@
 //! (or from the first byte for implicit TLS), it reports the handshake as
 //! [`TlsEvent`]s: ClientHello (with JA3/JA4), ServerHello or
 //! HelloRetryRequest, certificates (visible up to TLS 1.2), key exchange,
-//! alerts, and when encrypted traffic is established.
+//! alerts, and when encrypted traffic is established. After that it reads
+//! only record headers, until the client's first command (one record in a
+//! healthy session), to tell a client that left right after the handshake
+//! ([`TlsObserver::client_gave_up`], asked by the session core at close).
 //!
 //! It owns TLS record framing, handshake reassembly and the meaning of the
 //! cleartext handshake. It must not touch sockets, block, alter bytes or
@@ -165,6 +168,30 @@ pub enum TlsEvent {
         /// Negotiated cipher suite.
         cipher_suite: String,
     },
+    /// The handshake completed, then the client closed without sending an
+    /// SMTP command over TLS (nothing, or one record too short for more than
+    /// `QUIT`): most likely it did not accept the server's certificate. Rule
+    /// in [`TlsObserver::client_gave_up`]; emitted by the session core at
+    /// close.
+    #[serde(rename = "tls.client_gave_up")]
+    ClientGaveUp {
+        /// Negotiated version.
+        version: String,
+        /// Negotiated cipher suite.
+        cipher_suite: String,
+        /// What the client sent after the handshake: `nothing`, or `quit`
+        /// (one application-data record with room for no more than the 6
+        /// bytes of `QUIT<CRLF>`; its content is encrypted, so another bare
+        /// 4-letter command such as `NOOP` cannot be told apart).
+        sent: String,
+        /// The size of that record's body, when `sent` is `quit`.
+        record_bytes: Option<usize>,
+        /// The client also sent an alert after the handshake (encrypted:
+        /// close_notify or a failure, its reason not visible).
+        alert: bool,
+        /// Plain-words explanation.
+        note: String,
+    },
     /// The observer could not follow the stream and stopped.
     #[serde(rename = "tls.desync")]
     Desync {
@@ -192,6 +219,7 @@ impl TlsEvent {
             TlsEvent::ChangeCipherSpec { .. } => "tls.change_cipher_spec",
             TlsEvent::Alert { .. } => "tls.alert",
             TlsEvent::Established { .. } => "tls.established",
+            TlsEvent::ClientGaveUp { .. } => "tls.client_gave_up",
             TlsEvent::Desync { .. } => "tls.desync",
         }
     }
@@ -238,6 +266,53 @@ pub struct ClientHelloInfo {
     pub ja3_string: String,
     /// JA4 fingerprint.
     pub ja4: String,
+}
+
+impl ClientHelloInfo {
+    /// The offered cipher suites in words, one spelling for every place that
+    /// shows the count (console, diagnosis): the real suites counted, and
+    /// what the list holds besides them said after the count, never silently
+    /// dropped: `30 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV
+    /// signalling value, + 1 GREASE value)`. Signalling values (RFC 5746's
+    /// renegotiation SCSV, RFC 7507's fallback SCSV) and GREASE (RFC 8701)
+    /// are not suites a server can choose.
+    pub fn suites_in_words(&self) -> String {
+        let mut suites = 0usize;
+        let mut signalling: Vec<&str> = Vec::new();
+        let mut grease = 0usize;
+        for s in &self.cipher_suites {
+            if s == "GREASE" {
+                grease += 1;
+            } else if s.ends_with("_SCSV") {
+                if !signalling.contains(&s.as_str()) {
+                    signalling.push(s);
+                }
+            } else {
+                suites += 1;
+            }
+        }
+        let mut extra: Vec<String> = Vec::new();
+        match signalling.len() {
+            0 => {}
+            1 => extra.push(format!("+ {} signalling value", signalling[0])),
+            _ => extra.push(format!("+ {} signalling values", signalling.join(" and "))),
+        }
+        match grease {
+            0 => {}
+            1 => extra.push("+ 1 GREASE value".into()),
+            n => extra.push(format!("+ {n} GREASE values")),
+        }
+        let noun = if suites == 1 {
+            "cipher suite"
+        } else {
+            "cipher suites"
+        };
+        if extra.is_empty() {
+            format!("{suites} {noun}")
+        } else {
+            format!("{suites} {noun} ({})", extra.join(", "))
+        }
+    }
 }
 
 /// Record and byte counts of one direction.
@@ -291,6 +366,8 @@ pub struct TlsObserver {
     t13_server_flight: bool,
     /// TLS 1.3: the client sent an encrypted record after the server's flight.
     t13_client_finished: bool,
+    /// What the client sent after its side of the handshake.
+    after: ClientAfterHandshake,
     /// Handshake messages seen so far: ClientHello, ServerHello (not HRR),
     /// HelloRetryRequest, Certificate from the client, from the server. A
     /// handshake has at most one of each (two ClientHellos around an HRR);
@@ -299,8 +376,61 @@ pub struct TlsObserver {
     seen: [u8; 5],
 }
 
+/// A key exchange kind as the suite names spell it (not the Debug text).
+fn kx_name(kx: TlsCipherKx) -> &'static str {
+    match kx {
+        TlsCipherKx::Null => "NULL",
+        TlsCipherKx::Psk => "PSK",
+        TlsCipherKx::Krb5 => "KRB5",
+        TlsCipherKx::Srp => "SRP",
+        TlsCipherKx::Rsa => "RSA",
+        TlsCipherKx::Dh => "DH",
+        TlsCipherKx::Dhe => "DHE",
+        TlsCipherKx::Ecdh => "ECDH",
+        TlsCipherKx::Ecdhe => "ECDHE",
+        TlsCipherKx::Aecdh => "ECDH_anon",
+        TlsCipherKx::Eccpwd => "ECCPWD",
+        TlsCipherKx::Tls13 => "TLS 1.3",
+    }
+}
+
 /// Size of a TLS 1.3 encrypted alert record body: 2 bytes + content type + 16-byte tag.
 const TLS13_ALERT_RECORD: usize = 2 + 1 + 16;
+
+/// The text of `QUIT<CRLF>`: the longest client record after the handshake
+/// that still counts as "no command" ([`TlsObserver::client_gave_up`]). An
+/// `EHLO` with a name is longer (`EHLO a<CRLF>` is 8 bytes).
+pub const QUIT_TEXT: usize = 6;
+
+/// What the client sent after its side of the handshake was complete (TLS
+/// ≤ 1.2: both sides' Finished; TLS 1.3: the client's Finished after the
+/// server's flight), counted from the record headers only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientAfterHandshake {
+    /// Application-data records from the client after the handshake (TLS
+    /// 1.3: not counting records exactly the size of an alert).
+    pub records: u32,
+    /// The body size of the first of them.
+    pub first_len: usize,
+    /// The most text the first of them can hold: its body less the suite's
+    /// fixed overhead (nonce, tag, TLS 1.3 content type), when that overhead
+    /// is fixed (AEAD suites; not CBC, whose padding varies).
+    pub first_text_max: Option<usize>,
+    /// The client sent an alert after the handshake (TLS ≤ 1.2: an encrypted
+    /// alert record; TLS 1.3: a record exactly the size of one).
+    pub alert: bool,
+    /// The server sent an alert after the handshake before the client sent
+    /// anything: the server ended it, not the client.
+    pub server_alert_first: bool,
+}
+
+impl ClientAfterHandshake {
+    /// The client sent nothing, or one record no longer than `QUIT<CRLF>`.
+    fn no_command(&self) -> bool {
+        self.records == 0
+            || (self.records == 1 && self.first_text_max.is_some_and(|m| m <= QUIT_TEXT))
+    }
+}
 
 impl TlsObserver {
     /// A fresh observer, expecting a ClientHello from the client.
@@ -333,9 +463,131 @@ impl TlsObserver {
     }
 
     /// True once nothing more of interest can be seen (established and
-    /// reported, or desynced): the caller may stop feeding.
+    /// reported, and the client sent more than a `QUIT` after the handshake;
+    /// or desynced): the caller may stop feeding. Between the establishment
+    /// and the client's first command the observer only frames records (a
+    /// record or two in a healthy session).
     pub fn is_done(&self) -> bool {
-        self.desynced || self.established
+        self.desynced || (self.established && !self.after.no_command())
+    }
+
+    /// What the client sent after its side of the handshake, when that side
+    /// is complete (TLS ≤ 1.2: both sides' Finished; TLS 1.3: the client's
+    /// Finished after the server's flight).
+    pub fn client_after_handshake(&self) -> Option<ClientAfterHandshake> {
+        self.handshake_complete().then_some(self.after)
+    }
+
+    fn handshake_complete(&self) -> bool {
+        if self.tls13 {
+            self.t13_client_finished
+        } else {
+            self.client.finished && self.server.finished
+        }
+    }
+
+    /// The `tls.client_gave_up` rule, asked when the connection has ended
+    /// (`client_closed_first`: the client's FIN came before the server's, or
+    /// the client reset the connection). The handshake completed, the
+    /// observer followed it to the end, and after it the client sent either
+    /// nothing — then it must have ended the session itself (its alert, or
+    /// its FIN first), and the server must not have sent an alert first —
+    /// or exactly one application-data record with room for no more than
+    /// `QUIT<CRLF>` (6 bytes once the suite's fixed overhead is taken off;
+    /// with a CBC suite that size is unknown and this case is not judged).
+    ///
+    /// Why this shape: a client that does not accept the certificate learns
+    /// it when its handshake completes, and then either closes at once
+    /// (`openssl s_client`: close_notify and FIN) or says `QUIT` over TLS
+    /// (Postfix at `verify`: one 6-byte record, then close_notify). A client
+    /// that goes on sends `EHLO name` first, which is longer. In TLS 1.3 the
+    /// client's Finished is itself an encrypted record and is not counted;
+    /// a client certificate flight would be, so such sessions are not
+    /// judged (never a false finding, only a missed one).
+    pub fn client_gave_up(&self, client_closed_first: bool) -> Option<TlsEvent> {
+        let a = self.client_after_handshake()?;
+        if self.desynced || !a.no_command() {
+            return None;
+        }
+        let quit = a.records == 1;
+        if !quit && (a.server_alert_first || !(a.alert || client_closed_first)) {
+            return None;
+        }
+        let note = if quit {
+            format!(
+                "after the handshake the client sent one encrypted record of {} bytes (room for \
+                 at most {} bytes of text: a QUIT, or another bare 4-letter command; an EHLO \
+                 with a name is longer) and closed: it left without an EHLO",
+                a.first_len,
+                a.first_text_max.unwrap_or_default()
+            )
+        } else {
+            format!(
+                "after the handshake the client sent no command and closed{}",
+                if a.alert {
+                    ", with an encrypted alert (close_notify or a failure; the reason is not visible)"
+                } else {
+                    ""
+                }
+            )
+        };
+        Some(TlsEvent::ClientGaveUp {
+            version: self.version_str(),
+            cipher_suite: self.cipher.map(suite_name).unwrap_or_default(),
+            sent: if quit { "quit" } else { "nothing" }.into(),
+            record_bytes: quit.then_some(a.first_len),
+            alert: a.alert,
+            note,
+        })
+    }
+
+    /// The most text an application-data record of `len` body bytes can
+    /// hold under the negotiated suite, when its overhead is fixed.
+    fn text_max(&self, len: usize) -> Option<usize> {
+        let id = self.cipher?;
+        let overhead = if self.tls13 {
+            // AEAD tag + the inner content type; TLS_AES_128_CCM_8_SHA256 has an 8-byte tag.
+            if id == 0x1305 {
+                8 + 1
+            } else {
+                16 + 1
+            }
+        } else {
+            let suite = TlsCipherSuite::from_id(id)?;
+            match (suite.enc, suite.enc_mode) {
+                (tls_parser::TlsCipherEnc::Chacha20_Poly1305, _) => 16,
+                // 8-byte explicit nonce + tag (CCM_8: 8-byte tag).
+                (_, tls_parser::TlsCipherEncMode::Gcm) => 8 + 16,
+                (_, tls_parser::TlsCipherEncMode::Ccm) if suite.name.ends_with("_8") => 8 + 8,
+                (_, tls_parser::TlsCipherEncMode::Ccm) => 8 + 16,
+                _ => return None,
+            }
+        };
+        Some(len.saturating_sub(overhead))
+    }
+
+    /// A client application-data record after the handshake.
+    fn client_record_after_handshake(&mut self, len: usize) {
+        let text_max = self.text_max(len);
+        let a = &mut self.after;
+        if a.records == 0 {
+            a.first_len = len;
+            a.first_text_max = text_max;
+        }
+        a.records = a.records.saturating_add(1);
+    }
+
+    /// An alert (or an alert-sized TLS 1.3 record) from `side`, after the handshake.
+    fn alert_after_handshake(&mut self, side: Side) {
+        if !self.handshake_complete() {
+            return;
+        }
+        let a = &mut self.after;
+        match side {
+            Side::Client => a.alert = true,
+            Side::Server if a.records == 0 && !a.alert => a.server_alert_first = true,
+            Side::Server => {}
+        }
     }
 
     /// Per-direction record and byte counts so far.
@@ -414,6 +666,7 @@ impl TlsObserver {
                 // alert record there is always cleartext.
                 if encrypted && !self.tls13 {
                     self.state_mut(side).stats.encrypted_records += 1;
+                    self.alert_after_handshake(side);
                     out.push(TlsEvent::Alert {
                         side,
                         level: "unknown".into(),
@@ -468,8 +721,12 @@ impl TlsObserver {
 
     fn on_app_data(&mut self, side: Side, len: usize, out: &mut Vec<TlsEvent>) {
         self.state_mut(side).stats.encrypted_records += 1;
-        if self.established || self.version.is_none() {
-            return; // established already, or 0-RTT data before the ServerHello
+        if self.version.is_none() {
+            return; // 0-RTT data before the ServerHello
+        }
+        self.count_after_handshake(side, len);
+        if self.established {
+            return;
         }
         if self.tls13 {
             if len == TLS13_ALERT_RECORD {
@@ -495,6 +752,20 @@ impl TlsObserver {
             }
         } else if self.client.finished && self.server.finished {
             self.establish(out);
+        }
+    }
+
+    /// Counts an application-data record for [`ClientAfterHandshake`]
+    /// (before the establishment rule reads it: in TLS 1.3 the record that
+    /// completes the client's side is its Finished, not counted).
+    fn count_after_handshake(&mut self, side: Side, len: usize) {
+        if !self.handshake_complete() {
+            return;
+        }
+        if self.tls13 && len == TLS13_ALERT_RECORD {
+            self.alert_after_handshake(side);
+        } else if side == Side::Client {
+            self.client_record_after_handshake(len);
         }
     }
 
@@ -650,7 +921,7 @@ impl TlsObserver {
                 let (kind, ke) = match kx {
                     Some(TlsCipherKx::Ecdhe) => ("ECDHE".to_string(), hello::parse_ske_ecdhe(body)),
                     Some(TlsCipherKx::Dhe) => ("DHE".to_string(), hello::parse_ske_dhe(body)),
-                    Some(other) => (format!("{other:?}").to_uppercase(), Default::default()),
+                    Some(other) => (kx_name(other).to_string(), Default::default()),
                     None => ("unknown".to_string(), Default::default()),
                 };
                 out.push(TlsEvent::ServerKeyExchange {

@@ -985,7 +985,12 @@ fn zeek_capture_hello_retry_request() {
             cipher_suite: "TLS_AES_256_GCM_SHA384".into()
         }
     );
-    assert!(o.is_done() && !o.is_desynced());
+    assert!(!o.is_desynced());
+    // The capture's client sends only a close_notify after its Finished:
+    // the observer is still watching for a first command.
+    let a = o.client_after_handshake().expect("handshake complete");
+    assert!(a.records == 0 && a.alert, "{a:?}");
+    assert!(!o.is_done());
     assert_split_invariant(&t);
 }
 
@@ -1143,4 +1148,261 @@ fn repeated_handshake_messages_desync() {
     s.extend(record(22, &server_hello_12()));
     o.feed(Side::Server, &s, &mut ev);
     assert_eq!(names(&ev), ["tls.server_hello", "tls.desync"]);
+}
+
+const POSTFIX_VERIFY_TLS13: &str = include_str!("fixtures/postfix-verify-untrusted-tls13.hex");
+const POSTFIX_VERIFY_TLS12: &str = include_str!("fixtures/postfix-verify-untrusted-tls12.hex");
+const OPENSSL_CLOSE_TLS13: &str = include_str!("fixtures/openssl-close-after-handshake-tls13.hex");
+const OPENSSL_CLOSE_TLS12: &str = include_str!("fixtures/openssl-close-after-handshake-tls12.hex");
+
+/// The `tls.client_gave_up` verdict (and what the client sent after the
+/// handshake) is the same at every split point.
+fn assert_gave_up_split_invariant(t: &Transcript, closed_first: bool) {
+    let (_, whole) = observe(t);
+    let want = (
+        whole.client_after_handshake(),
+        whole.client_gave_up(closed_first),
+    );
+    for (i, (_, bytes)) in t.iter().enumerate() {
+        for cut in 1..bytes.len() {
+            let mut o = TlsObserver::new();
+            let mut ev = Vec::new();
+            for (j, (side, b)) in t.iter().enumerate() {
+                if i == j {
+                    o.feed(*side, &b[..cut], &mut ev);
+                    o.feed(*side, &b[cut..], &mut ev);
+                } else {
+                    o.feed(*side, b, &mut ev);
+                }
+            }
+            let got = (o.client_after_handshake(), o.client_gave_up(closed_first));
+            assert_eq!(got, want, "chunk {i} cut at {cut}");
+        }
+    }
+}
+
+/// Postfix 3 at `smtp_tls_security_level = verify`, trusting a CA that did
+/// not issue the server's certificate: it completes the handshake, logs
+/// "Server certificate not verified", says QUIT over TLS (one record: 6
+/// bytes of text) and sends close_notify.
+#[test]
+fn postfix_verify_failure_is_a_client_that_gave_up() {
+    for (hex, version, quit_record) in [
+        (POSTFIX_VERIFY_TLS13, "TLSv1.3", 6 + 1 + 16),
+        (POSTFIX_VERIFY_TLS12, "TLSv1.2", 8 + 6 + 16),
+    ] {
+        let t = fixture(hex);
+        let (_, o) = observe(&t);
+        let a = o.client_after_handshake().expect("handshake complete");
+        assert_eq!(a.records, 1, "{version}: {a:?}");
+        assert_eq!(a.first_len, quit_record, "{version}: {a:?}");
+        assert_eq!(a.first_text_max, Some(QUIT_TEXT), "{version}: {a:?}");
+        assert!(!o.is_done(), "{version}: still watching for a command");
+        // Whoever closed first: the client said QUIT and nothing else.
+        for closed_first in [false, true] {
+            match o.client_gave_up(closed_first) {
+                Some(TlsEvent::ClientGaveUp {
+                    version: v,
+                    sent,
+                    record_bytes,
+                    ..
+                }) => {
+                    assert_eq!(v, version);
+                    assert_eq!(sent, "quit");
+                    assert_eq!(record_bytes, Some(quit_record));
+                }
+                other => panic!("{version}: {other:?}"),
+            }
+        }
+        assert_split_invariant(&t);
+        assert_gave_up_split_invariant(&t, false);
+    }
+}
+
+/// `openssl s_client -starttls smtp </dev/null`: close_notify right after
+/// the handshake (in TLS 1.3 an encrypted 19-byte record, in TLS 1.2 an
+/// encrypted alert record), no application data.
+#[test]
+fn openssl_close_after_handshake_is_a_client_that_gave_up() {
+    for hex in [OPENSSL_CLOSE_TLS13, OPENSSL_CLOSE_TLS12] {
+        let t = fixture(hex);
+        let (_, o) = observe(&t);
+        let a = o.client_after_handshake().expect("handshake complete");
+        assert_eq!(a.records, 0, "{a:?}");
+        assert!(a.alert, "{a:?}");
+        // Its alert says the client ended it, whoever's FIN came first.
+        match o.client_gave_up(false) {
+            Some(TlsEvent::ClientGaveUp { sent, alert, .. }) => {
+                assert_eq!(sent, "nothing");
+                assert!(alert);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_split_invariant(&t);
+        assert_gave_up_split_invariant(&t, false);
+    }
+}
+
+/// Healthy sessions: the client's EHLO is longer than a QUIT; the observer
+/// stops there and there is no verdict.
+#[test]
+fn a_client_that_sends_ehlo_did_not_give_up() {
+    let pki = pki();
+    for v12_only in [false, true] {
+        let t = rustls_transcript(
+            &pki,
+            &Setup {
+                v12_only,
+                ..Setup::default()
+            },
+        );
+        let (_, o) = observe(&t);
+        let a = o.client_after_handshake().expect("handshake complete");
+        assert_eq!(a.records, 1, "{a:?}");
+        // "EHLO client.example\r\n" is 21 bytes.
+        assert_eq!(a.first_text_max, Some(21), "{a:?}");
+        assert!(o.is_done());
+        assert_eq!(o.client_gave_up(true), None);
+    }
+    // TLS 1.0 with a CBC suite: the record's text size is not known, so one
+    // record is never taken for a QUIT.
+    let (_, o) = observe(&fixture(OPENSSL_TLS10_CBC));
+    let a = o.client_after_handshake().expect("handshake complete");
+    assert!(a.records >= 1 && a.first_text_max.is_none(), "{a:?}");
+    assert!(o.is_done());
+    assert_eq!(o.client_gave_up(true), None);
+}
+
+/// A handshake that did not complete (the client rejected the certificate
+/// inside it) is `tls.handshake_failed`'s business, not this rule's.
+#[test]
+fn a_failed_handshake_is_not_a_client_that_gave_up() {
+    let pki = pki();
+    for v12_only in [false, true] {
+        let t = rustls_transcript(
+            &pki,
+            &Setup {
+                v12_only,
+                client_trusts: false,
+                ..Setup::default()
+            },
+        );
+        let (_, o) = observe(&t);
+        assert_eq!(o.client_after_handshake(), None);
+        assert_eq!(o.client_gave_up(true), None);
+    }
+}
+
+/// Synthetic TLS 1.3 records after a complete handshake: an alert-sized
+/// record from the server first means the server ended it; a record from
+/// the client with room for more than QUIT is a command.
+#[test]
+fn tls13_record_sizes_after_the_handshake() {
+    let sh = {
+        // ServerHello for TLS 1.3 (TLS_AES_128_GCM_SHA256, supported_versions 0x0304).
+        let mut b = vec![0x03, 0x03];
+        b.extend([0u8; 32]);
+        b.push(0); // empty session id
+        b.extend([0x13, 0x01, 0x00]);
+        let ext = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+        b.extend((ext.len() as u16).to_be_bytes());
+        b.extend(ext);
+        record(22, &handshake(2, &b))
+    };
+    let ch = {
+        let pki = pki();
+        let t = rustls_transcript(&pki, &Setup::default());
+        t[0].1.clone() // the client's first chunk: its ClientHello
+    };
+    let app = |n: usize| record(23, &vec![0u8; n]);
+    let base = vec![
+        (Side::Client, ch),
+        (Side::Server, sh),
+        (Side::Server, app(800)), // encrypted flight
+        (Side::Client, app(53)),  // client Finished
+    ];
+    let verdict = |extra: &[(Side, Vec<u8>)]| {
+        let mut t = base.clone();
+        t.extend(extra.iter().cloned());
+        let (_, o) = observe(&t);
+        (o.client_after_handshake(), o.client_gave_up(true))
+    };
+    // Nothing after the Finished, the client closed first.
+    let (a, v) = verdict(&[]);
+    assert_eq!(a.map(|a| a.records), Some(0));
+    assert!(matches!(v, Some(TlsEvent::ClientGaveUp { .. })), "{v:?}");
+    // The server alerted first: not the client's doing.
+    let (a, v) = verdict(&[(Side::Server, app(19))]);
+    assert!(a.is_some_and(|a| a.server_alert_first), "{a:?}");
+    assert_eq!(v, None);
+    // One record of 24 bytes: room for 7 bytes of text, more than QUIT.
+    let (_, v) = verdict(&[(Side::Client, app(24))]);
+    assert_eq!(v, None);
+    // Two short records: two commands.
+    let (_, v) = verdict(&[(Side::Client, app(23)), (Side::Client, app(23))]);
+    assert_eq!(v, None);
+    // One QUIT-sized record then the client's alert.
+    let (a, v) = verdict(&[(Side::Client, app(23)), (Side::Client, app(19))]);
+    assert!(a.is_some_and(|a| a.alert), "{a:?}");
+    assert!(
+        matches!(&v, Some(TlsEvent::ClientGaveUp { sent, alert: true, .. }) if sent == "quit"),
+        "{v:?}"
+    );
+}
+
+/// The suite count of the console and the diagnosis: GREASE and signalling
+/// values are not counted as suites, and are said after the count.
+#[test]
+fn suites_in_words_counts_suites_and_names_what_is_left_out() {
+    let ch = |list: &[u16]| {
+        let mut o = TlsObserver::new();
+        let mut ev = Vec::new();
+        let mut body = vec![0x03, 0x03];
+        body.extend([7u8; 32]);
+        body.push(0);
+        body.extend(((list.len() * 2) as u16).to_be_bytes());
+        for s in list {
+            body.extend(s.to_be_bytes());
+        }
+        body.extend([1, 0]); // null compression
+        body.extend([0, 0]); // no extensions
+        o.feed(Side::Client, &record(22, &handshake(1, &body)), &mut ev);
+        match ev.into_iter().next() {
+            Some(TlsEvent::ClientHello(h)) => h,
+            other => panic!("{other:?}"),
+        }
+    };
+    let h = ch(&[0x1301, 0xc02f, 0x00ff]);
+    assert_eq!(h.cipher_suites.len(), 3);
+    assert_eq!(
+        h.suites_in_words(),
+        "2 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV signalling value)"
+    );
+    // GREASE (0x?a?a), both SCSVs, a duplicate SCSV said once.
+    let h = ch(&[
+        0x2a2a, 0x1301, 0x1302, 0xc02f, 0x00ff, 0x5600, 0xdada, 0x00ff,
+    ]);
+    assert_eq!(
+        h.suites_in_words(),
+        "3 cipher suites (+ TLS_EMPTY_RENEGOTIATION_INFO_SCSV and TLS_FALLBACK_SCSV \
+         signalling values, + 2 GREASE values)"
+    );
+    let h = ch(&[0x1301]);
+    assert_eq!(h.suites_in_words(), "1 cipher suite");
+    let h = ch(&[0x0a0a, 0x1301, 0x1303]);
+    assert_eq!(h.suites_in_words(), "2 cipher suites (+ 1 GREASE value)");
+    // The console line and the diagnosis's evidence say the same.
+    let ev = crate::event::Event::new(
+        crate::event::Timestamp(std::time::UNIX_EPOCH),
+        1,
+        TlsEvent::ClientHello(h.clone()),
+    );
+    let console: Vec<String> = crate::sink::console::render(&ev)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert!(
+        console[0].contains("2 cipher suites (+ 1 GREASE value)"),
+        "{console:?}"
+    );
 }

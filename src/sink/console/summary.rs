@@ -3,7 +3,7 @@
 
 use super::LineKind::{self, Fact, Problem};
 use super::Lines;
-use crate::diagnose::{Finding, Severity};
+use crate::diagnose::{ids, Finding, Severity};
 use crate::summary::SessionSummary;
 
 pub(super) fn render(s: &SessionSummary) -> Lines {
@@ -28,20 +28,26 @@ pub(super) fn render(s: &SessionSummary) -> Lines {
 /// Duration; messages; STARTTLS and TLS; bytes.
 fn headline(s: &SessionSummary) -> Vec<String> {
     let mut parts = vec![format!("{:.3} s", s.duration_s)];
-    parts.push(
-        if s.tls_established && s.messages_accepted == 0 && s.messages_rejected == 0 {
-            if s.implicit_tls {
-                "messages not visible (SMTP is encrypted from the first byte)".to_string()
-            } else {
-                "messages not visible (SMTP is encrypted after STARTTLS)".to_string()
-            }
+    // The handshake completed but the client left without a command: neither
+    // a plain "established" nor "messages not visible" is true.
+    let gave_up = s
+        .findings
+        .iter()
+        .any(|f| f.id == ids::TLS_CLIENT_CLOSED_AFTER_HANDSHAKE);
+    parts.push(if gave_up {
+        "no message (the client closed right after the TLS handshake)".to_string()
+    } else if s.tls_established && s.messages_accepted == 0 && s.messages_rejected == 0 {
+        if s.implicit_tls {
+            "messages not visible (SMTP is encrypted from the first byte)".to_string()
         } else {
-            format!(
-                "{} message(s) accepted, {} rejected",
-                s.messages_accepted, s.messages_rejected
-            )
-        },
-    );
+            "messages not visible (SMTP is encrypted after STARTTLS)".to_string()
+        }
+    } else {
+        format!(
+            "{} message(s) accepted, {} rejected",
+            s.messages_accepted, s.messages_rejected
+        )
+    });
     let flags: Vec<(&str, Option<bool>)> = if s.implicit_tls {
         parts.push("implicit TLS (SMTPS)".to_string());
         vec![("TLS established", Some(s.tls_established))]
@@ -54,7 +60,11 @@ fn headline(s: &SessionSummary) -> Vec<String> {
         ]
     };
     for (label, x) in flags {
-        if let Some(x) = x {
+        if label == "TLS established" && gave_up {
+            parts.push(format!(
+                "{label}: handshake completed, then the client closed without a command"
+            ));
+        } else if let Some(x) = x {
             parts.push(format!("{label}: {}", if x { "yes" } else { "no" }));
         }
     }

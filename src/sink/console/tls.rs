@@ -83,6 +83,10 @@ pub(super) fn render(e: &TlsEvent) -> Lines {
             version,
             cipher_suite,
         } => vec![(Fact, format!("TLS established: {version}, {cipher_suite}"))],
+        TlsEvent::ClientGaveUp { note, .. } => vec![(
+            Problem,
+            format!("TLS: the client gave up right after the handshake: {note}"),
+        )],
         TlsEvent::Desync {
             side,
             reason,
@@ -96,10 +100,10 @@ fn client_hello(h: &ClientHelloInfo) -> Lines {
         (
             Fact,
             format!(
-                "TLS ClientHello: up to {}, SNI {}, {} cipher suites, ALPN [{}]",
+                "TLS ClientHello: up to {}, SNI {}, {}, ALPN [{}]",
                 h.max_version,
                 h.sni.as_deref().unwrap_or("(none)"),
-                h.cipher_suites.len(),
+                h.suites_in_words(),
                 h.alpn.join(", ")
             ),
         ),
