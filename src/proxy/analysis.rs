@@ -11,6 +11,10 @@
 //!                                                  sinks ◀── events ────────────┘  └─▶ CrlCache (blocking pool)
 //! ```
 //!
+//! Each time it wakes, the task analyses everything the relay queued
+//! meanwhile (up to [`DRAIN`] messages) before handing the events to the
+//! sinks as one batch: one hand-off per burst of traffic, not per chunk.
+//!
 //! This task may fall behind; the relay never waits for it (see
 //! [`super::relay`]). If it falls so far behind that the tap queue
 //! overflows, the relay stops offering bytes and the analyzer reports
@@ -152,7 +156,7 @@ async fn serve_requests(
 }
 
 /// Tap messages analysed in a row before the events go to the sinks.
-const DRAIN: usize = 64;
+pub const DRAIN: usize = 64;
 
 /// Feeds one tap message to the analyzer.
 fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool) {

@@ -18,9 +18,11 @@
 //! write half (passing the FIN on) and the opposite direction goes on until it
 //! ends too. The session ends when both directions are done, on an error in
 //! either (the other socket is then reset), when a deadline passes, or on
-//! abort. Memory per session: at most one read buffer per direction plus the
-//! bounded tap queue; a direction that is not moving bulk data holds no heap read
-//! buffer (small reads use a 2 KiB buffer inside the pump).
+//! abort; the pumps are futures of the relay's task, stopped by no longer
+//! polling them. Memory per session: at most one read buffer per direction
+//! plus the bounded tap queue; a direction that is not moving bulk data holds
+//! no read buffer at all (small reads go into a 2 KiB buffer on the stack of
+//! the poll and are copied out, see `poll_read_small`).
 //!
 //! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
 //! started a line and has not ended it), *session* (the whole session). The
