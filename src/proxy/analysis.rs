@@ -11,6 +11,10 @@
 //!                                                  sinks ◀── events ────────────┘  └─▶ CrlCache (blocking pool)
 //! ```
 //!
+//! Each time it wakes, the task analyses everything the relay queued
+//! meanwhile (up to [`DRAIN`] messages) before handing the events to the
+//! sinks as one batch: one hand-off per burst of traffic, not per chunk.
+//!
 //! This task may fall behind; the relay never waits for it (see
 //! [`super::relay`]). If it falls so far behind that the tap queue
 //! overflows, the relay stops offering bytes and the analyzer reports
@@ -151,11 +155,25 @@ async fn serve_requests(
     }
 }
 
+/// Tap messages analysed in a row before the events go to the sinks.
+pub const DRAIN: usize = 64;
+
+/// Feeds one tap message to the analyzer.
+fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool) {
+    match m {
+        TapMsg::Data(c) if *plain => a.plaintext(c.side, c.ts, &c.bytes),
+        TapMsg::Eof { side, ts } if *plain => a.plaintext_fin(side, ts),
+        TapMsg::Data(c) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
+        TapMsg::Eof { side, ts } => a.fin(Leg::EndToEnd, side, ts),
+        TapMsg::Intercept(t) => super::intercept::feed(a, *t, plain),
+    }
+}
+
 /// Runs the analysis of one session until the controller reports its end.
 pub async fn run(
     info: SessionInfo,
     mut data: mpsc::Receiver<TapMsg>,
-    mut ctl: mpsc::Receiver<Control>,
+    mut ctl: mpsc::Receiver<Box<Control>>,
     shared: Arc<Analysis>,
     crls: Arc<CrlCache>,
     probes: Arc<SideProbes>,
@@ -164,7 +182,7 @@ pub async fn run(
     let mut a = SessionAnalyzer::new(info, shared);
     let mut side: Option<SideTask> = None;
     loop {
-        match ctl.recv().await {
+        match ctl.recv().await.map(|c| *c) {
             Some(Control::LoopRefused {
                 ts,
                 original_dst,
@@ -193,21 +211,30 @@ pub async fn run(
     let mut plain = false;
     loop {
         tokio::select! {
+            biased;
             msg = data.recv() => match msg {
-                Some(TapMsg::Data(c)) if plain => a.plaintext(c.side, c.ts, &c.bytes),
-                Some(TapMsg::Eof { side, ts }) if plain => a.plaintext_fin(side, ts),
-                Some(TapMsg::Data(c)) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
-                Some(TapMsg::Eof { side, ts }) => a.fin(Leg::EndToEnd, side, ts),
-                Some(TapMsg::Intercept(t)) => super::intercept::feed(&mut a, t, &mut plain),
+                Some(m) => {
+                    tapped(&mut a, m, &mut plain);
+                    serve_requests(&mut a, &crls, &probes, &mut side).await;
+                    // Whatever else the relay queued meanwhile is analysed
+                    // now, before the events go out: one hand-off to the
+                    // sinks (and one wake-up of this task) per batch, not per
+                    // chunk.
+                    for _ in 1..DRAIN {
+                        let Ok(m) = data.try_recv() else { break };
+                        tapped(&mut a, m, &mut plain);
+                        serve_requests(&mut a, &crls, &probes, &mut side).await;
+                    }
+                }
                 None => break,
             },
             r = side_result(&mut side) => {
                 if let Some((id, _)) = side.take() {
                     a.side_probe_done(id, Timestamp::now(), r);
                 }
+                serve_requests(&mut a, &crls, &probes, &mut side).await;
             }
         }
-        serve_requests(&mut a, &crls, &probes, &mut side).await;
         flush(&mut a, &sink).await;
     }
     // The relay is over: a side-probe still running is waited for (within
@@ -221,7 +248,7 @@ pub async fn run(
         serve_requests(&mut a, &crls, &probes, &mut side).await;
         flush(&mut a, &sink).await;
     }
-    let (ts, ends, loss) = match ctl.recv().await {
+    let (ts, ends, loss) = match ctl.recv().await.map(|c| *c) {
         Some(Control::Closed { ts, outcome, loss }) => (ts, outcome, loss),
         _ => (Timestamp::now(), Ends::aborted(), None),
     };

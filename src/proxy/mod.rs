@@ -496,7 +496,9 @@ async fn run_session(
     // Intercept mode taps each leg's wire bytes besides the relayed ones.
     let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
     let (data_tx, data_rx) = mpsc::channel(queue);
-    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    // The controller's few messages are boxed: a tokio mpsc allocates its
+    // slots 32 at a time, each as large as the message type.
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Box<Control>>(4);
     let analysis = tokio::spawn(analysis::run(
         info,
         data_rx,
@@ -515,11 +517,11 @@ async fn run_session(
         Plan::Refuse(failure, looped) => {
             if let Some(l) = looped {
                 let _ = ctl_tx
-                    .send(Control::LoopRefused {
+                    .send(Box::new(Control::LoopRefused {
                         ts: Timestamp::now(),
                         original_dst: l.original_dst,
                         reason: l.reason,
-                    })
+                    }))
                     .await;
             }
             Err(failure)
@@ -528,19 +530,21 @@ async fn run_session(
     match connected {
         Ok(up) => {
             let _ = ctl_tx
-                .send(Control::Connected {
+                .send(Box::new(Control::Connected {
                     ts: Timestamp::now(),
                     peer: up.peer,
                     local: up.local,
                     elapsed: up.elapsed,
-                })
+                }))
                 .await;
             let tap = relay::Tap::new(data_tx);
             let tap_state = tap.state();
             let deadlines = relay::Deadlines::from_limits(&cfg.limits);
             let outcome = match &ctx.intercept {
+                // Boxed: intercept's future is several KiB, and inline it
+                // would make every passthrough session's task that large.
                 Some(ic) => {
-                    intercept::run(
+                    Box::pin(intercept::run(
                         ic,
                         &ctx.analysis,
                         cfg,
@@ -550,17 +554,17 @@ async fn run_session(
                         tap,
                         deadlines,
                         ctx.abort.clone(),
-                    )
+                    ))
                     .await
                 }
                 None => relay::relay(client, up.stream, tap, deadlines, ctx.abort.clone()).await,
             };
             let _ = ctl_tx
-                .send(Control::Closed {
+                .send(Box::new(Control::Closed {
                     ts: Timestamp::now(),
                     outcome,
                     loss: tap_state.loss(),
-                })
+                }))
                 .await;
         }
         Err(failure) => {
@@ -598,11 +602,11 @@ async fn run_session(
                 UpstreamFailure::Close => None,
             };
             let _ = ctl_tx
-                .send(Control::UpstreamFailed {
+                .send(Box::new(Control::UpstreamFailed {
                     ts: Timestamp::now(),
                     failure,
                     reply,
-                })
+                }))
                 .await;
             drop(client);
         }
@@ -736,5 +740,109 @@ async fn plan_upstream(
         )
     } else {
         (label, Plan::Connect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle session holds, by parts: the two tasks' futures (the
+    /// controller with the relay inside, the analysis driver), the channels'
+    /// slots and the analyzer. Printed for docs/performance.md ("Idle
+    /// sessions"); `cargo test --release --lib proxy::tests -- --nocapture`
+    /// shows the release figures.
+    #[tokio::test]
+    async fn what_an_idle_session_holds() {
+        let cfg = crate::config::RawConfig::from_toml(
+            "listen = [\"127.0.0.1:0\"]\nupstream = \"127.0.0.1:25\"\n[log]\nconsole = false\n",
+            "t",
+        )
+        .unwrap()
+        .resolve("t")
+        .unwrap();
+        let analysis = Arc::new(Analysis::from_config(&cfg, fresh_run_id()).unwrap());
+        let (sink, _handle) = crate::sink::start(crate::sink::Sinks::default());
+        let (_abort_tx, abort) = watch::channel(false);
+        let ctx = SessionCtx {
+            listen: Arc::new(Vec::new()),
+            crls: Arc::new(CrlCache::default()),
+            probes: Arc::new(side_probe::SideProbes::new(&cfg.tls)),
+            cfg: Arc::new(cfg),
+            sink: sink.clone(),
+            analysis: analysis.clone(),
+            abort: abort.clone(),
+            total_reached: Arc::new(tokio::sync::Notify::new()),
+            intercept: None,
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let c1 = TcpStream::connect(addr).await.unwrap();
+        let (s1, _) = l.accept().await.unwrap();
+        let c2 = TcpStream::connect(addr).await.unwrap();
+        let (s2, peer) = l.accept().await.unwrap();
+        let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(8);
+        let (_ctl_tx, ctl_rx) = mpsc::channel::<Box<Control>>(4);
+        let info = SessionInfo {
+            id: 1,
+            client: peer,
+            listener: addr,
+            upstream: crate::config::Upstream {
+                host: "127.0.0.1".into(),
+                port: 25,
+            },
+            opened: Timestamp::now(),
+            implicit_tls: false,
+        };
+        let analyzer = crate::session::SessionAnalyzer::new(info.clone(), analysis.clone());
+        let driver = analysis::run(
+            info,
+            data_rx,
+            ctl_rx,
+            analysis,
+            ctx.crls.clone(),
+            ctx.probes.clone(),
+            sink,
+        );
+        let tap = relay::Tap::new(data_tx);
+        let relay = relay::relay(
+            c1,
+            s1,
+            tap,
+            relay::Deadlines::idle_only(Duration::from_secs(1)),
+            abort,
+        );
+        let session = run_session(1, c2, peer, addr, ctx);
+        let sizes = [
+            (
+                "controller task future (run_session)",
+                std::mem::size_of_val(&session),
+            ),
+            ("  of which the relay future", std::mem::size_of_val(&relay)),
+            (
+                "analysis task future (analysis::run)",
+                std::mem::size_of_val(&driver),
+            ),
+            (
+                "SessionAnalyzer (inline in it)",
+                std::mem::size_of_val(&analyzer),
+            ),
+            (
+                "tap channel slot (TapMsg)",
+                std::mem::size_of::<relay::TapMsg>(),
+            ),
+            (
+                "control channel slot (Box<Control>)",
+                std::mem::size_of::<Box<Control>>(),
+            ),
+        ];
+        for (what, n) in sizes {
+            eprintln!("{what}: {n} bytes");
+        }
+        drop((s2, driver, relay, session, analyzer));
+        // tokio's mpsc allocates its slots 32 at a time (one block at
+        // creation): keep a slot small so an idle session's channels stay small.
+        assert!(std::mem::size_of::<relay::TapMsg>() <= 64);
+        assert!(std::mem::size_of::<Box<Control>>() <= 8);
     }
 }

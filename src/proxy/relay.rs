@@ -18,9 +18,11 @@
 //! write half (passing the FIN on) and the opposite direction goes on until it
 //! ends too. The session ends when both directions are done, on an error in
 //! either (the other socket is then reset), when a deadline passes, or on
-//! abort. Memory per session: at most one read buffer per direction plus the
-//! bounded tap queue; a direction that is not moving bulk data holds no heap read
-//! buffer (small reads use a 2 KiB buffer inside the pump).
+//! abort; the pumps are futures of the relay's task, stopped by no longer
+//! polling them. Memory per session: at most one read buffer per direction
+//! plus the bounded tap queue; a direction that is not moving bulk data holds
+//! no read buffer at all (small reads go into a 2 KiB buffer on the stack of
+//! the poll and are copied out, see `poll_read_small`).
 //!
 //! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
 //! started a line and has not ended it), *session* (the whole session). The
@@ -38,12 +40,14 @@
 //! retries.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -81,8 +85,10 @@ pub enum TapMsg {
         /// When.
         ts: Timestamp,
     },
-    /// Intercept mode: wire bytes of a leg, decrypted-stream markers, facts.
-    Intercept(super::intercept::Tapped),
+    /// Intercept mode: wire bytes of a leg, decrypted-stream markers, facts
+    /// (boxed: it is large, and every slot of the tap's queue is as large as
+    /// the largest message).
+    Intercept(Box<super::intercept::Tapped>),
 }
 
 /// The tap: a non-blocking, lossy-but-honest feed of relayed bytes to analysis.
@@ -161,7 +167,7 @@ impl Tap {
     /// Intercept mode: offers one of its messages (`len` bytes of data, for
     /// the loss count), under the same never-wait rule.
     pub(crate) fn intercept(&self, side: Side, msg: super::intercept::Tapped, len: usize) {
-        self.offer(side, TapMsg::Intercept(msg), len);
+        self.offer(side, TapMsg::Intercept(Box::new(msg)), len);
     }
 }
 
@@ -221,6 +227,8 @@ pub struct Activity {
     line_bytes: AtomicU64,
     /// The client's bytes are TLS records: no lines to track.
     opaque: AtomicBool,
+    /// Bytes relayed (written to the other side), sent by the client / server.
+    relayed: [AtomicU64; 2],
 }
 
 impl Activity {
@@ -232,7 +240,17 @@ impl Activity {
             line_since_ms: AtomicU64::new(NO_LINE),
             line_bytes: AtomicU64::new(0),
             opaque: AtomicBool::new(false),
+            relayed: [AtomicU64::new(0), AtomicU64::new(0)],
         }
+    }
+
+    /// Bytes sent by `side` that were relayed so far.
+    pub fn relayed(&self, side: Side) -> u64 {
+        self.relayed[side as usize].load(Ordering::Relaxed)
+    }
+
+    fn relayed_add(&self, side: Side, n: u64) {
+        self.relayed[side as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -321,6 +339,10 @@ pub type RelayOutcome = Ends;
 
 /// Relays between `client` and `server` until both directions are done, an
 /// error occurs, one of the `deadlines` passes, or `abort` turns true.
+///
+/// Both pumps are futures of this one task: to stop them (an error in one
+/// direction, a deadline, abort) the loop simply stops polling them, and
+/// their byte counts come from [`Activity`].
 pub async fn relay(
     client: TcpStream,
     server: TcpStream,
@@ -329,7 +351,6 @@ pub async fn relay(
     mut abort: watch::Receiver<bool>,
 ) -> RelayOutcome {
     let activity = Activity::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
 
@@ -337,61 +358,50 @@ pub async fn relay(
     let mut server_res: Option<PumpResult> = None;
     let mut stop_reason: Option<DirEnd> = None;
     {
-        let c2s = pump(
-            Side::Client,
-            &mut cr,
-            &mut sw,
-            &tap,
-            &activity,
-            stop_rx.clone(),
-        );
-        let s2c = pump(
-            Side::Server,
-            &mut sr,
-            &mut cw,
-            &tap,
-            &activity,
-            stop_rx.clone(),
-        );
+        let c2s = pump_until(Side::Client, &mut cr, &mut sw, &tap, &activity, None);
+        let s2c = pump_until(Side::Server, &mut sr, &mut cw, &tap, &activity, None);
         tokio::pin!(c2s);
         tokio::pin!(s2c);
 
         let mut idle_check = tokio::time::interval(deadlines.check_period());
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        while client_res.is_none() || server_res.is_none() {
+        while (client_res.is_none() || server_res.is_none()) && stop_reason.is_none() {
             tokio::select! {
+                biased;
                 r = &mut c2s, if client_res.is_none() => {
-                    if matches!(r.end, DirEnd::Error { .. }) && stop_reason.is_none() {
+                    if matches!(r.end, DirEnd::Error { .. }) {
                         stop_reason = Some(DirEnd::PeerFailed);
-                        let _ = stop_tx.send(true);
                     }
                     client_res = Some(r);
                 }
                 r = &mut s2c, if server_res.is_none() => {
-                    if matches!(r.end, DirEnd::Error { .. }) && stop_reason.is_none() {
+                    if matches!(r.end, DirEnd::Error { .. }) {
                         stop_reason = Some(DirEnd::PeerFailed);
-                        let _ = stop_tx.send(true);
                     }
                     server_res = Some(r);
                 }
-                _ = idle_check.tick(), if stop_reason.is_none() => {
-                    if let Some(end) = deadline_passed(&deadlines, &activity) {
-                        stop_reason = Some(end);
-                        let _ = stop_tx.send(true);
-                    }
+                _ = idle_check.tick() => {
+                    stop_reason = deadline_passed(&deadlines, &activity);
                 }
-                r = abort.changed(), if stop_reason.is_none() => {
+                r = abort.changed() => {
                     if r.is_err() || *abort.borrow() {
                         stop_reason = Some(DirEnd::Aborted);
-                        let _ = stop_tx.send(true);
                     }
                 }
             }
         }
     }
-    let client_res = client_res.unwrap_or(PumpResult::aborted());
-    let server_res = server_res.unwrap_or(PumpResult::aborted());
+    // A direction still running when the relay stopped ended `Aborted`
+    // (settled below to the reason), with the bytes it had relayed.
+    let client_res = client_res.unwrap_or(PumpResult {
+        end: DirEnd::Aborted,
+        bytes: activity.relayed(Side::Client),
+    });
+    let server_res = server_res.unwrap_or(PumpResult {
+        end: DirEnd::Aborted,
+        bytes: activity.relayed(Side::Server),
+    });
     // When one direction failed, reset the other connection rather than
     // closing it gracefully, so that peer sees the failure as it happened.
     let reset = |stream: &TcpStream| {
@@ -462,24 +472,68 @@ impl PumpResult {
     }
 }
 
-/// One direction: read from `from` (sent by `side`), tap, write to `to`.
+/// One direction: read from `from` (sent by `side`), tap, write to `to`,
+/// until EOF, an error, or `stop` changes.
 pub(crate) async fn pump<R, W>(
     side: Side,
     from: &mut R,
     to: &mut W,
     tap: &Tap,
     activity: &Activity,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> PumpResult
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Small reads (commands, replies) land in `small`, part of the task
-    // itself; a read that fills it switches to a heap buffer of READ_CHUNK
-    // (bulk data), and the first short read after that frees the heap buffer
-    // again. So a session waiting between commands holds no read buffer.
+    pump_until(side, from, to, tap, activity, Some(stop)).await
+}
+
+/// Returns when `stop` changes (or its sender is gone); never if there is none.
+async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One read of at most [`SMALL_READ`] bytes into a buffer on the stack of
+/// this poll, copied out. The buffer is not part of the pump's future, so
+/// a pump waiting for its peer holds no read buffer at all.
+fn poll_read_small<R: AsyncRead + Unpin>(
+    from: &mut R,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Bytes>> {
     let mut small = [0u8; SMALL_READ];
+    let mut rb = ReadBuf::new(&mut small);
+    match Pin::new(from).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(Bytes::copy_from_slice(rb.filled()))),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// [`pump`], with the stop signal optional: [`relay`] stops its pumps by
+/// no longer polling them.
+async fn pump_until<R, W>(
+    side: Side,
+    from: &mut R,
+    to: &mut W,
+    tap: &Tap,
+    activity: &Activity,
+    mut stop: Option<watch::Receiver<bool>>,
+) -> PumpResult
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Small reads (commands, replies) are copied out of a stack buffer
+    // (`poll_read_small`); a read that fills it switches to a heap buffer of
+    // READ_CHUNK (bulk data), and the first short read after that frees the
+    // heap buffer again. So a session waiting between commands holds no
+    // read buffer.
     let mut buf = BytesMut::new();
     let mut bulk = false;
     let mut total: u64 = 0;
@@ -488,23 +542,25 @@ where
             buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
             r = async {
                 if bulk {
-                    from.read_buf(&mut buf).await
+                    from.read_buf(&mut buf).await.map(|n| buf.split_to(n).freeze())
                 } else {
-                    from.read(&mut small).await
+                    std::future::poll_fn(|cx| poll_read_small(from, cx)).await
                 }
             } => r,
-            _ = stop.changed() => return PumpResult { end: DirEnd::Aborted, bytes: total },
         };
         match read {
-            Ok(0) => {
+            Ok(chunk) if chunk.is_empty() => {
                 tap.eof(side, Timestamp::now());
                 activity.touch();
                 // Pass the FIN on: shut down the other side's write half.
                 let end = match tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
                     r = to.shutdown() => r,
-                    _ = stop.changed() => return PumpResult { end: DirEnd::Aborted, bytes: total },
                 } {
                     Ok(()) => DirEnd::Fin,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Fin,
@@ -512,14 +568,10 @@ where
                 };
                 return PumpResult { end, bytes: total };
             }
-            Ok(n) => {
+            Ok(chunk) => {
+                let n = chunk.len();
                 let ts = Timestamp::now();
                 activity.touch();
-                let chunk = if bulk {
-                    buf.split_to(n).freeze()
-                } else {
-                    Bytes::copy_from_slice(&small[..n])
-                };
                 if !bulk && n == SMALL_READ {
                     bulk = true;
                 } else if bulk && n < SMALL_READ {
@@ -531,8 +583,9 @@ where
                 }
                 tap.data(side, ts, chunk.clone());
                 let w = tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
                     r = to.write_all(&chunk) => r,
-                    _ = stop.changed() => return PumpResult { end: DirEnd::Aborted, bytes: total },
                 };
                 if let Err(e) = w {
                     return PumpResult {
@@ -541,6 +594,7 @@ where
                     };
                 }
                 total += n as u64;
+                activity.relayed_add(side, n as u64);
                 activity.touch();
             }
             Err(e) => {

@@ -81,6 +81,8 @@ pub struct JsonFile {
     failure: Option<Failure>,
     /// The run of the last event written (for the lines this writer adds).
     run: Option<RunId>,
+    /// The line being serialised (reused).
+    line: Vec<u8>,
 }
 
 impl JsonFile {
@@ -99,6 +101,7 @@ impl JsonFile {
             ends: Vec::new(),
             failure: None,
             run: None,
+            line: Vec::new(),
         })
     }
 
@@ -125,9 +128,13 @@ impl JsonFile {
                 return;
             }
         }
-        let Ok(mut line) = serde_json::to_vec(ev) else {
+        // Serialised into a buffer kept from one event to the next.
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        if serde_json::to_writer(&mut line, ev).is_err() {
+            self.line = line;
             return;
-        };
+        }
         line.push(b'\n');
         if let Some(max) = self.max_bytes {
             let pending = self.size.saturating_add(self.buf.len() as u64);
@@ -138,11 +145,13 @@ impl JsonFile {
                 }
                 if let Some(f) = self.failure.as_mut() {
                     f.lost = f.lost.saturating_add(1);
+                    self.line = line;
                     return;
                 }
             }
         }
         self.buf.extend_from_slice(&line);
+        self.line = line;
         self.ends.push(self.buf.len());
         if self.buf.len() >= BUFFER {
             self.write_out();

@@ -68,10 +68,14 @@ impl EventSink {
             return;
         }
         let n = evs.len() as u64;
+        // The common case: room in the queue, no timer needed.
+        let evs = match self.tx.try_send(evs) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(evs)) => evs,
+        };
         if self.state.stalled.load(Ordering::Acquire) {
-            if self.tx.try_send(evs).is_err() {
-                self.state.dropped.fetch_add(n, Ordering::Relaxed);
-            }
+            self.state.dropped.fetch_add(n, Ordering::Relaxed);
             return;
         }
         if tokio::time::timeout(STALL, self.tx.send(evs))
