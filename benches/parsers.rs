@@ -621,6 +621,21 @@ mod tls_bulk_1m {
 /// Asserts that every observer workload is followed to its end, so the
 /// timings measure real parsing (a desynced observer ignores its input).
 fn check() {
+    // The session core follows the one-message session to its summary, with
+    // the message accepted and the events any log line is made of.
+    let evs = analyze_session(&SMALL_SESSION);
+    let names: Vec<&str> = evs.iter().map(|e| e.name()).collect();
+    assert_eq!(names.last(), Some(&"session.summary"), "{names:?}");
+    let json: Vec<String> = evs
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .collect();
+    assert!(
+        json.iter()
+            .any(|l| l.contains("\"smtp.message\"") && l.contains("\"accepted\":true")),
+        "no accepted message: {names:?}"
+    );
+    assert!(evs.len() >= 15, "only {} events: {names:?}", evs.len());
     // The frame writer turns 1 MiB into at least one 1460-byte segment per
     // MSS, each with its headers and block framing.
     let written = pcapng_writer_1m::write_all(&BULK);
@@ -759,5 +774,152 @@ mod pcapng_writer_1m {
                 }
                 at
             });
+    }
+}
+
+// ----------------------------------------------------------------- the session core
+
+/// One session as smtp-source sends it in workload (a) of `scripts/bench`
+/// (banner, EHLO, MAIL, RCPT, DATA, a 10 KiB body, QUIT), one read per turn.
+static SMALL_SESSION: LazyLock<Transcript> = LazyLock::new(|| {
+    vec![
+        (Side::Server, b"220 sink.example ESMTP\r\n".to_vec()),
+        (Side::Client, b"EHLO source.example\r\n".to_vec()),
+        (
+            Side::Server,
+            b"250-sink.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE\r\n".to_vec(),
+        ),
+        (Side::Client, b"MAIL FROM:<a@source.example>\r\n".to_vec()),
+        (Side::Server, b"250 2.1.0 Ok\r\n".to_vec()),
+        (Side::Client, b"RCPT TO:<b@sink.example>\r\n".to_vec()),
+        (Side::Server, b"250 2.1.5 Ok\r\n".to_vec()),
+        (Side::Client, b"DATA\r\n".to_vec()),
+        (
+            Side::Server,
+            b"354 End data with <CR><LF>.<CR><LF>\r\n".to_vec(),
+        ),
+        (Side::Client, body(10 * 1024)),
+        (Side::Server, b"250 2.0.0 Ok: queued as 1234\r\n".to_vec()),
+        (Side::Client, QUIT.to_vec()),
+        (Side::Server, BYE.to_vec()),
+    ]
+});
+
+static SESSION_SHARED: LazyLock<Arc<smtptap::session::Analysis>> = LazyLock::new(|| {
+    let text = "listen = [\"127.0.0.1:2525\"]\nupstream = \"sink.example:25\"\n";
+    let cfg = smtptap::config::RawConfig::from_toml(text, "bench.toml")
+        .and_then(|r| r.resolve("bench.toml"))
+        .unwrap_or_else(|e| panic!("bench config: {e}"));
+    Arc::new(smtptap::session::Analysis::bare(
+        smtptap::event::RunId::from("rbench"),
+        cfg,
+    ))
+});
+
+/// The whole session through the session core, as the proxy's analysis task
+/// drives it (the events taken after every read); returns the events.
+fn analyze_session(t: &Transcript) -> Vec<smtptap::event::Event> {
+    use smtptap::event::{Leg, Timestamp};
+    use smtptap::session::{DirEnd, Ends, SessionAnalyzer, SessionInfo};
+    use std::time::{Duration, UNIX_EPOCH};
+    let at = |ms: u64| Timestamp(UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + ms));
+    let info = SessionInfo {
+        id: 7,
+        client: std::net::SocketAddr::from(([192, 0, 2, 7], 40000)),
+        listener: std::net::SocketAddr::from(([127, 0, 0, 1], 2525)),
+        upstream: smtptap::config::Upstream {
+            host: "sink.example".into(),
+            port: 25,
+        },
+        opened: at(0),
+        implicit_tls: false,
+    };
+    let mut a = SessionAnalyzer::new(info, SESSION_SHARED.clone());
+    let mut events = Vec::new();
+    a.upstream_connected(
+        at(0),
+        std::net::SocketAddr::from(([192, 0, 2, 25], 25)),
+        std::net::SocketAddr::from(([192, 0, 2, 10], 51514)),
+        0.001,
+    );
+    for (i, (side, b)) in t.iter().enumerate() {
+        a.bytes(Leg::EndToEnd, *side, at(i as u64), b);
+        events.append(&mut a.take_events());
+    }
+    let ends = Ends {
+        client_end: DirEnd::Fin,
+        server_end: DirEnd::Fin,
+        client_bytes: 0,
+        server_bytes: 0,
+    };
+    a.close(at(t.len() as u64), ends, None);
+    events.append(&mut a.take_events());
+    events
+}
+
+/// A one-message session (workload (a)'s): what smtptap does per session in
+/// user space besides relaying. Time per iteration = time per session.
+mod session_core_one_message {
+    use super::*;
+
+    /// Session core: the observers, the kept events, the diagnosis, the summary.
+    #[divan::bench]
+    fn analyzer(bencher: Bencher) {
+        bencher
+            .counter(BytesCount::new(total(&SMALL_SESSION)))
+            .bench(|| analyze_session(black_box(&SMALL_SESSION)));
+    }
+
+    /// The same, then every event as a JSON line (what the `--log` sink does).
+    #[divan::bench]
+    fn analyzer_and_json(bencher: Bencher) {
+        let mut line = Vec::with_capacity(4096);
+        bencher
+            .counter(BytesCount::new(total(&SMALL_SESSION)))
+            .bench_local(|| {
+                let events = analyze_session(black_box(&SMALL_SESSION));
+                for ev in &events {
+                    line.clear();
+                    let _ = serde_json::to_writer(&mut line, ev);
+                    line.push(b'\n');
+                    black_box(&line);
+                }
+                events.len()
+            });
+    }
+
+    /// JSON lines only, of the events of one session made beforehand.
+    #[divan::bench]
+    fn json_only(bencher: Bencher) {
+        let events = analyze_session(&SMALL_SESSION);
+        let mut line = Vec::with_capacity(4096);
+        bencher
+            .counter(BytesCount::new(total(&SMALL_SESSION)))
+            .bench_local(|| {
+                for ev in &events {
+                    line.clear();
+                    let _ = serde_json::to_writer(&mut line, black_box(ev));
+                    line.push(b'\n');
+                }
+                line.len()
+            });
+    }
+
+    /// Reference: the SMTP observer alone over the same reads.
+    #[divan::bench]
+    fn ref_smtp_observer(bencher: Bencher) {
+        bencher
+            .counter(BytesCount::new(total(&SMALL_SESSION)))
+            .bench(|| smtp_observe(black_box(&SMALL_SESSION)));
+    }
+
+    /// Reference: a copy of the same reads (the floor for touching the bytes).
+    #[divan::bench]
+    fn ref_memcpy(bencher: Bencher) {
+        let c = slices(&SMALL_SESSION);
+        let mut dst = vec![0u8; max_chunk(&c)];
+        bencher
+            .counter(BytesCount::new(total(&SMALL_SESSION)))
+            .bench_local(|| copy_all(&c, &mut dst));
     }
 }
