@@ -5,8 +5,8 @@
 //! [`super::side_probe`]), and hands the resulting events to the sinks.
 //!
 //! ```text
-//!  controller ──Control (connected / upstream failed / loop / closed)──┐
-//!  relay ──tap: TapMsg (chunks, FINs, in relay order; try_send)────────┴─▶ this task ─▶ SessionAnalyzer
+//!  controller ──TapMsg::Control (connected / upstream failed / loop / closed; send)──┐
+//!  relay ──tap: TapMsg (chunks, FINs, in relay order; try_send)──── one queue ──────┴─▶ this task ─▶ SessionAnalyzer
 //!                                                                               │  ▲ requests / results
 //!                                                  sinks ◀── events ────────────┘  └─▶ CrlCache (blocking pool)
 //! ```
@@ -158,22 +158,35 @@ async fn serve_requests(
 /// Tap messages analysed in a row before the events go to the sinks.
 pub const DRAIN: usize = 64;
 
-/// Feeds one tap message to the analyzer.
-fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool) {
+/// How the relay ended, as the controller's `Closed` reports it.
+type Closed = (Timestamp, Ends, Option<(Side, u64)>);
+
+/// Feeds one tap message to the analyzer; the controller's `Closed` is kept
+/// in `closed` (it ends the session's input).
+fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool, closed: &mut Option<Closed>) {
     match m {
         TapMsg::Data(c) if *plain => a.plaintext(c.side, c.ts, &c.bytes),
-        TapMsg::Eof { side, ts } if *plain => a.plaintext_fin(side, ts),
+        TapMsg::Eof(f) if *plain => a.plaintext_fin(f.side, f.ts),
         TapMsg::Data(c) => a.bytes(Leg::EndToEnd, c.side, c.ts, &c.bytes),
-        TapMsg::Eof { side, ts } => a.fin(Leg::EndToEnd, side, ts),
+        TapMsg::Eof(f) => a.fin(Leg::EndToEnd, f.side, f.ts),
         TapMsg::Intercept(t) => super::intercept::feed(a, *t, plain),
+        TapMsg::Control(c) => {
+            // Only `Closed` comes once the relay runs.
+            if let Control::Closed { ts, outcome, loss } = *c {
+                *closed = Some((ts, outcome, loss));
+            }
+        }
     }
 }
 
 /// Runs the analysis of one session until the controller reports its end.
+///
+/// `queue` carries the relay's chunks and the controller's reports, in the
+/// order they happened: any `LoopRefused`, then `Connected` (then the
+/// relay's messages, then `Closed`) or `UpstreamFailed`.
 pub async fn run(
     info: SessionInfo,
-    mut data: mpsc::Receiver<TapMsg>,
-    mut ctl: mpsc::Receiver<Box<Control>>,
+    mut queue: mpsc::Receiver<TapMsg>,
     shared: Arc<Analysis>,
     crls: Arc<CrlCache>,
     probes: Arc<SideProbes>,
@@ -182,47 +195,61 @@ pub async fn run(
     let mut a = SessionAnalyzer::new(info, shared);
     let mut side: Option<SideTask> = None;
     loop {
-        match ctl.recv().await.map(|c| *c) {
-            Some(Control::LoopRefused {
+        let c = match queue.recv().await {
+            Some(TapMsg::Control(c)) => *c,
+            // Nothing is relayed before `Connected`.
+            Some(_) => continue,
+            None => break,
+        };
+        match c {
+            Control::LoopRefused {
                 ts,
                 original_dst,
                 reason,
-            }) => a.loop_refused(ts, original_dst, reason),
-            Some(Control::Connected {
+            } => a.loop_refused(ts, original_dst, reason),
+            Control::Connected {
                 ts,
                 peer,
                 local,
                 elapsed,
-            }) => {
+            } => {
                 a.upstream_connected(ts, peer, local, elapsed.as_secs_f64());
                 break;
             }
-            Some(Control::UpstreamFailed { ts, failure, reply }) => {
+            Control::UpstreamFailed { ts, failure, reply } => {
                 a.upstream_failed(ts, failure, reply);
                 flush(&mut a, &sink).await;
                 return;
             }
-            Some(Control::Closed { .. }) | None => break,
+            Control::Closed { ts, outcome, loss } => {
+                a.close(ts, outcome, loss);
+                flush(&mut a, &sink).await;
+                return;
+            }
         }
     }
     flush(&mut a, &sink).await;
     // Intercept mode: after `Tapped::Decrypting`, relayed chunks are the
     // conversation inside TLS.
     let mut plain = false;
-    loop {
+    let mut closed: Option<Closed> = None;
+    while closed.is_none() {
         tokio::select! {
             biased;
-            msg = data.recv() => match msg {
+            msg = queue.recv() => match msg {
                 Some(m) => {
-                    tapped(&mut a, m, &mut plain);
+                    tapped(&mut a, m, &mut plain, &mut closed);
                     serve_requests(&mut a, &crls, &probes, &mut side).await;
                     // Whatever else the relay queued meanwhile is analysed
                     // now, before the events go out: one hand-off to the
                     // sinks (and one wake-up of this task) per batch, not per
                     // chunk.
                     for _ in 1..DRAIN {
-                        let Ok(m) = data.try_recv() else { break };
-                        tapped(&mut a, m, &mut plain);
+                        if closed.is_some() {
+                            break;
+                        }
+                        let Ok(m) = queue.try_recv() else { break };
+                        tapped(&mut a, m, &mut plain, &mut closed);
                         serve_requests(&mut a, &crls, &probes, &mut side).await;
                     }
                 }
@@ -248,10 +275,8 @@ pub async fn run(
         serve_requests(&mut a, &crls, &probes, &mut side).await;
         flush(&mut a, &sink).await;
     }
-    let (ts, ends, loss) = match ctl.recv().await.map(|c| *c) {
-        Some(Control::Closed { ts, outcome, loss }) => (ts, outcome, loss),
-        _ => (Timestamp::now(), Ends::aborted(), None),
-    };
+    // No `Closed` (the controller ended without one): judged as aborted.
+    let (ts, ends, loss) = closed.unwrap_or_else(|| (Timestamp::now(), Ends::aborted(), None));
     a.close(ts, ends, loss);
     flush(&mut a, &sink).await;
 }

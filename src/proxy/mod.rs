@@ -475,6 +475,16 @@ impl RateLimited {
 pub const LOCAL_RESOURCES_REPLY: &str =
     "421 4.3.2 smtptap: local resource limit on the proxy, try again later";
 
+/// The session controller's side of the analysis queue: its reports travel
+/// on the relay's queue, boxed, and are awaited (never dropped).
+struct Controller(mpsc::Sender<relay::TapMsg>);
+
+impl Controller {
+    async fn send(&self, c: Box<Control>) -> Result<(), mpsc::error::SendError<relay::TapMsg>> {
+        self.0.send(relay::TapMsg::Control(c)).await
+    }
+}
+
 async fn run_session(
     id: u64,
     client: TcpStream,
@@ -495,14 +505,14 @@ async fn run_session(
     };
     // Intercept mode taps each leg's wire bytes besides the relayed ones.
     let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
-    let (data_tx, data_rx) = mpsc::channel(queue);
-    // The controller's few messages are boxed: a tokio mpsc allocates its
-    // slots 32 at a time, each as large as the message type.
-    let (ctl_tx, ctl_rx) = mpsc::channel::<Box<Control>>(4);
+    // One queue carries the relay's chunks and the controller's reports (a
+    // tokio mpsc allocates its slots 32 at a time, each as large as the
+    // message type: one small block per session, not two).
+    let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(queue);
+    let ctl_tx = Controller(data_tx.clone());
     let analysis = tokio::spawn(analysis::run(
         info,
         data_rx,
-        ctl_rx,
         ctx.analysis.clone(),
         ctx.crls.clone(),
         ctx.probes.clone(),
@@ -782,7 +792,6 @@ mod tests {
         let c2 = TcpStream::connect(addr).await.unwrap();
         let (s2, peer) = l.accept().await.unwrap();
         let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(8);
-        let (_ctl_tx, ctl_rx) = mpsc::channel::<Box<Control>>(4);
         let info = SessionInfo {
             id: 1,
             client: peer,
@@ -798,7 +807,6 @@ mod tests {
         let driver = analysis::run(
             info,
             data_rx,
-            ctl_rx,
             analysis,
             ctx.crls.clone(),
             ctx.probes.clone(),
@@ -828,12 +836,8 @@ mod tests {
                 std::mem::size_of_val(&analyzer),
             ),
             (
-                "tap channel slot (TapMsg)",
+                "analysis queue slot (TapMsg: chunks and control)",
                 std::mem::size_of::<relay::TapMsg>(),
-            ),
-            (
-                "control channel slot (Box<Control>)",
-                std::mem::size_of::<Box<Control>>(),
             ),
         ];
         for (what, n) in sizes {
@@ -841,8 +845,7 @@ mod tests {
         }
         drop((s2, driver, relay, session, analyzer));
         // tokio's mpsc allocates its slots 32 at a time (one block at
-        // creation): keep a slot small so an idle session's channels stay small.
-        assert!(std::mem::size_of::<relay::TapMsg>() <= 64);
-        assert!(std::mem::size_of::<Box<Control>>() <= 8);
+        // creation): keep a slot small so an idle session's queue stays small.
+        assert!(std::mem::size_of::<relay::TapMsg>() <= 16);
     }
 }

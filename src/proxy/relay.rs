@@ -73,22 +73,37 @@ pub struct Chunk {
     pub bytes: Bytes,
 }
 
+/// A side closed its sending direction (FIN).
+#[derive(Debug, Clone, Copy)]
+pub struct Fin {
+    /// The side that sent FIN.
+    pub side: Side,
+    /// When.
+    pub ts: Timestamp,
+}
+
 /// Messages from the session controller and the relay to the analysis task.
+///
+/// Every variant is boxed: tokio's mpsc allocates its queue 32 slots at a
+/// time, each as large as the largest message, so an idle session's first
+/// block costs 32 x 16 bytes instead of 32 x 56 (measured with heaptrack:
+/// docs/performance.md, "Idle sessions, third pass"). A chunk already costs
+/// an allocation for its bytes; the box is a second, small one.
 #[derive(Debug)]
 pub enum TapMsg {
     /// Bytes relayed.
-    Data(Chunk),
+    Data(Box<Chunk>),
     /// A side closed its sending direction (FIN).
-    Eof {
-        /// The side that sent FIN.
-        side: Side,
-        /// When.
-        ts: Timestamp,
-    },
+    Eof(Box<Fin>),
     /// Intercept mode: wire bytes of a leg, decrypted-stream markers, facts
     /// (boxed: it is large, and every slot of the tap's queue is as large as
     /// the largest message).
     Intercept(Box<super::intercept::Tapped>),
+    /// The session controller's reports (connected, upstream failed, relay
+    /// closed). Never sent by the relay: the controller sends them on the
+    /// same queue with `send().await` (never lost), so one queue serves a
+    /// session and the relay's last chunk always comes before `Closed`.
+    Control(Box<super::analysis::Control>),
 }
 
 /// The tap: a non-blocking, lossy-but-honest feed of relayed bytes to analysis.
@@ -157,11 +172,11 @@ impl Tap {
 
     pub(crate) fn data(&self, side: Side, ts: Timestamp, bytes: Bytes) {
         let len = bytes.len();
-        self.offer(side, TapMsg::Data(Chunk { side, ts, bytes }), len);
+        self.offer(side, TapMsg::Data(Box::new(Chunk { side, ts, bytes })), len);
     }
 
     pub(crate) fn eof(&self, side: Side, ts: Timestamp) {
-        self.offer(side, TapMsg::Eof { side, ts }, 0);
+        self.offer(side, TapMsg::Eof(Box::new(Fin { side, ts })), 0);
     }
 
     /// Intercept mode: offers one of its messages (`len` bytes of data, for
