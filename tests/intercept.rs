@@ -631,3 +631,196 @@ async fn client_certificates_on_both_legs_are_presented_and_recorded() {
     assert_eq!(infos[0]["source"], "handshake", "{}", infos[0]);
     proxy.stop().await;
 }
+
+/// SMTPS (TLS from the first byte) through intercept mode, with
+/// `implicit_tls = true` configured or, without it, detected from the
+/// client's first bytes: both legs terminated, the message delivered
+/// byte-identical, the conversation inside TLS observed.
+async fn implicit_session(configured: bool) {
+    let dir = temp_dir(&format!("intercept-implicit-{configured}"));
+    let up = upstream(&dir, true, rustls::DEFAULT_VERSIONS).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    let implicit = if configured {
+        "implicit_tls = true\n"
+    } else {
+        ""
+    };
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{implicit}{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    let b = body();
+    let mut o = opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &b);
+    o.starttls = StartTls::Implicit;
+    let report = lab::send(proxy.addr, &o).await;
+    assert!(report.error.is_none(), "{report:?}");
+    assert!(report.tls, "{report:?}");
+    let evs = proxy.wait_summaries(1).await;
+    let got = up.server.received();
+    assert_eq!(got.len(), 1, "nothing delivered: {report:?}");
+    let mut sent = b.clone();
+    sent.extend_from_slice(b"\r\n");
+    assert!(
+        got[0].data == b || got[0].data == sent,
+        "the message arrived changed"
+    );
+
+    let decision = named(&evs, 1, "intercept.decision");
+    assert_eq!(decision.len(), 1, "{decision:?}");
+    assert_eq!(decision[0]["action"], "intercept", "{}", decision[0]);
+    let reason = decision[0]["reason"].as_str().unwrap();
+    assert_eq!(
+        reason.contains("implicit TLS, detected"),
+        !configured,
+        "{reason}"
+    );
+    for leg in ["client_proxy", "proxy_server"] {
+        let hs = leg_events(&evs, "intercept.handshake", leg);
+        assert_eq!(hs.len(), 1, "{leg}: {hs:?}");
+        assert_eq!(hs[0]["ok"], true, "{leg}: {hs:?}");
+    }
+    // One EHLO, inside TLS; the envelope and the message seen there.
+    assert_eq!(named(&evs, 1, "smtp.ehlo").len(), 1);
+    let msg = named(&evs, 1, "smtp.message");
+    assert_eq!(msg.len(), 1, "{msg:?}");
+    assert_eq!(msg[0]["accepted"], true);
+    assert_eq!(msg[0]["rcpt_to"][0], "bob@mx.example.test", "{}", msg[0]);
+    let summary = &named(&evs, 1, "session.summary")[0];
+    // Implicit TLS is said as such, configured or detected, and the banner
+    // is read inside TLS.
+    let started = named(&evs, 1, "tls.started");
+    let e2e: Vec<_> = started
+        .iter()
+        .filter(|v| v["leg"] == "end_to_end")
+        .collect();
+    assert_eq!(e2e.len(), 1, "{started:?}");
+    let after = if configured {
+        "implicit"
+    } else {
+        "implicit_detected"
+    };
+    assert_eq!(e2e[0]["after"], after, "{started:?}");
+    assert_eq!(summary["implicit_tls"], true, "{summary}");
+    assert_eq!(
+        summary["banner"], "220 mx.example.test ESMTP lab server ready",
+        "{summary}"
+    );
+    for f in summary["findings"].as_array().unwrap() {
+        assert_ne!(f["severity"], "error", "{summary}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_configured_is_intercepted_from_the_first_byte() {
+    implicit_session(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_detected_is_intercepted_from_the_first_byte() {
+    implicit_session(false).await;
+}
+
+/// `[intercept] cert`/`key` with `cert_names`: a client asking for a listed
+/// name gets the static certificate (it verifies against the organisation's
+/// own CA, not the proxy's); a client asking for another name gets a leaf
+/// minted by the proxy CA for that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_certificate_is_presented_for_its_names_and_others_get_a_minted_leaf() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("intercept-static");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (proxy_anchor, icfg) = proxy_ca(&dir);
+    let org = Ca::new("Organisation Test CA").unwrap();
+    let real = org.issue(&LeafSpec::server(["mx.example.test"])).unwrap();
+    let (crt, key) = (dir.join("mx.crt"), dir.join("mx.key"));
+    std::fs::write(&crt, real.chain_pem()).unwrap();
+    std::fs::write(&key, real.key_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}cert = \"{}\"\nkey = \"{}\"\ncert_names = [\"mx.example.test\"]\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            crt.display(),
+            key.display(),
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    // The listed name: only the organisation's CA is trusted, and it verifies.
+    let org_anchor = org.der();
+    let b = body();
+    let r1 = lab::send(
+        proxy.addr,
+        &opts(verifying(&org_anchor, rustls::DEFAULT_VERSIONS), &b),
+    )
+    .await;
+    assert!(r1.error.is_none(), "static certificate refused: {r1:?}");
+    // Another name: only the proxy CA is trusted, and the minted leaf names it.
+    let mut o2 = opts(verifying(&proxy_anchor, rustls::DEFAULT_VERSIONS), &b);
+    o2.server_name = "relay.example.test".into();
+    let r2 = lab::send(proxy.addr, &o2).await;
+    assert!(r2.error.is_none(), "minted leaf refused: {r2:?}");
+    let evs = proxy.wait_summaries(2).await;
+    assert_eq!(up.server.received().len(), 2);
+    let presented: Vec<String> = evs
+        .iter()
+        .filter(|e| e.name() == "intercept.handshake")
+        .map(|e| serde_json::to_value(e).unwrap())
+        .filter(|v| v["leg"] == "client_proxy")
+        .map(|v| v["presented"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(presented.len(), 2, "{presented:?}");
+    assert!(
+        presented.iter().any(|p| p.contains("static certificate")),
+        "{presented:?}"
+    );
+    assert!(
+        presented
+            .iter()
+            .any(|p| !p.contains("static certificate") && p.contains("relay.example.test")),
+        "{presented:?}"
+    );
+    proxy.stop().await;
+}
+
+/// A TLS client on a STARTTLS server through intercept mode, with the
+/// ClientHello arriving before the server's greeting or after it: not taken
+/// as SMTPS (the server greets in cleartext), relayed as in passthrough, and
+/// diagnosed as the mismatch it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_on_a_starttls_server_is_relayed_and_diagnosed_as_a_mismatch() {
+    let dir = temp_dir("intercept-implicit-mismatch");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (anchor, icfg) = proxy_ca(&dir);
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    let mut o = opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body());
+    o.starttls = StartTls::Implicit;
+    let report = lab::send(proxy.addr, &o).await;
+    assert!(report.error.is_some(), "{report:?}");
+    let evs = proxy.wait_summaries(1).await;
+    assert!(up.server.received().is_empty());
+    assert!(named(&evs, 1, "intercept.decision").is_empty());
+    let summary = &named(&evs, 1, "session.summary")[0];
+    assert_eq!(summary["implicit_tls"], false, "{summary}");
+    assert!(
+        summary["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "smtp.implicit_tls_mismatch"),
+        "{summary}"
+    );
+    proxy.stop().await;
+}

@@ -19,9 +19,36 @@ pub(super) struct Inner {
     obs: Option<Box<SmtpObserver>>,
     /// The observer gave up: what follows is only counted.
     stopped: bool,
+    /// The driver found the session to be implicit TLS without it being
+    /// configured ([`SessionAnalyzer::implicit_tls_detected`]).
+    implicit: bool,
 }
 
 impl SessionAnalyzer {
+    /// A driver that terminates TLS found the client speaking TLS from its
+    /// first byte, unconfigured (intercept mode, SMTPS on a listener without
+    /// `implicit_tls`): the session is implicit TLS as if configured, so the
+    /// conversation inside TLS starts with the banner. Reported as
+    /// `tls.started` with `after: implicit_detected`, as passthrough does.
+    /// Call it before the first plaintext byte; later it changes nothing.
+    pub fn implicit_tls_detected(&mut self, ts: Timestamp) {
+        if self.finished || self.inner.implicit || self.inner.obs.is_some() {
+            return;
+        }
+        self.inner.implicit = true;
+        if matches!(self.stage, super::stage::Stage::Smtp(_)) {
+            // Nothing cleartext will come: not an SMTP conversation to wait for.
+            self.stage = super::stage::Stage::Tls(Box::default());
+        }
+        self.emit(
+            ts,
+            Some(Leg::EndToEnd),
+            SessionEvent::TlsStarted {
+                after: "implicit_detected".into(),
+            },
+        );
+    }
+
     /// Bytes of the SMTP conversation inside TLS sent by `side`, read at
     /// `ts`, in the order the driver relayed them (a server's 354 before the
     /// body it invites). Any split gives the same events.
@@ -33,7 +60,7 @@ impl SessionAnalyzer {
             self.cap.decrypted_unfollowed(side, ts, data);
             return;
         }
-        let implicit = self.info.implicit_tls;
+        let implicit = self.info.implicit_tls || self.inner.implicit;
         let obs = self.inner.obs.get_or_insert_with(|| {
             Box::new(if implicit {
                 SmtpObserver::new(SmtpLimits::default())

@@ -789,4 +789,67 @@ fn decrypted_smtp_is_observed_the_same_at_every_split_point() {
         }
     }
 }
+/// Intercept mode found the client speaking TLS first on a listener not
+/// configured for implicit TLS: the conversation inside TLS starts with the
+/// banner, and the session is implicit TLS as if configured.
+#[test]
+fn implicit_tls_detected_by_the_driver_reads_the_banner_inside_tls() {
+    let p = pki(&["mx.example"], None);
+    let sh = shared(&p, "");
+    let mut a = SessionAnalyzer::new(info(6, at(0)), sh);
+    a.upstream_connected(
+        at(0),
+        "192.0.2.25:465".parse().unwrap(),
+        "192.0.2.10:51514".parse().unwrap(),
+        0.001,
+    );
+    a.implicit_tls_detected(at(1));
+    // A second call changes nothing.
+    a.implicit_tls_detected(at(1));
+    let legs = (tls(&p, false), tls(&p, false));
+    for (side, b) in &legs.0 {
+        a.bytes(Leg::ClientProxy, *side, at(2), b);
+    }
+    for (side, b) in &legs.1 {
+        a.bytes(Leg::ProxyServer, *side, at(2), b);
+    }
+    let mut plain = vec![(Side::Server, b"220 mx.example ESMTP\r\n".to_vec())];
+    plain.extend(inner());
+    for (side, b) in &plain {
+        a.plaintext(*side, at(3), b);
+    }
+    let ends = Ends {
+        client_end: DirEnd::Fin,
+        server_end: DirEnd::Fin,
+        client_bytes: 0,
+        server_bytes: 0,
+    };
+    a.close(at(4), ends, None);
+    let lines: Vec<String> = a
+        .take_events()
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let started: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"tls.started\"") && l.contains("end_to_end"))
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        started[0].contains("\"after\":\"implicit_detected\""),
+        "{}",
+        started[0]
+    );
+    let summary = lines.last().unwrap();
+    assert!(summary.contains("\"implicit_tls\":true"), "{summary}");
+    assert!(
+        summary.contains("\"banner\":\"220 mx.example ESMTP\""),
+        "{summary}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("smtp.desync")),
+        "{lines:?}"
+    );
+}
+
 mod gave_up;

@@ -4,7 +4,10 @@
 //! the boundary: after the server's 220 to STARTTLS, with the client's
 //! bytes sent after its STARTTLS line (if any) held, not forwarded. A
 //! refused STARTTLS forwards the held bytes and goes on; a cleartext MAIL,
-//! a confused observer or a FIN hands the rest to the ordinary relay.
+//! a confused observer or a FIN hands the rest to the ordinary relay. A
+//! client whose first bytes are a TLS handshake record, while the server
+//! says nothing for [`GREETING_WAIT`], is implicit TLS (SMTPS) and is
+//! intercepted from its first byte, as when `implicit_tls` is configured.
 
 use std::time::Duration;
 
@@ -23,6 +26,11 @@ pub(super) enum Boundary {
     /// The server said 220 to STARTTLS; nothing after it was forwarded.
     /// `held`: client bytes sent after the STARTTLS line (the start of its ClientHello).
     StartTls { held: Vec<u8> },
+    /// The client spoke TLS first: its first bytes are a TLS handshake
+    /// record and the server has sent nothing yet (SMTPS without
+    /// `implicit_tls` configured). Nothing was forwarded; `held` is the
+    /// start of its ClientHello.
+    ImplicitTls { held: Vec<u8> },
     /// Nothing to intercept: the ordinary relay takes over (nothing pending).
     Relay,
     /// The session ended here.
@@ -69,6 +77,17 @@ pub(super) async fn run(
                     },
                 };
                 let chunk = cbuf.split_to(n).freeze();
+                // No SMTP line starts with 0x16 (a TLS handshake record): a
+                // client speaking TLS first is SMTPS, unless the server
+                // greets in cleartext after all (a TLS client on a STARTTLS
+                // port, which the ordinary path reports as such).
+                if moved.client == 0
+                    && moved.server == 0
+                    && chunk.first() == Some(&0x16)
+                    && server_silent(server).await
+                {
+                    return Boundary::ImplicitTls { held: chunk.to_vec() };
+                }
                 out.clear();
                 marks.clear();
                 obs.feed(Side::Client, &chunk, &mut out, &mut marks);
@@ -180,6 +199,21 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// How long a server may take to greet before a client that spoke TLS first
+/// is taken as SMTPS. An SMTPS server never speaks first; a STARTTLS server
+/// greets at once (one delaying its greeting beyond this is taken as SMTPS,
+/// and the upstream handshake then fails on its greeting).
+pub(super) const GREETING_WAIT: Duration = Duration::from_millis(500);
+
+/// Whether the server says nothing for [`GREETING_WAIT`] (its bytes, if
+/// any, stay in the socket for the ordinary path to read).
+async fn server_silent(server: &TcpStream) -> bool {
+    let mut one = [0u8; 1];
+    tokio::time::timeout(GREETING_WAIT, server.peek(&mut one))
+        .await
+        .is_err()
 }
 
 /// Whether the client's latest commands include a STARTTLS awaiting its reply.

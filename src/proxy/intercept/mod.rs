@@ -67,6 +67,12 @@ pub enum Tapped {
     },
     /// From here on, relayed chunks (`TapMsg::Data`/`Eof`) are the decrypted conversation.
     Decrypting,
+    /// The client spoke TLS from its first byte on a listener not configured
+    /// for implicit TLS, and the session is intercepted as SMTPS.
+    ImplicitTls {
+        /// When it was seen.
+        ts: Timestamp,
+    },
     /// One of smtptap's facts (`intercept.decision`, `intercept.handshake`).
     Fact {
         /// When.
@@ -106,6 +112,7 @@ pub(crate) fn feed(a: &mut SessionAnalyzer, msg: Tapped, plain: &mut bool) {
         } => a.bytes(leg, side, ts, &bytes),
         Tapped::WireFin { leg, side, ts } => a.fin(leg, side, ts),
         Tapped::Decrypting => *plain = true,
+        Tapped::ImplicitTls { ts } => a.implicit_tls_detected(ts),
         Tapped::Fact { ts, leg, fact } => a.intercept_fact(ts, leg, fact),
         Tapped::Chain { ts, leg, ders } => {
             let sender = match leg {
@@ -188,9 +195,15 @@ pub(crate) async fn run(
     let idle = deadlines.idle;
     let mut moved = cleartext::Moved::default();
     let mut buf = BytesMut::new();
+    // Implicit TLS seen on the wire rather than configured: said in the decision.
+    let mut detected = "";
     if !cfg.implicit_tls {
         match cleartext::run(&mut client, &mut server, &tap, idle, &mut abort, &mut moved).await {
             cleartext::Boundary::StartTls { held } => buf.extend_from_slice(&held),
+            cleartext::Boundary::ImplicitTls { held } => {
+                buf.extend_from_slice(&held);
+                detected = " (the client spoke TLS first: implicit TLS, detected)";
+            }
             cleartext::Boundary::Relay => {
                 let o = relay::relay(client, server, tap, deadlines, abort).await;
                 return add(o, &moved);
@@ -240,7 +253,7 @@ pub(crate) async fn run(
                 None,
                 SessionEvent::InterceptDecision {
                     action: "passthrough".into(),
-                    reason: why,
+                    reason: format!("{why}{detected}"),
                     sni: None,
                     upstream_sni: None,
                 },
@@ -271,12 +284,21 @@ pub(crate) async fn run(
                 .is_err()
                 .then(|| upstream_host.to_string())
         });
+    if !detected.is_empty() {
+        tap.intercept(
+            Side::Client,
+            Tapped::ImplicitTls {
+                ts: Timestamp::now(),
+            },
+            0,
+        );
+    }
     fact(
         &tap,
         None,
         SessionEvent::InterceptDecision {
             action: "intercept".into(),
-            reason: "rustls can serve the client's ClientHello".into(),
+            reason: format!("rustls can serve the client's ClientHello{detected}"),
             sni: sni.clone(),
             upstream_sni: upstream_sni.clone(),
         },
