@@ -1005,16 +1005,24 @@ fn intercept_ca(name: &str) -> (PathBuf, Vec<String>) {
 }
 
 fn intercept_scenario(name: &str, client: impl FnOnce(u16, &str, &Path) -> Output) -> Outcome {
+    intercept_scenario_on(name, Profile::A, client)
+}
+
+fn intercept_scenario_on(
+    name: &str,
+    profile: Profile,
+    client: impl FnOnce(u16, &str, &Path) -> Output,
+) -> Outcome {
     let _bed = acquire();
     let (ca, args) = intercept_ca(name);
     let subject = format!("smtptap-interop-{name}-{}", std::process::id());
-    let tap = Smtptap::start_with(name, Profile::A, &args);
+    let tap = Smtptap::start_with(name, profile, &args);
     let out = client(tap.port, &subject, &ca);
-    let delivered = find_message(Profile::A, &subject, Duration::from_secs(30));
+    let delivered = find_message(profile, &subject, Duration::from_secs(30));
     let pcap = tap.pcap.clone();
     let events = tap.stop();
     Outcome {
-        upstream_port: Profile::A.port(),
+        upstream_port: profile.port(),
         client_ok: out.status.success(),
         client_out: output_text(&out),
         delivered,
@@ -1114,6 +1122,70 @@ print("sent")
         python3(&code)
     });
     intercepted_events_ok(&o, "TLSv1.3");
+}
+
+/// Python's `smtplib.SMTP_SSL` (TLS from the first byte) trusting only the
+/// proxy CA, through an intercepting smtptap not told about implicit TLS, to
+/// Postfix's SMTPS profile: detected, intercepted from the first byte,
+/// delivered, and the conversation inside TLS starts with the banner.
+#[test]
+fn intercept_python_smtps_detected_trusting_only_the_proxy_ca_delivers_to_postfix() {
+    let o = intercept_scenario_on("icept-smtps", Profile::S, |p, s, ca| {
+        let code = format!(
+            r#"
+import smtplib, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+class Named(smtplib.SMTP_SSL):
+    def _get_socket(self, host, port, timeout):
+        sock = __import__("socket").create_connection((host, port), timeout)
+        return self.context.wrap_socket(sock, server_hostname="{CA_NAME}")
+with Named("127.0.0.1", {p}, local_hostname="client.test", timeout=20, context=ctx) as c:
+    c.ehlo()
+    c.sendmail("alice@client.test", ["{RCPT}"], "Subject: {s}\r\n\r\nhello over intercepted smtps\r\n")
+print("sent")
+"#,
+            ca = ca.to_str().unwrap()
+        );
+        python3(&code)
+    });
+    assert!(o.client_ok, "{}", o.client_out);
+    let m = o
+        .delivered
+        .as_deref()
+        .unwrap_or_else(|| panic!("not delivered: {}", o.client_out));
+    assert!(m.contains("hello over intercepted smtps"), "{m}");
+    let named = |n: &str| -> Vec<&Value> { o.events.iter().filter(|e| e["event"] == n).collect() };
+    let d = named("intercept.decision");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["action"], "intercept", "{}", d[0]);
+    assert!(
+        d[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("implicit TLS, detected"),
+        "{}",
+        d[0]
+    );
+    for h in named("intercept.handshake") {
+        assert_eq!(h["ok"], true, "{h}");
+    }
+    let e2e: Vec<_> = named("tls.started")
+        .into_iter()
+        .filter(|e| e["leg"] == "end_to_end")
+        .collect();
+    assert_eq!(e2e.len(), 1, "{e2e:?}");
+    assert_eq!(e2e[0]["after"], "implicit_detected");
+    assert_eq!(named("smtp.ehlo").len(), 1);
+    let msg = named("smtp.message");
+    assert_eq!(msg.len(), 1, "{msg:?}");
+    assert_eq!(msg[0]["accepted"], true);
+    let sum = named("session.summary");
+    assert_eq!(sum[0]["implicit_tls"], true, "{}", sum[0]);
+    assert!(
+        sum[0]["banner"].as_str().unwrap_or("").starts_with("220 "),
+        "{}",
+        sum[0]
+    );
 }
 
 // ---------------------------------------------------------------- a sender that gives up after the handshake
