@@ -57,6 +57,27 @@ fn proxy_ca(dir: &std::path::Path) -> (Vec<u8>, String) {
 
 use rustls::pki_types::pem::PemObject;
 
+/// A proxy in intercept mode with a CA from `smtptap ca init`, in front of
+/// `up` and trusting only `up`'s CA. `top`: top-level keys; `icept`: more
+/// `[intercept]` keys. Returns the proxy CA's certificate (DER) and the proxy.
+async fn intercept_proxy(
+    dir: &std::path::Path,
+    up: &Upstream,
+    top: &str,
+    icept: &str,
+) -> (Vec<u8>, TestProxy) {
+    let (anchor, icfg) = proxy_ca(dir);
+    let proxy = TestProxy::start(
+        &up.server.addr().to_string(),
+        &format!(
+            "{top}{icfg}{icept}[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            up.ca_file.display()
+        ),
+    )
+    .await;
+    (anchor, proxy)
+}
+
 fn opts(tls: Arc<rustls::ClientConfig>, body: &[u8]) -> ClientOptions {
     ClientOptions {
         ehlo: "client.example.test".into(),
@@ -103,15 +124,8 @@ fn leg_events(evs: &[Event], name: &str, leg: &str) -> Vec<serde_json::Value> {
 async fn intercepted_session(versions: &[&'static rustls::SupportedProtocolVersion], want: &str) {
     let dir = temp_dir(&format!("intercept-{want}"));
     let up = upstream(&dir, false, versions).await;
-    let (anchor, icfg) = proxy_ca(&dir);
-    let proxy = TestProxy::start(
-        &up.server.addr().to_string(),
-        &format!(
-            "{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
-            up.ca_file.display()
-        ),
-    )
-    .await;
+    let (anchor, proxy) =
+        intercept_proxy(&dir, &up, "", "upstream_name = \"mx.example.test\"\n").await;
     let b = body();
     // The client trusts only the proxy CA and checks the name.
     let report = lab::send(proxy.addr, &opts(verifying(&anchor, versions), &b)).await;
@@ -245,15 +259,7 @@ async fn enforce_refuses_an_untrusted_upstream_and_fails_the_clients_handshake()
 async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
     let dir = temp_dir("intercept-distrust");
     let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
-    let (_anchor, icfg) = proxy_ca(&dir);
-    let proxy = TestProxy::start(
-        &up.server.addr().to_string(),
-        &format!(
-            "{icfg}[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
-            up.ca_file.display()
-        ),
-    )
-    .await;
+    let (_anchor, proxy) = intercept_proxy(&dir, &up, "", "").await;
     // This client trusts only the upstream's own CA: it refuses the minted leaf.
     let upstream_ca = std::fs::read_to_string(&up.ca_file).unwrap();
     let der = rustls::pki_types::CertificateDer::pem_slice_iter(upstream_ca.as_bytes())
@@ -514,15 +520,8 @@ async fn legs_that_would_not_agree_without_smtptap_are_a_warning() {
 async fn legs_differ(client: &[&'static rustls::SupportedProtocolVersion], severity: &str) {
     let dir = temp_dir(&format!("intercept-legs-differ-{severity}"));
     let up = upstream(&dir, false, &[&rustls::version::TLS12]).await;
-    let (anchor, icfg) = proxy_ca(&dir);
-    let proxy = TestProxy::start(
-        &up.server.addr().to_string(),
-        &format!(
-            "{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
-            up.ca_file.display()
-        ),
-    )
-    .await;
+    let (anchor, proxy) =
+        intercept_proxy(&dir, &up, "", "upstream_name = \"mx.example.test\"\n").await;
     let b = body();
     let report = lab::send(proxy.addr, &opts(verifying(&anchor, client), &b)).await;
     assert!(report.error.is_none(), "{report:?}");
@@ -639,20 +638,13 @@ async fn client_certificates_on_both_legs_are_presented_and_recorded() {
 async fn implicit_session(configured: bool) {
     let dir = temp_dir(&format!("intercept-implicit-{configured}"));
     let up = upstream(&dir, true, rustls::DEFAULT_VERSIONS).await;
-    let (anchor, icfg) = proxy_ca(&dir);
     let implicit = if configured {
         "implicit_tls = true\n"
     } else {
         ""
     };
-    let proxy = TestProxy::start(
-        &up.server.addr().to_string(),
-        &format!(
-            "{implicit}{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
-            up.ca_file.display()
-        ),
-    )
-    .await;
+    let (anchor, proxy) =
+        intercept_proxy(&dir, &up, implicit, "upstream_name = \"mx.example.test\"\n").await;
     let b = body();
     let mut o = opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &b);
     o.starttls = StartTls::Implicit;
@@ -734,20 +726,20 @@ async fn a_static_certificate_is_presented_for_its_names_and_others_get_a_minted
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir("intercept-static");
     let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
-    let (proxy_anchor, icfg) = proxy_ca(&dir);
     let org = Ca::new("Organisation Test CA").unwrap();
     let real = org.issue(&LeafSpec::server(["mx.example.test"])).unwrap();
     let (crt, key) = (dir.join("mx.crt"), dir.join("mx.key"));
     std::fs::write(&crt, real.chain_pem()).unwrap();
     std::fs::write(&key, real.key_pem()).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let proxy = TestProxy::start(
-        &up.server.addr().to_string(),
+    let (proxy_anchor, proxy) = intercept_proxy(
+        &dir,
+        &up,
+        "",
         &format!(
-            "{icfg}cert = \"{}\"\nkey = \"{}\"\ncert_names = [\"mx.example.test\"]\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
+            "cert = \"{}\"\nkey = \"{}\"\ncert_names = [\"mx.example.test\"]\n",
             crt.display(),
-            key.display(),
-            up.ca_file.display()
+            key.display()
         ),
     )
     .await;
@@ -796,15 +788,8 @@ async fn a_static_certificate_is_presented_for_its_names_and_others_get_a_minted
 async fn a_tls_client_on_a_starttls_server_is_relayed_and_diagnosed_as_a_mismatch() {
     let dir = temp_dir("intercept-implicit-mismatch");
     let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
-    let (anchor, icfg) = proxy_ca(&dir);
-    let proxy = TestProxy::start(
-        &up.server.addr().to_string(),
-        &format!(
-            "{icfg}upstream_name = \"mx.example.test\"\n[tls]\nmozilla_roots = false\nca_files = [\"{}\"]\n",
-            up.ca_file.display()
-        ),
-    )
-    .await;
+    let (anchor, proxy) =
+        intercept_proxy(&dir, &up, "", "upstream_name = \"mx.example.test\"\n").await;
     let mut o = opts(verifying(&anchor, rustls::DEFAULT_VERSIONS), &body());
     o.starttls = StartTls::Implicit;
     let report = lab::send(proxy.addr, &o).await;

@@ -438,8 +438,17 @@ fn python_smtps() -> &'static Outcome {
     O.get_or_init(|| {
         let ca = ca_file();
         scenario("python-smtps", Profile::S, true, |p, s| {
-            let code = format!(
-                r#"
+            smtps_sender(p, s, &ca, "hello over smtps")
+        })
+    })
+}
+
+/// Python's `smtplib.SMTP_SSL` to 127.0.0.1:`port`, verifying (and sending
+/// SNI for) the certificate's name against `ca` only; the message body is
+/// `text`.
+fn smtps_sender(port: u16, subject: &str, ca: &Path, text: &str) -> Output {
+    let code = format!(
+        r#"
 import smtplib, ssl
 ctx = ssl.create_default_context(cafile={ca:?})
 class Named(smtplib.SMTP_SSL):
@@ -447,16 +456,14 @@ class Named(smtplib.SMTP_SSL):
     def _get_socket(self, host, port, timeout):
         sock = __import__("socket").create_connection((host, port), timeout)
         return self.context.wrap_socket(sock, server_hostname="{CA_NAME}")
-with Named("127.0.0.1", {p}, local_hostname="client.test", timeout=20, context=ctx) as c:
+with Named("127.0.0.1", {port}, local_hostname="client.test", timeout=20, context=ctx) as c:
     c.ehlo()
-    c.sendmail("alice@client.test", ["{RCPT}"], "Subject: {s}\r\n\r\nhello over smtps\r\n")
+    c.sendmail("alice@client.test", ["{RCPT}"], "Subject: {subject}\r\n\r\n{text}\r\n")
 print("sent")
 "#,
-                ca = ca.to_str().unwrap()
-            );
-            python3(&code)
-        })
-    })
+        ca = ca.to_str().unwrap()
+    );
+    python3(&code)
 }
 
 /// swaks with TLS on connect (`--tlsc`, the SMTPS habit) to the STARTTLS
@@ -1131,22 +1138,7 @@ print("sent")
 #[test]
 fn intercept_python_smtps_detected_trusting_only_the_proxy_ca_delivers_to_postfix() {
     let o = intercept_scenario_on("icept-smtps", Profile::S, |p, s, ca| {
-        let code = format!(
-            r#"
-import smtplib, ssl
-ctx = ssl.create_default_context(cafile={ca:?})
-class Named(smtplib.SMTP_SSL):
-    def _get_socket(self, host, port, timeout):
-        sock = __import__("socket").create_connection((host, port), timeout)
-        return self.context.wrap_socket(sock, server_hostname="{CA_NAME}")
-with Named("127.0.0.1", {p}, local_hostname="client.test", timeout=20, context=ctx) as c:
-    c.ehlo()
-    c.sendmail("alice@client.test", ["{RCPT}"], "Subject: {s}\r\n\r\nhello over intercepted smtps\r\n")
-print("sent")
-"#,
-            ca = ca.to_str().unwrap()
-        );
-        python3(&code)
+        smtps_sender(p, s, ca, "hello over intercepted smtps")
     });
     assert!(o.client_ok, "{}", o.client_out);
     let m = o

@@ -734,13 +734,18 @@ fn run_intercepted(
         a.plaintext(*side, at(20), b);
     }
     a.plaintext_fin(Side::Client, at(30));
+    closed_lines(&mut a, at(30))
+}
+
+/// Closes `a` at `ts` (both sides FIN) and returns every event as JSON.
+fn closed_lines(a: &mut SessionAnalyzer, ts: Timestamp) -> Vec<String> {
     let ends = Ends {
         client_end: DirEnd::Fin,
         server_end: DirEnd::Fin,
         client_bytes: 0,
         server_bytes: 0,
     };
-    a.close(at(30), ends, None);
+    a.close(ts, ends, None);
     a.take_events()
         .iter()
         .map(|e| serde_json::to_string(e).unwrap())
@@ -818,18 +823,7 @@ fn implicit_tls_detected_by_the_driver_reads_the_banner_inside_tls() {
     for (side, b) in &plain {
         a.plaintext(*side, at(3), b);
     }
-    let ends = Ends {
-        client_end: DirEnd::Fin,
-        server_end: DirEnd::Fin,
-        client_bytes: 0,
-        server_bytes: 0,
-    };
-    a.close(at(4), ends, None);
-    let lines: Vec<String> = a
-        .take_events()
-        .iter()
-        .map(|e| serde_json::to_string(e).unwrap())
-        .collect();
+    let lines = closed_lines(&mut a, at(4));
     let started: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("\"tls.started\"") && l.contains("end_to_end"))
