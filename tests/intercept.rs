@@ -293,7 +293,14 @@ async fn a_client_that_does_not_trust_the_proxy_ca_is_reported() {
 /// passes the session through, and the handshake still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
-    tls10_fallback(false).await;
+    tls10_fallback(false, true).await;
+}
+
+/// The same SMTPS session on a proxy not told about implicit TLS: detected
+/// (the server stays silent), then passed through for the TLS 1.0 hello.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls10_smtps_client_detected_falls_back_to_passthrough_and_completes() {
+    tls10_fallback(false, false).await;
 }
 
 /// The same after STARTTLS (the issue's `openssl s_client -tls1 -starttls
@@ -301,14 +308,15 @@ async fn a_tls10_client_falls_back_to_passthrough_and_completes() {
 /// boundary and then passed through to the TLS 1.0 upstream untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls10_client_after_starttls_falls_back_to_passthrough_and_completes() {
-    tls10_fallback(true).await;
+    tls10_fallback(true, false).await;
 }
 
 /// A TLS 1.0-only `openssl s_server` upstream (implicit TLS, or behind an
 /// SMTP STARTTLS front), an `openssl s_client -tls1` through intercept mode.
-async fn tls10_fallback(starttls: bool) {
+/// `configured`: implicit TLS said in the configuration (without STARTTLS).
+async fn tls10_fallback(starttls: bool, configured: bool) {
     use std::process::{Command, Stdio};
-    let dir = temp_dir(&format!("intercept-tls10-{starttls}"));
+    let dir = temp_dir(&format!("intercept-tls10-{starttls}-{configured}"));
     let ca = Ca::new("Legacy CA").unwrap();
     let leaf = ca
         .issue(&LeafSpec::server(["legacy.example.test"]))
@@ -346,11 +354,12 @@ async fn tls10_fallback(starttls: bool) {
         let front = common::starttls_front(port).await;
         TestProxy::start(&format!("127.0.0.1:{front}"), &icfg).await
     } else {
-        TestProxy::start(
-            &format!("127.0.0.1:{port}"),
-            &format!("implicit_tls = true\n{icfg}"),
-        )
-        .await
+        let implicit = if configured {
+            "implicit_tls = true\n"
+        } else {
+            ""
+        };
+        TestProxy::start(&format!("127.0.0.1:{port}"), &format!("{implicit}{icfg}")).await
     };
     let addr = proxy.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -390,6 +399,13 @@ async fn tls10_fallback(starttls: bool) {
         // The cleartext part before it, as relayed.
         assert_eq!(named(&evs, 1, "smtp.ehlo").len(), 1);
         assert_eq!(named(&evs, 1, "tls.started").len(), 1);
+    } else if !configured {
+        let reason = d[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("implicit TLS, detected"), "{reason}");
+        // Passthrough's own detection: the client spoke TLS, the server answered in TLS.
+        let started = named(&evs, 1, "tls.started");
+        assert_eq!(started.len(), 1, "{started:?}");
+        assert_eq!(started[0]["after"], "implicit_detected");
     }
     let _ = server.kill();
     let _ = server.wait();
