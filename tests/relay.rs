@@ -139,6 +139,55 @@ async fn client_half_close_is_passed_on_and_server_can_still_answer() {
     proxy.stop().await;
 }
 
+/// Bursts sized around the relay's read sizes (its 2 KiB first read, the
+/// 16 KiB bulk reads), each followed at once by a FIN: every byte arrives in
+/// order before the FIN, both ways, whether the burst fits the first read,
+/// fills it exactly or runs past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_around_the_read_sizes_then_fin_arrive_whole_both_ways() {
+    for (i, n) in [1usize, 2047, 2048, 2049, 4096, 16384, 18432, 18433, 70000]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+        let mut up_data = vec![0u8; n];
+        rng.fill_bytes(&mut up_data);
+        let mut down_data = vec![0u8; n];
+        rng.fill_bytes(&mut down_data);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = l.local_addr().unwrap();
+        let down = down_data.clone();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(&down).await.unwrap();
+            s.shutdown().await.unwrap();
+            got
+        });
+        let proxy = TestProxy::start(&up.to_string(), "").await;
+        let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+        c.write_all(&up_data).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back))
+            .await
+            .unwrap_or_else(|_| panic!("{n} bytes: no FIN from the proxy within 10 s"))
+            .unwrap();
+        assert_eq!(
+            sha(&server.await.unwrap()),
+            sha(&up_data),
+            "client to server, {n} bytes"
+        );
+        assert_eq!(sha(&back), sha(&down_data), "server to client, {n} bytes");
+        let events = proxy.wait_summaries(1).await;
+        let summary = named(&events, 1, "session.summary");
+        assert_eq!(summary[0]["client_bytes"], n as u64, "{n} bytes");
+        assert_eq!(summary[0]["server_bytes"], n as u64, "{n} bytes");
+        proxy.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn server_half_close_is_passed_on_and_client_can_still_send() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -39,6 +39,7 @@
 //! completed at the upstream, and the client sees a dropped connection and
 //! retries.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +60,9 @@ pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Reads go first into a buffer of this size inside the pump (no heap
 /// buffer while a session waits); a read that fills it switches to
-/// [`READ_CHUNK`] heap buffers until a read comes back shorter than this.
+/// [`READ_CHUNK`] heap buffers until a read comes back shorter than this,
+/// and what else the socket already holds joins it before the write (one
+/// write per burst, as many `sendto`s per message as haproxy).
 const SMALL_READ: usize = 2048;
 
 /// Bytes that crossed the relay, as handed to the analysis.
@@ -530,6 +533,24 @@ fn poll_read_small<R: AsyncRead + Unpin>(
     }
 }
 
+/// Whatever `from` holds right now, appended to `buf`, without waiting:
+/// `None` if nothing is ready (the read is then registered for wake-up like
+/// any other, and simply dropped).
+async fn read_now<R: AsyncRead + Unpin>(
+    from: &mut R,
+    buf: &mut BytesMut,
+) -> Option<io::Result<usize>> {
+    let read = from.read_buf(buf);
+    tokio::pin!(read);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match read.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// [`pump`], with the stop signal optional: [`relay`] stops its pumps by
 /// no longer polling them.
 async fn pump_until<R, W>(
@@ -552,20 +573,27 @@ where
     let mut buf = BytesMut::new();
     let mut bulk = false;
     let mut total: u64 = 0;
+    // What the socket said right after a read that filled the small buffer
+    // (end of stream or an error), handled once the bytes before it are
+    // passed on.
+    let mut deferred: Option<io::Result<Bytes>> = None;
     loop {
         if bulk && buf.capacity() < READ_CHUNK {
             buf.reserve(READ_CHUNK);
         }
-        let read = tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
-            r = async {
-                if bulk {
-                    from.read_buf(&mut buf).await.map(|n| buf.split_to(n).freeze())
-                } else {
-                    std::future::poll_fn(|cx| poll_read_small(from, cx)).await
-                }
-            } => r,
+        let read = match deferred.take() {
+            Some(r) => r,
+            None => tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
+                r = async {
+                    if bulk {
+                        from.read_buf(&mut buf).await.map(|n| buf.split_to(n).freeze())
+                    } else {
+                        std::future::poll_fn(|cx| poll_read_small(from, cx)).await
+                    }
+                } => r,
+            },
         };
         match read {
             Ok(chunk) if chunk.is_empty() => {
@@ -583,16 +611,28 @@ where
                 };
                 return PumpResult { end, bytes: total };
             }
-            Ok(chunk) => {
-                let n = chunk.len();
+            Ok(mut chunk) => {
                 let ts = Timestamp::now();
                 activity.touch();
-                if !bulk && n == SMALL_READ {
+                if !bulk && chunk.len() == SMALL_READ {
                     bulk = true;
-                } else if bulk && n < SMALL_READ {
+                    // The small buffer filled: the rest of the burst is
+                    // probably already in the socket. Take it now, without
+                    // waiting, so the burst goes out in one write (one
+                    // segment train and one wake-up of the peer, not two).
+                    buf.reserve(READ_CHUNK);
+                    buf.extend_from_slice(&chunk);
+                    match read_now(from, &mut buf).await {
+                        None | Some(Ok(1..)) => {}
+                        Some(Ok(0)) => deferred = Some(Ok(Bytes::new())),
+                        Some(Err(e)) => deferred = Some(Err(e)),
+                    }
+                    chunk = buf.split().freeze();
+                } else if bulk && chunk.len() < SMALL_READ {
                     bulk = false;
                     buf = BytesMut::new();
                 }
+                let n = chunk.len();
                 if side == Side::Client {
                     activity.client_bytes(&chunk);
                 }
