@@ -825,3 +825,101 @@ async fn a_tls_client_on_a_starttls_server_is_relayed_and_diagnosed_as_a_mismatc
     );
     proxy.stop().await;
 }
+
+/// Writes `bytes` one at a time, `every` apart, until the proxy closes the
+/// connection; panics if it has not after `limit`. `greeting`: read a line
+/// first (the banner).
+async fn trickle_until_closed(
+    addr: std::net::SocketAddr,
+    greeting: bool,
+    bytes: &[u8],
+    every: std::time::Duration,
+    limit: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 512];
+    if greeting {
+        let n = s.read(&mut b).await.unwrap();
+        assert!(
+            b[..n].starts_with(b"220"),
+            "{:?}",
+            String::from_utf8_lossy(&b[..n])
+        );
+    }
+    let started = std::time::Instant::now();
+    for byte in bytes.iter().cycle() {
+        assert!(
+            started.elapsed() < limit,
+            "the trickling client was not closed within {limit:?}"
+        );
+        if s.write_all(&[*byte]).await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(every, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            _ => {}
+        }
+    }
+}
+
+/// Before STARTTLS, intercept mode relays the cleartext phase itself: the
+/// line deadline holds there as in the ordinary relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_a_command_before_starttls_is_closed_by_the_line_deadline() {
+    let dir = temp_dir("intercept-trickle-line");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (_anchor, proxy) = intercept_proxy(
+        &dir,
+        &up,
+        "",
+        "upstream_name = \"mx.example.test\"\n[limits]\nline_timeout_secs = 1\nidle_timeout_secs = 600\n",
+    )
+    .await;
+    trickle_until_closed(
+        proxy.addr,
+        true,
+        b"EHLO slow.example.test",
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let evs = proxy.wait_summaries(1).await;
+    let close = named(&evs, 1, "session.close");
+    assert_eq!(close[0]["reason"], "line_timeout", "{}", close[0]);
+    let summary = &named(&evs, 1, "session.summary")[0];
+    assert_eq!(summary["close_reason"], "line_timeout", "{summary}");
+    proxy.stop().await;
+}
+
+/// A client that sends its ClientHello a byte at a time (SMTPS, configured)
+/// keeps the idle deadline away and has no lines: the session deadline ends
+/// it, counted from the session's start, before any handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_client_hello_is_closed_by_the_session_deadline() {
+    let dir = temp_dir("intercept-trickle-hello");
+    let up = upstream(&dir, true, rustls::DEFAULT_VERSIONS).await;
+    let (_anchor, proxy) = intercept_proxy(
+        &dir,
+        &up,
+        "implicit_tls = true\n",
+        "upstream_name = \"mx.example.test\"\n[limits]\nsession_timeout_secs = 2\nline_timeout_secs = 1\nidle_timeout_secs = 600\n",
+    )
+    .await;
+    // A handshake record header announcing a 16 KiB ClientHello, then
+    // bytes of it, slowly.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc];
+    hello.extend(std::iter::repeat_n(0x41, 200));
+    trickle_until_closed(
+        proxy.addr,
+        false,
+        &hello,
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let evs = proxy.wait_summaries(1).await;
+    let close = named(&evs, 1, "session.close");
+    assert_eq!(close[0]["reason"], "session_timeout", "{}", close[0]);
+    proxy.stop().await;
+}

@@ -198,6 +198,10 @@ pub struct Deadlines {
     pub line: Option<Duration>,
     /// The whole session; `None` = off.
     pub session: Option<Duration>,
+    /// When the session's clock started, if before the relay (intercept
+    /// mode's cleartext phase and handshakes come first); `None`: when the
+    /// relay starts.
+    pub since: Option<Instant>,
 }
 
 impl Deadlines {
@@ -207,6 +211,7 @@ impl Deadlines {
             idle: l.idle_timeout,
             line: l.line_timeout,
             session: l.session_timeout,
+            since: None,
         }
     }
 
@@ -216,6 +221,7 @@ impl Deadlines {
             idle,
             line: None,
             session: None,
+            since: None,
         }
     }
 
@@ -262,6 +268,16 @@ impl Activity {
         }
     }
 
+    /// A clock that started at `start` (the session's), with activity now.
+    pub fn since(start: Instant) -> Self {
+        let a = Activity {
+            start,
+            ..Activity::new()
+        };
+        a.touch();
+        a
+    }
+
     /// Bytes sent by `side` that were relayed so far.
     pub fn relayed(&self, side: Side) -> u64 {
         self.relayed[side as usize].load(Ordering::Relaxed)
@@ -275,7 +291,7 @@ impl Activity {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
@@ -292,7 +308,7 @@ impl Activity {
 
     /// The client sent `b`: track whether it leaves a line unfinished. Costs
     /// one `memrchr` over bytes already in hand.
-    fn client_bytes(&self, b: &[u8]) {
+    pub(crate) fn client_bytes(&self, b: &[u8]) {
         if b.is_empty() || self.opaque.load(Ordering::Relaxed) {
             return;
         }
@@ -368,7 +384,7 @@ pub async fn relay(
     deadlines: Deadlines,
     mut abort: watch::Receiver<bool>,
 ) -> RelayOutcome {
-    let activity = Activity::new();
+    let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
 
@@ -703,6 +719,7 @@ mod tests {
             idle: Duration::from_secs(600),
             line: Some(Duration::ZERO),
             session: None,
+            since: None,
         };
         assert!(matches!(
             deadline_passed(&zero, &a),

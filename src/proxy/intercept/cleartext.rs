@@ -8,16 +8,18 @@
 //! client whose first bytes are a TLS handshake record, while the server
 //! says nothing for [`GREETING_WAIT`], is implicit TLS (SMTPS) and is
 //! intercepted from its first byte, as when `implicit_tls` is configured.
+//! The session's deadlines and abort are enforced around this phase by
+//! `intercept::run`'s guard, which this phase feeds (bytes moved, the
+//! client's unfinished line) through an `Activity`.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::event::{Side, Timestamp};
-use crate::proxy::relay::{Tap, READ_CHUNK};
+use crate::proxy::relay::{Activity, Tap, READ_CHUNK};
 use crate::session::DirEnd;
 use crate::smtp::{MarkKind, Progress, SmtpEvent, SmtpLimits, SmtpObserver};
 
@@ -50,7 +52,7 @@ pub(super) async fn run(
     server: &mut TcpStream,
     tap: &Tap,
     idle: Duration,
-    abort: &mut watch::Receiver<bool>,
+    activity: &Activity,
     moved: &mut Moved,
 ) -> Boundary {
     let mut obs = SmtpObserver::new(SmtpLimits::default());
@@ -77,6 +79,8 @@ pub(super) async fn run(
                     },
                 };
                 let chunk = cbuf.split_to(n).freeze();
+                activity.touch();
+                activity.client_bytes(&chunk);
                 // No SMTP line starts with 0x16 (a TLS handshake record): a
                 // client speaking TLS first is SMTPS, unless the server
                 // greets in cleartext after all (a TLS client on a STARTTLS
@@ -109,6 +113,7 @@ pub(super) async fn run(
                         };
                     }
                     moved.client += head.len() as u64;
+                    activity.touch();
                 }
                 let mail = out.iter().any(|e| matches!(e, SmtpEvent::Command { verb, .. } if verb.eq_ignore_ascii_case("MAIL")));
                 if obs.is_desynced() || mail {
@@ -137,6 +142,7 @@ pub(super) async fn run(
                     },
                 };
                 let chunk = sbuf.split_to(n).freeze();
+                activity.touch();
                 out.clear();
                 marks.clear();
                 let progress = obs.feed(Side::Server, &chunk, &mut out, &mut marks);
@@ -155,6 +161,7 @@ pub(super) async fn run(
                     };
                 }
                 moved.server += head.len() as u64;
+                activity.touch();
                 match progress {
                     Progress::StartTls { .. } if rest.is_empty() => {
                         return Boundary::StartTls { held: held.take().unwrap_or_default() };
@@ -191,11 +198,6 @@ pub(super) async fn run(
             }
             _ = tokio::time::sleep(idle) => {
                 return Boundary::Ended { client: DirEnd::Idle, server: DirEnd::Idle };
-            }
-            r = abort.changed() => {
-                if r.is_err() || *abort.borrow() {
-                    return Boundary::Ended { client: DirEnd::Aborted, server: DirEnd::Aborted };
-                }
             }
         }
     }

@@ -26,6 +26,7 @@ mod cleartext;
 mod hello;
 mod io;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -180,8 +181,111 @@ fn add(mut o: RelayOutcome, moved: &cleartext::Moved) -> RelayOutcome {
 }
 
 /// Runs one intercepted session (instead of [`relay::relay`]).
+///
+/// Everything before a relay takes over (the cleartext phase, reading the
+/// ClientHello, both handshakes) runs under the session's deadlines and
+/// abort, as the relay does: a client trickling a byte at a time, a peer
+/// that stops reading, or a drain's end cannot hold the session past them.
+/// The relay that takes over keeps the session's clock (`Deadlines::since`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    analysis: &Arc<Analysis>,
+    cfg: &ProxyConfig,
+    upstream_host: &str,
+    client: TcpStream,
+    server: TcpStream,
+    tap: Tap,
+    deadlines: relay::Deadlines,
+    abort: watch::Receiver<bool>,
+) -> RelayOutcome {
+    let since = deadlines.since.unwrap_or_else(std::time::Instant::now);
+    let deadlines = relay::Deadlines {
+        since: Some(since),
+        ..deadlines
+    };
+    let setup = Setup {
+        activity: relay::Activity::since(since),
+        handed_over: AtomicBool::new(false),
+    };
+    let mut watch_abort = abort.clone();
+    let mut moved = cleartext::Moved::default();
+    let end = {
+        let run = phases(
+            shared,
+            analysis,
+            cfg,
+            upstream_host,
+            client,
+            server,
+            tap,
+            deadlines,
+            abort,
+            &setup,
+            &mut moved,
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            o = &mut run => return o,
+            end = guard(&deadlines, &setup, &mut watch_abort) => end,
+        }
+    };
+    ends(end.clone(), end, &moved)
+}
+
+/// What the guard of [`run`] watches before a relay takes over.
+struct Setup {
+    /// Bytes moved and the client's unfinished line, before the relay.
+    activity: relay::Activity,
+    /// A relay took over (it enforces the deadlines from then on).
+    handed_over: AtomicBool,
+}
+
+impl Setup {
+    fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Relaxed);
+    }
+
+    fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
+    }
+}
+
+/// Ends when a deadline passes or abort is signalled before the relay takes
+/// over; never after.
+async fn guard(
+    deadlines: &relay::Deadlines,
+    setup: &Setup,
+    abort: &mut watch::Receiver<bool>,
+) -> DirEnd {
+    let mut tick = tokio::time::interval(deadlines.check_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if setup.handed_over() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            biased;
+            r = abort.changed() => {
+                if (r.is_err() || *abort.borrow()) && !setup.handed_over() {
+                    return DirEnd::Aborted;
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(end) = relay::deadline_passed(deadlines, &setup.activity) {
+                    if !setup.handed_over() {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The phases of [`run`] up to the relay that takes over.
+#[allow(clippy::too_many_arguments)]
+async fn phases(
     shared: &Arc<Shared>,
     analysis: &Arc<Analysis>,
     cfg: &ProxyConfig,
@@ -190,28 +294,30 @@ pub(crate) async fn run(
     mut server: TcpStream,
     tap: Tap,
     deadlines: relay::Deadlines,
-    mut abort: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+    setup: &Setup,
+    moved: &mut cleartext::Moved,
 ) -> RelayOutcome {
     let idle = deadlines.idle;
-    let mut moved = cleartext::Moved::default();
     let mut buf = BytesMut::new();
     // Implicit TLS seen on the wire rather than configured: said in the decision.
     let mut detected = "";
     if !cfg.implicit_tls {
-        match cleartext::run(&mut client, &mut server, &tap, idle, &mut abort, &mut moved).await {
+        match cleartext::run(&mut client, &mut server, &tap, idle, &setup.activity, moved).await {
             cleartext::Boundary::StartTls { held } => buf.extend_from_slice(&held),
             cleartext::Boundary::ImplicitTls { held } => {
                 buf.extend_from_slice(&held);
                 detected = " (the client spoke TLS first: implicit TLS, detected)";
             }
             cleartext::Boundary::Relay => {
+                setup.hand_over();
                 let o = relay::relay(client, server, tap, deadlines, abort).await;
-                return add(o, &moved);
+                return add(o, moved);
             }
             cleartext::Boundary::Ended {
                 client: c,
                 server: s,
-            } => return ends(c, s, &moved),
+            } => return ends(c, s, moved),
         }
     }
     // Read the whole ClientHello before deciding.
@@ -228,17 +334,17 @@ pub(crate) async fn run(
         let r = tokio::select! {
             r = client.read_buf(&mut buf) => r,
             _ = tokio::time::sleep(idle) => {
-                return ends(DirEnd::Idle, DirEnd::Idle, &moved);
+                return ends(DirEnd::Idle, DirEnd::Idle, moved);
             }
         };
         match r {
             Ok(0) => break Err("the client closed before its ClientHello was complete".into()),
-            Ok(_) => {}
+            Ok(_) => setup.activity.touch(),
             Err(e) => {
                 return ends(
                     DirEnd::io("reading from client", &e),
                     DirEnd::PeerFailed,
-                    &moved,
+                    moved,
                 )
             }
         }
@@ -265,13 +371,14 @@ pub(crate) async fn run(
                     return ends(
                         DirEnd::io("writing to server", &e),
                         DirEnd::PeerFailed,
-                        &moved,
+                        moved,
                     );
                 }
                 moved.client += held.len() as u64;
             }
+            setup.hand_over();
             let o = relay::relay(client, server, tap, deadlines, abort).await;
-            return add(o, &moved);
+            return add(o, moved);
         }
     };
     let sni = ch.sni.clone();
@@ -325,13 +432,13 @@ pub(crate) async fn run(
     }
     .or_else(|| server.peer_addr().ok().map(|a| a.ip().into()));
     let Some(server_name) = server_name else {
-        return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, &moved);
+        return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, moved);
     };
     let connector = match shared.client_config(seen.clone(), analysis.clone(), keylog.clone()) {
         Ok(c) => tokio_rustls::TlsConnector::from(c),
         Err(e) => {
             fact(&tap, Some(Leg::ProxyServer), handshake_fact(false, Some(e)));
-            return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, &moved);
+            return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, moved);
         }
     };
     let embed = shared.cfg.embed_secrets;
@@ -350,6 +457,7 @@ pub(crate) async fn run(
     let mut up = match up {
         Ok(Ok(mut s)) => {
             s.get_mut().0.unbound();
+            setup.activity.touch();
             s
         }
         failed => {
@@ -403,7 +511,7 @@ pub(crate) async fn run(
                     code: "tls",
                     detail: format!("TLS with the server failed: {error}"),
                 },
-                &moved,
+                moved,
             );
         }
     };
@@ -460,7 +568,7 @@ pub(crate) async fn run(
             fact(&tap, Some(Leg::ClientProxy), handshake_fact(false, Some(e)));
             let _ = client.write_all(&ALERT_HANDSHAKE_FAILURE).await;
             let _ = up.shutdown().await;
-            return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, &moved);
+            return ends(DirEnd::PeerFailed, DirEnd::PeerFailed, moved);
         }
     };
     let client_io = io::Replay::new(
@@ -490,7 +598,7 @@ pub(crate) async fn run(
                     detail: format!("TLS with the client failed: {error}"),
                 },
                 DirEnd::PeerFailed,
-                &moved,
+                moved,
             );
         }
     };
@@ -530,8 +638,9 @@ pub(crate) async fn run(
         );
     }
     tap.intercept(Side::Client, Tapped::Decrypting, 0);
+    setup.hand_over();
     let o = decrypted_relay(down, up, &tap, deadlines, abort).await;
-    add(o, &moved)
+    add(o, moved)
 }
 
 /// Relays the decrypted conversation both ways, verbatim and bounded (the
@@ -547,7 +656,9 @@ where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let activity = relay::Activity::new();
+    let activity = deadlines
+        .since
+        .map_or_else(relay::Activity::new, relay::Activity::since);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
