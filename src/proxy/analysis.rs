@@ -33,8 +33,7 @@ use super::relay::{RelayOutcome, TapMsg};
 use super::side_probe::{SideProbes, Target};
 use crate::event::{Leg, Side, Timestamp};
 use crate::session::{
-    Analysis, Ends, Request, RequestId, SessionAnalyzer, SessionInfo, SideProbeError,
-    SideProbeOutcome, UpstreamFailure,
+    Ends, Request, RequestId, SessionAnalyzer, SideProbeError, SideProbeOutcome, UpstreamFailure,
 };
 use crate::sink::EventSink;
 
@@ -121,12 +120,24 @@ async fn serve_requests(
     probes: &Arc<SideProbes>,
     side: &mut Option<SideTask>,
 ) {
-    loop {
-        let requests = a.take_requests();
-        if requests.is_empty() {
-            return;
-        }
-        for r in requests {
+    let requests = a.take_requests();
+    if !requests.is_empty() {
+        // Rare (a certificate seen, a TLS 1.3 session): its state lives on
+        // the heap while it runs, not in every session's idle future.
+        Box::pin(serve(a, requests, crls, probes, side)).await;
+    }
+}
+
+/// [`serve_requests`] once there are requests.
+async fn serve(
+    a: &mut SessionAnalyzer,
+    mut requests: Vec<Request>,
+    crls: &Arc<CrlCache>,
+    probes: &Arc<SideProbes>,
+    side: &mut Option<SideTask>,
+) {
+    while !requests.is_empty() {
+        for r in std::mem::take(&mut requests) {
             match r {
                 Request::FetchCrls { id, urls } => {
                     let cache = crls.clone();
@@ -152,6 +163,7 @@ async fn serve_requests(
                 }
             }
         }
+        requests = a.take_requests();
     }
 }
 
@@ -184,15 +196,18 @@ fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool, closed: &mut Opt
 /// `queue` carries the relay's chunks and the controller's reports, in the
 /// order they happened: any `LoopRefused`, then `Connected` (then the
 /// relay's messages, then `Closed`) or `UpstreamFailed`.
+///
+/// The analyzer comes boxed: this future is what every session's analysis
+/// task holds while it sits idle, and the analyzer inline would make it
+/// larger than the analyzer itself (the async state machine's layout pads
+/// around it).
 pub async fn run(
-    info: SessionInfo,
+    mut a: Box<SessionAnalyzer>,
     mut queue: mpsc::Receiver<TapMsg>,
-    shared: Arc<Analysis>,
     crls: Arc<CrlCache>,
     probes: Arc<SideProbes>,
     sink: EventSink,
 ) {
-    let mut a = SessionAnalyzer::new(info, shared);
     let mut side: Option<SideTask> = None;
     loop {
         let c = match queue.recv().await {
@@ -267,7 +282,7 @@ pub async fn run(
     // The relay is over: a side-probe still running is waited for (within
     // its deadline), so its certificate is judged in this session's summary.
     if let Some((id, h)) = side.take() {
-        let r = match tokio::time::timeout(probes.deadline(), h).await {
+        let r = match Box::pin(tokio::time::timeout(probes.deadline(), h)).await {
             Ok(r) => r.unwrap_or_else(|e| died(&e.to_string())),
             Err(_) => died("no answer within its deadline"),
         };

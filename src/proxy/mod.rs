@@ -485,42 +485,149 @@ impl Controller {
     }
 }
 
-async fn run_session(
+/// One session, from the accepted socket to the analysis' end. A plain
+/// `fn` returning an `async move` block, not an `async fn`: an `async fn`
+/// keeps its arguments twice in its future (as captured and as moved into
+/// locals), and this future is what every session holds while it sits idle.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run_session(
     id: u64,
     client: TcpStream,
     client_addr: SocketAddr,
     listen_addr: SocketAddr,
     ctx: SessionCtx,
-) {
-    let _ = client.set_nodelay(true);
-    let cfg = &ctx.cfg;
-    let (upstream, plan) = plan_upstream(&client, client_addr, &ctx).await;
-    let info = SessionInfo {
-        id,
-        client: client_addr,
-        listener: listen_addr,
-        upstream: upstream.clone(),
-        opened: Timestamp::now(),
-        implicit_tls: cfg.implicit_tls,
-    };
-    // Intercept mode taps each leg's wire bytes besides the relayed ones.
-    let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
-    // One queue carries the relay's chunks and the controller's reports (a
-    // tokio mpsc allocates its slots 32 at a time, each as large as the
-    // message type: one small block per session, not two).
-    let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(queue);
-    let ctl_tx = Controller(data_tx.clone());
-    let analysis = tokio::spawn(analysis::run(
-        info,
-        data_rx,
-        ctx.analysis.clone(),
-        ctx.crls.clone(),
-        ctx.probes.clone(),
-        ctx.sink.clone(),
-    ));
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _ = client.set_nodelay(true);
+        let cfg = &ctx.cfg;
+        let (upstream, plan) = plan_upstream(&client, client_addr, &ctx).await;
+        let info = SessionInfo {
+            id,
+            client: client_addr,
+            listener: listen_addr,
+            upstream: upstream.clone(),
+            opened: Timestamp::now(),
+            implicit_tls: cfg.implicit_tls,
+        };
+        // Intercept mode taps each leg's wire bytes besides the relayed ones.
+        let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
+        // One queue carries the relay's chunks and the controller's reports (a
+        // tokio mpsc allocates its slots 32 at a time, each as large as the
+        // message type: one small block per session, not two).
+        let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(queue);
+        let ctl_tx = Controller(data_tx.clone());
+        let analysis = tokio::spawn(analysis::run(
+            Box::new(crate::session::SessionAnalyzer::new(
+                info,
+                ctx.analysis.clone(),
+            )),
+            data_rx,
+            ctx.crls.clone(),
+            ctx.probes.clone(),
+            ctx.sink.clone(),
+        ));
 
-    let connected = match plan {
-        Plan::Connect => upstream::connect(&upstream, cfg.limits.connect_timeout).await,
+        // Each step below moves what it used (the plan, the connection's
+        // outcome) rather than matching on it in place, so none of them
+        // holds room in this future while the relay runs.
+        let stream = match connect_planned(plan, &upstream, cfg, &ctl_tx).await {
+            Ok(stream) => stream,
+            Err(failure) => {
+                drop(data_tx);
+                let local = failure.code == "local_resources";
+                if local {
+                    if let Some(sessions) = LOCAL_FAILURES.due() {
+                        tracing::error!(upstream = %upstream, error = %failure.detail,
+                            open_files_limit = %open_files_limit(), sessions,
+                            "cannot open a socket to the upstream: this process is at its open-file \
+                             limit; those sessions were told 421 4.3.2 (raise ulimit -n / \
+                             LimitNOFILE=, or lower limits.max_sessions)");
+                    }
+                } else {
+                    tracing::warn!(upstream = %upstream, error = %failure.detail, "upstream unreachable");
+                }
+                let mut client = client;
+                let reply = match &cfg.on_upstream_failure {
+                    UpstreamFailure::Reply(line) => {
+                        // Not the upstream's fault: say so rather than "unreachable".
+                        let line = if local {
+                            LOCAL_RESOURCES_REPLY
+                        } else {
+                            line.as_str()
+                        };
+                        let mut bytes = line.as_bytes().to_vec();
+                        bytes.extend_from_slice(b"\r\n");
+                        let sent = tokio::time::timeout(Duration::from_secs(5), async {
+                            client.write_all(&bytes).await?;
+                            client.shutdown().await
+                        })
+                        .await;
+                        Some((line.to_string(), matches!(sent, Ok(Ok(())))))
+                    }
+                    UpstreamFailure::Close => None,
+                };
+                let _ = ctl_tx
+                    .send(Box::new(Control::UpstreamFailed {
+                        ts: Timestamp::now(),
+                        failure,
+                        reply,
+                    }))
+                    .await;
+                drop(client);
+                drop(ctl_tx);
+                if let Err(e) = analysis.await {
+                    tracing::error!(error = %e, "analysis task failed; the relay was not affected");
+                }
+                return;
+            }
+        };
+        let tap = relay::Tap::new(data_tx);
+        let tap_state = tap.state();
+        let deadlines = relay::Deadlines::from_limits(&cfg.limits);
+        let outcome = match &ctx.intercept {
+            // Boxed: intercept's future is several KiB, and inline it
+            // would make every passthrough session's task that large.
+            Some(ic) => {
+                Box::pin(intercept::run(
+                    ic,
+                    &ctx.analysis,
+                    cfg,
+                    &upstream.host,
+                    client,
+                    stream,
+                    tap,
+                    deadlines,
+                    ctx.abort.clone(),
+                ))
+                .await
+            }
+            None => relay::relay(client, stream, tap, deadlines, ctx.abort.clone()).await,
+        };
+        let _ = ctl_tx
+            .send(Box::new(Control::Closed {
+                ts: Timestamp::now(),
+                outcome,
+                loss: tap_state.loss(),
+            }))
+            .await;
+        drop(ctl_tx);
+        if let Err(e) = analysis.await {
+            tracing::error!(error = %e, "analysis task failed; the relay was not affected");
+        }
+    }
+}
+
+/// Connects as planned: to the upstream, from the client's own address
+/// (tproxy with `spoof_source`), or not at all (refused, with the reason
+/// sent to the analysis first); reports the connection to the analysis.
+async fn connect_planned(
+    plan: Plan,
+    upstream: &crate::config::Upstream,
+    cfg: &ProxyConfig,
+    ctl_tx: &Controller,
+) -> Result<TcpStream, upstream::ConnectFailure> {
+    let up = match plan {
+        Plan::Connect => upstream::connect(upstream, cfg.limits.connect_timeout).await,
         Plan::Spoofed { dst, source } => {
             transparent::connect_spoofed(dst, source, cfg.limits.connect_timeout).await
         }
@@ -536,95 +643,16 @@ async fn run_session(
             }
             Err(failure)
         }
-    };
-    match connected {
-        Ok(up) => {
-            let _ = ctl_tx
-                .send(Box::new(Control::Connected {
-                    ts: Timestamp::now(),
-                    peer: up.peer,
-                    local: up.local,
-                    elapsed: up.elapsed,
-                }))
-                .await;
-            let tap = relay::Tap::new(data_tx);
-            let tap_state = tap.state();
-            let deadlines = relay::Deadlines::from_limits(&cfg.limits);
-            let outcome = match &ctx.intercept {
-                // Boxed: intercept's future is several KiB, and inline it
-                // would make every passthrough session's task that large.
-                Some(ic) => {
-                    Box::pin(intercept::run(
-                        ic,
-                        &ctx.analysis,
-                        cfg,
-                        &upstream.host,
-                        client,
-                        up.stream,
-                        tap,
-                        deadlines,
-                        ctx.abort.clone(),
-                    ))
-                    .await
-                }
-                None => relay::relay(client, up.stream, tap, deadlines, ctx.abort.clone()).await,
-            };
-            let _ = ctl_tx
-                .send(Box::new(Control::Closed {
-                    ts: Timestamp::now(),
-                    outcome,
-                    loss: tap_state.loss(),
-                }))
-                .await;
-        }
-        Err(failure) => {
-            drop(data_tx);
-            let local = failure.code == "local_resources";
-            if local {
-                if let Some(sessions) = LOCAL_FAILURES.due() {
-                    tracing::error!(upstream = %upstream, error = %failure.detail,
-                        open_files_limit = %open_files_limit(), sessions,
-                        "cannot open a socket to the upstream: this process is at its open-file \
-                         limit; those sessions were told 421 4.3.2 (raise ulimit -n / \
-                         LimitNOFILE=, or lower limits.max_sessions)");
-                }
-            } else {
-                tracing::warn!(upstream = %upstream, error = %failure.detail, "upstream unreachable");
-            }
-            let mut client = client;
-            let reply = match &cfg.on_upstream_failure {
-                UpstreamFailure::Reply(line) => {
-                    // Not the upstream's fault: say so rather than "unreachable".
-                    let line = if local {
-                        LOCAL_RESOURCES_REPLY
-                    } else {
-                        line.as_str()
-                    };
-                    let mut bytes = line.as_bytes().to_vec();
-                    bytes.extend_from_slice(b"\r\n");
-                    let sent = tokio::time::timeout(Duration::from_secs(5), async {
-                        client.write_all(&bytes).await?;
-                        client.shutdown().await
-                    })
-                    .await;
-                    Some((line.to_string(), matches!(sent, Ok(Ok(())))))
-                }
-                UpstreamFailure::Close => None,
-            };
-            let _ = ctl_tx
-                .send(Box::new(Control::UpstreamFailed {
-                    ts: Timestamp::now(),
-                    failure,
-                    reply,
-                }))
-                .await;
-            drop(client);
-        }
-    }
-    drop(ctl_tx);
-    if let Err(e) = analysis.await {
-        tracing::error!(error = %e, "analysis task failed; the relay was not affected");
-    }
+    }?;
+    let _ = ctl_tx
+        .send(Box::new(Control::Connected {
+            ts: Timestamp::now(),
+            peer: up.peer,
+            local: up.local,
+            elapsed: up.elapsed,
+        }))
+        .await;
+    Ok(up.stream)
 }
 
 /// A proxy running in the background of the current tokio runtime (tests, the
@@ -805,9 +833,8 @@ mod tests {
         };
         let analyzer = crate::session::SessionAnalyzer::new(info.clone(), analysis.clone());
         let driver = analysis::run(
-            info,
+            Box::new(crate::session::SessionAnalyzer::new(info, analysis)),
             data_rx,
-            analysis,
             ctx.crls.clone(),
             ctx.probes.clone(),
             sink,

@@ -376,88 +376,93 @@ pub type RelayOutcome = Ends;
 ///
 /// Both pumps are futures of this one task: to stop them (an error in one
 /// direction, a deadline, abort) the loop simply stops polling them, and
-/// their byte counts come from [`Activity`].
-pub async fn relay(
+/// their byte counts come from [`Activity`]. A plain `fn` returning an
+/// `async move` block: an `async fn` would keep its arguments twice in the
+/// future every idle session holds.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn relay(
     client: TcpStream,
     server: TcpStream,
     tap: Tap,
     deadlines: Deadlines,
     mut abort: watch::Receiver<bool>,
-) -> RelayOutcome {
-    let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
+) -> impl std::future::Future<Output = RelayOutcome> + Send {
+    async move {
+        let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
 
-    let mut client_res: Option<PumpResult> = None;
-    let mut server_res: Option<PumpResult> = None;
-    let mut stop_reason: Option<DirEnd> = None;
-    {
-        let c2s = pump_until(Side::Client, &mut cr, &mut sw, &tap, &activity, None);
-        let s2c = pump_until(Side::Server, &mut sr, &mut cw, &tap, &activity, None);
-        tokio::pin!(c2s);
-        tokio::pin!(s2c);
+        let mut client_res: Option<PumpResult> = None;
+        let mut server_res: Option<PumpResult> = None;
+        let mut stop_reason: Option<DirEnd> = None;
+        {
+            let c2s = pump_until(Side::Client, &mut cr, &mut sw, &tap, &activity);
+            let s2c = pump_until(Side::Server, &mut sr, &mut cw, &tap, &activity);
+            tokio::pin!(c2s);
+            tokio::pin!(s2c);
 
-        let mut idle_check = tokio::time::interval(deadlines.check_period());
-        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut idle_check = tokio::time::interval(deadlines.check_period());
+            idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        while (client_res.is_none() || server_res.is_none()) && stop_reason.is_none() {
-            tokio::select! {
-                biased;
-                r = &mut c2s, if client_res.is_none() => {
-                    if matches!(r.end, DirEnd::Error { .. }) {
-                        stop_reason = Some(DirEnd::PeerFailed);
+            while (client_res.is_none() || server_res.is_none()) && stop_reason.is_none() {
+                tokio::select! {
+                    biased;
+                    r = &mut c2s, if client_res.is_none() => {
+                        if matches!(r.end, DirEnd::Error { .. }) {
+                            stop_reason = Some(DirEnd::PeerFailed);
+                        }
+                        client_res = Some(r);
                     }
-                    client_res = Some(r);
-                }
-                r = &mut s2c, if server_res.is_none() => {
-                    if matches!(r.end, DirEnd::Error { .. }) {
-                        stop_reason = Some(DirEnd::PeerFailed);
+                    r = &mut s2c, if server_res.is_none() => {
+                        if matches!(r.end, DirEnd::Error { .. }) {
+                            stop_reason = Some(DirEnd::PeerFailed);
+                        }
+                        server_res = Some(r);
                     }
-                    server_res = Some(r);
-                }
-                _ = idle_check.tick() => {
-                    stop_reason = deadline_passed(&deadlines, &activity);
-                }
-                r = abort.changed() => {
-                    if r.is_err() || *abort.borrow() {
-                        stop_reason = Some(DirEnd::Aborted);
+                    _ = idle_check.tick() => {
+                        stop_reason = deadline_passed(&deadlines, &activity);
+                    }
+                    r = abort.changed() => {
+                        if r.is_err() || *abort.borrow() {
+                            stop_reason = Some(DirEnd::Aborted);
+                        }
                     }
                 }
             }
         }
-    }
-    // A direction still running when the relay stopped ended `Aborted`
-    // (settled below to the reason), with the bytes it had relayed.
-    let client_res = client_res.unwrap_or(PumpResult {
-        end: DirEnd::Aborted,
-        bytes: activity.relayed(Side::Client),
-    });
-    let server_res = server_res.unwrap_or(PumpResult {
-        end: DirEnd::Aborted,
-        bytes: activity.relayed(Side::Server),
-    });
-    // When one direction failed, reset the other connection rather than
-    // closing it gracefully, so that peer sees the failure as it happened.
-    let reset = |stream: &TcpStream| {
-        let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-    };
-    if matches!(client_res.end, DirEnd::Error { .. }) {
-        reset(sw.as_ref());
-    }
-    if matches!(server_res.end, DirEnd::Error { .. }) {
-        reset(cw.as_ref());
-    }
-    let settle = |end: DirEnd| match (end, &stop_reason) {
-        (DirEnd::Aborted, Some(reason)) => reason.clone(),
-        (end, _) => end,
-    };
-    let (client_end, client_bytes) = (settle(client_res.end), client_res.bytes);
-    let (server_end, server_bytes) = (settle(server_res.end), server_res.bytes);
-    RelayOutcome {
-        client_end,
-        server_end,
-        client_bytes,
-        server_bytes,
+        // A direction still running when the relay stopped ended `Aborted`
+        // (settled below to the reason), with the bytes it had relayed.
+        let client_res = client_res.unwrap_or(PumpResult {
+            end: DirEnd::Aborted,
+            bytes: activity.relayed(Side::Client),
+        });
+        let server_res = server_res.unwrap_or(PumpResult {
+            end: DirEnd::Aborted,
+            bytes: activity.relayed(Side::Server),
+        });
+        // When one direction failed, reset the other connection rather than
+        // closing it gracefully, so that peer sees the failure as it happened.
+        let reset = |stream: &TcpStream| {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        };
+        if matches!(client_res.end, DirEnd::Error { .. }) {
+            reset(sw.as_ref());
+        }
+        if matches!(server_res.end, DirEnd::Error { .. }) {
+            reset(cw.as_ref());
+        }
+        let settle = |end: DirEnd| match (end, &stop_reason) {
+            (DirEnd::Aborted, Some(reason)) => reason.clone(),
+            (end, _) => end,
+        };
+        let (client_end, client_bytes) = (settle(client_res.end), client_res.bytes);
+        let (server_end, server_bytes) = (settle(server_res.end), server_res.bytes);
+        RelayOutcome {
+            client_end,
+            server_end,
+            client_bytes,
+            server_bytes,
+        }
     }
 }
 
@@ -520,16 +525,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    pump_until(side, from, to, tap, activity, Some(stop)).await
-}
-
-/// Returns when `stop` changes (or its sender is gone); never if there is none.
-async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
-    match stop {
-        Some(rx) => {
-            let _ = rx.changed().await;
-        }
-        None => std::future::pending().await,
+    let mut stop = stop;
+    // The stop signal is watched around the whole pump, not at each read
+    // and write: the pump's own future stays small (every idle session
+    // holds two), and dropping it mid-way is what stopping means anyway.
+    tokio::select! {
+        biased;
+        _ = stop.changed() => PumpResult {
+            end: DirEnd::Aborted,
+            bytes: activity.relayed(side),
+        },
+        r = pump_until(side, from, to, tap, activity) => r,
     }
 }
 
@@ -567,15 +573,14 @@ async fn read_now<R: AsyncRead + Unpin>(
     .await
 }
 
-/// [`pump`], with the stop signal optional: [`relay`] stops its pumps by
-/// no longer polling them.
+/// [`pump`] without a stop signal: [`relay`] stops its pumps by no longer
+/// polling them, [`pump`] by dropping this.
 async fn pump_until<R, W>(
     side: Side,
     from: &mut R,
     to: &mut W,
     tap: &Tap,
     activity: &Activity,
-    mut stop: Option<watch::Receiver<bool>>,
 ) -> PumpResult
 where
     R: AsyncRead + Unpin,
@@ -599,28 +604,18 @@ where
         }
         let read = match deferred.take() {
             Some(r) => r,
-            None => tokio::select! {
-                biased;
-                _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
-                r = async {
-                    if bulk {
-                        from.read_buf(&mut buf).await.map(|n| buf.split_to(n).freeze())
-                    } else {
-                        std::future::poll_fn(|cx| poll_read_small(from, cx)).await
-                    }
-                } => r,
-            },
+            None if bulk => from
+                .read_buf(&mut buf)
+                .await
+                .map(|n| buf.split_to(n).freeze()),
+            None => std::future::poll_fn(|cx| poll_read_small(from, cx)).await,
         };
         match read {
             Ok(chunk) if chunk.is_empty() => {
                 tap.eof(side, Timestamp::now());
                 activity.touch();
                 // Pass the FIN on: shut down the other side's write half.
-                let end = match tokio::select! {
-                    biased;
-                    _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
-                    r = to.shutdown() => r,
-                } {
+                let end = match to.shutdown().await {
                     Ok(()) => DirEnd::Fin,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Fin,
                     Err(e) => DirEnd::io("passing on FIN", &e),
@@ -653,12 +648,7 @@ where
                     activity.client_bytes(&chunk);
                 }
                 tap.data(side, ts, chunk.clone());
-                let w = tokio::select! {
-                    biased;
-                    _ = stopped(&mut stop) => return PumpResult { end: DirEnd::Aborted, bytes: total },
-                    r = to.write_all(&chunk) => r,
-                };
-                if let Err(e) = w {
+                if let Err(e) = to.write_all(&chunk).await {
                     return PumpResult {
                         end: DirEnd::io(&format!("writing to {}", side.peer()), &e),
                         bytes: total,

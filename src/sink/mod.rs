@@ -67,13 +67,21 @@ impl EventSink {
         if evs.is_empty() {
             return;
         }
-        let n = evs.len() as u64;
         // The common case: room in the queue, no timer needed.
         let evs = match self.tx.try_send(evs) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Closed(_)) => return,
             Err(mpsc::error::TrySendError::Full(evs)) => evs,
         };
+        // The waiting path (and its timer) lives on the heap, only while it
+        // waits: the futures of every session's analysis task that awaits
+        // this stay small while they sit idle.
+        Box::pin(self.send_waiting(evs)).await;
+    }
+
+    /// [`send_batch`](Self::send_batch) when the queue is full.
+    async fn send_waiting(&self, evs: Vec<Event>) {
+        let n = evs.len() as u64;
         if self.state.stalled.load(Ordering::Acquire) {
             self.state.dropped.fetch_add(n, Ordering::Relaxed);
             return;
