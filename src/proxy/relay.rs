@@ -22,7 +22,9 @@
 //! polling them. Memory per session: at most one read buffer per direction
 //! plus the bounded tap queue; a direction that is not moving bulk data holds
 //! no read buffer at all (small reads go into a 2 KiB buffer on the stack of
-//! the poll and are copied out, see `poll_read_small`).
+//! the poll and are copied out, see `poll_read_small`). A read that fills
+//! that buffer takes whatever else the socket already holds, without
+//! waiting (`read_now`), so a burst goes out in one write, not two.
 //!
 //! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
 //! started a line and has not ended it), *session* (the whole session). The
