@@ -18,7 +18,7 @@
 //! the core's plaintext input; smtptap's own handshake outcomes are
 //! `intercept.handshake` facts. Implicit TLS is intercepted from the first
 //! byte. The session's deadlines (idle, line, session) and abort hold from
-//! the first byte too: a guard in [`run`] watches the phases before the
+//! the first byte too: a guard in `run` watches the phases before the
 //! decrypted relay, which then keeps the session's clock. This module owns the sockets of an intercepted session; it must not
 //! parse protocols itself (the `smtp` observer finds the boundary, the `tls`
 //! parser reads the hello) nor wait on the analysis.
