@@ -9,7 +9,7 @@
 //!  client ──▶ proxy (accept; transparent: original destination) ──▶ proxy::upstream ──▶ server
 //!               │ one controller task per session
 //!               ▼
-//!         proxy::relay ── TapMsg{Chunk | Eof} ──try_send──▶ proxy::analysis (driver task)
+//!         proxy::relay ── TapMsg{Chunk | Eof} ──offer──▶ proxy::analysis (driver task)
 //!               (never waits; on overflow the tap stops and says so)  │ feeds facts, serves requests (proxy::crl)
 //!                                                                      ▼
 //!                          session::SessionAnalyzer (sans-IO: bytes(leg, side, ts) in, events + requests out)
@@ -21,7 +21,7 @@
 //!
 //! | module | owns | must not |
 //! |---|---|---|
-//! | [`proxy`] | sockets and the clock of live sessions: listeners, upstream connect, transparent interception, the relay, intercept mode's two TLS sessions and its cleartext boundary (`proxy::intercept`), the session core's live driver (`proxy::analysis`), CRL fetching and its cache (`proxy::crl`), run.start/run.stop, shutdown | parse protocols, wait on analysis in the relay |
+//! | [`proxy`] | sockets and the clock of live sessions: listeners, upstream connect, transparent interception, the relay, intercept mode's two TLS sessions and its cleartext boundary (`proxy::intercept`), the session core's live driver (`proxy::analysis`) and the queue that feeds it (`proxy::tap_queue`), CRL fetching and its cache (`proxy::crl`), run.start/run.stop, shutdown | parse protocols, wait on analysis in the relay |
 //! | [`probe`] | `smtptap probe`: its own client connection (socket, SMTP dialogue, rustls client, timeout), fed to the session core as the relay feeds it; the verdict as exit code | judge anything itself, send DATA, be used by the proxy |
 //! | [`session`] | the sans-IO session core: one [`session::SessionAnalyzer`] per session (stage machine, capture policy, name learning, revocation requests, kept events, close and summary) | do I/O, read the clock, spawn, depend on `proxy` |
 //! | [`smtp`] | the sans-IO SMTP observer (commands, replies, envelope, DATA/BDAT, AUTH redaction, STARTTLS) | touch sockets, read the clock |

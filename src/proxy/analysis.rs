@@ -5,8 +5,8 @@
 //! [`super::side_probe`]), and hands the resulting events to the sinks.
 //!
 //! ```text
-//!  controller ──TapMsg::Control (connected / upstream failed / loop / closed; send)──┐
-//!  relay ──tap: TapMsg (chunks, FINs, in relay order; try_send)──── one queue ──────┴─▶ this task ─▶ SessionAnalyzer
+//!  controller ──TapMsg::Control (connected / upstream failed / loop / closed; push_always)──┐
+//!  relay ──tap: TapMsg (chunks, FINs, in relay order; offer)──── one queue (tap_queue) ──────┴─▶ this task ─▶ SessionAnalyzer
 //!                                                                               │  ▲ requests / results
 //!                                                  sinks ◀── events ────────────┘  └─▶ CrlCache (blocking pool)
 //! ```
@@ -25,8 +25,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::mpsc;
 
 use super::crl::CrlCache;
 use super::relay::{RelayOutcome, TapMsg};
@@ -203,7 +201,7 @@ fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool, closed: &mut Opt
 /// around it).
 pub async fn run(
     mut a: Box<SessionAnalyzer>,
-    mut queue: mpsc::Receiver<TapMsg>,
+    mut queue: super::tap_queue::Receiver<TapMsg>,
     crls: Arc<CrlCache>,
     probes: Arc<SideProbes>,
     sink: EventSink,
@@ -263,7 +261,7 @@ pub async fn run(
                         if closed.is_some() {
                             break;
                         }
-                        let Ok(m) = queue.try_recv() else { break };
+                        let Some(m) = queue.try_recv() else { break };
                         tapped(&mut a, m, &mut plain, &mut closed);
                         serve_requests(&mut a, &crls, &probes, &mut side).await;
                     }

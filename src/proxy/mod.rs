@@ -32,6 +32,7 @@ pub mod crl;
 pub mod intercept;
 pub mod relay;
 pub mod side_probe;
+mod tap_queue;
 pub mod transparent;
 pub mod upstream;
 
@@ -43,7 +44,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::{ProxyConfig, TransparentMode, Upstream, UpstreamFailure, UpstreamTarget};
 use crate::event::{Event, RunId, SessionEvent, Timestamp, SCHEMA_VERSION};
@@ -477,11 +478,13 @@ pub const LOCAL_RESOURCES_REPLY: &str =
 
 /// The session controller's side of the analysis queue: its reports travel
 /// on the relay's queue, boxed, and are awaited (never dropped).
-struct Controller(mpsc::Sender<relay::TapMsg>);
+struct Controller(tap_queue::Sender<relay::TapMsg>);
 
 impl Controller {
-    async fn send(&self, c: Box<Control>) -> Result<(), mpsc::error::SendError<relay::TapMsg>> {
-        self.0.send(relay::TapMsg::Control(c)).await
+    /// Reports to the analysis; never dropped for want of room (a session
+    /// makes at most a few), never waits.
+    fn send(&self, c: Box<Control>) -> Result<(), tap_queue::Refused> {
+        self.0.push_always(relay::TapMsg::Control(c))
     }
 }
 
@@ -511,10 +514,10 @@ fn run_session(
         };
         // Intercept mode taps each leg's wire bytes besides the relayed ones.
         let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
-        // One queue carries the relay's chunks and the controller's reports (a
-        // tokio mpsc allocates its slots 32 at a time, each as large as the
-        // message type: one small block per session, not two).
-        let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(queue);
+        // One queue carries the relay's chunks and the controller's reports,
+        // in the order they happened (`tap_queue`: nothing allocated while
+        // it is empty).
+        let (data_tx, data_rx) = tap_queue::queue::<relay::TapMsg>(queue);
         let ctl_tx = Controller(data_tx.clone());
         let analysis = tokio::spawn(analysis::run(
             Box::new(crate::session::SessionAnalyzer::new(
@@ -566,13 +569,11 @@ fn run_session(
                     }
                     UpstreamFailure::Close => None,
                 };
-                let _ = ctl_tx
-                    .send(Box::new(Control::UpstreamFailed {
-                        ts: Timestamp::now(),
-                        failure,
-                        reply,
-                    }))
-                    .await;
+                let _ = ctl_tx.send(Box::new(Control::UpstreamFailed {
+                    ts: Timestamp::now(),
+                    failure,
+                    reply,
+                }));
                 drop(client);
                 drop(ctl_tx);
                 if let Err(e) = analysis.await {
@@ -603,13 +604,11 @@ fn run_session(
             }
             None => relay::relay(client, stream, tap, deadlines, ctx.abort.clone()).await,
         };
-        let _ = ctl_tx
-            .send(Box::new(Control::Closed {
-                ts: Timestamp::now(),
-                outcome,
-                loss: tap_state.loss(),
-            }))
-            .await;
+        let _ = ctl_tx.send(Box::new(Control::Closed {
+            ts: Timestamp::now(),
+            outcome,
+            loss: tap_state.loss(),
+        }));
         drop(ctl_tx);
         if let Err(e) = analysis.await {
             tracing::error!(error = %e, "analysis task failed; the relay was not affected");
@@ -633,25 +632,21 @@ async fn connect_planned(
         }
         Plan::Refuse(failure, looped) => {
             if let Some(l) = looped {
-                let _ = ctl_tx
-                    .send(Box::new(Control::LoopRefused {
-                        ts: Timestamp::now(),
-                        original_dst: l.original_dst,
-                        reason: l.reason,
-                    }))
-                    .await;
+                let _ = ctl_tx.send(Box::new(Control::LoopRefused {
+                    ts: Timestamp::now(),
+                    original_dst: l.original_dst,
+                    reason: l.reason,
+                }));
             }
             Err(failure)
         }
     }?;
-    let _ = ctl_tx
-        .send(Box::new(Control::Connected {
-            ts: Timestamp::now(),
-            peer: up.peer,
-            local: up.local,
-            elapsed: up.elapsed,
-        }))
-        .await;
+    let _ = ctl_tx.send(Box::new(Control::Connected {
+        ts: Timestamp::now(),
+        peer: up.peer,
+        local: up.local,
+        elapsed: up.elapsed,
+    }));
     Ok(up.stream)
 }
 
@@ -819,7 +814,7 @@ mod tests {
         let (s1, _) = l.accept().await.unwrap();
         let c2 = TcpStream::connect(addr).await.unwrap();
         let (s2, peer) = l.accept().await.unwrap();
-        let (data_tx, data_rx) = mpsc::channel::<relay::TapMsg>(8);
+        let (data_tx, data_rx) = tap_queue::queue::<relay::TapMsg>(8);
         let info = SessionInfo {
             id: 1,
             client: peer,
@@ -871,8 +866,7 @@ mod tests {
             eprintln!("{what}: {n} bytes");
         }
         drop((s2, driver, relay, session, analyzer));
-        // tokio's mpsc allocates its slots 32 at a time (one block at
-        // creation): keep a slot small so an idle session's queue stays small.
+        // A queued message is one slot of the queue's deque: keep it small.
         assert!(std::mem::size_of::<relay::TapMsg>() <= 16);
     }
 }

@@ -1,14 +1,14 @@
 //! The relay: bytes both ways, unchanged and in order, with proper half-close.
 //!
 //! ```text
-//!   client ──read──▶ [BytesMut] ──tap.try_send(clone)──▶ analysis (never awaited)
+//!   client ──read──▶ [BytesMut] ──tap.offer(clone)──▶ analysis (never awaited)
 //!                          └──────write_all──────────▶ upstream
 //!   (and the same from upstream to client)
 //! ```
 //!
 //! Each direction is one pump. A pump reads into a buffer of at most
 //! [`READ_CHUNK`] bytes, offers a reference-counted copy to the tap with
-//! `try_send` (it never waits for analysis: when the analysis queue is full
+//! `offer` (it never waits for analysis: when the analysis queue is full
 //! the tap stops offering and records the loss), then writes the bytes to the
 //! other side. The tap is offered the bytes *before* they are written, so a
 //! reply that invites more client bytes (a `354`) always reaches the analysis
@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::event::{Side, Timestamp};
 use crate::session::{DirEnd, Ends};
@@ -89,10 +89,8 @@ pub struct Fin {
 
 /// Messages from the session controller and the relay to the analysis task.
 ///
-/// Every variant is boxed: tokio's mpsc allocates its queue 32 slots at a
-/// time, each as large as the largest message, so an idle session's first
-/// block costs 32 x 16 bytes instead of 32 x 56 (measured with heaptrack:
-/// docs/performance.md, "Idle sessions, third pass"). A chunk already costs
+/// Every variant is boxed, so a message is 16 bytes in the queue
+/// ([`super::tap_queue`]) however large its content. A chunk already costs
 /// an allocation for its bytes; the box is a second, small one.
 #[derive(Debug)]
 pub enum TapMsg {
@@ -101,12 +99,11 @@ pub enum TapMsg {
     /// A side closed its sending direction (FIN).
     Eof(Box<Fin>),
     /// Intercept mode: wire bytes of a leg, decrypted-stream markers, facts
-    /// (boxed: it is large, and every slot of the tap's queue is as large as
-    /// the largest message).
+    /// (boxed: it is large).
     Intercept(Box<super::intercept::Tapped>),
     /// The session controller's reports (connected, upstream failed, relay
-    /// closed). Never sent by the relay: the controller sends them on the
-    /// same queue with `send().await` (never lost), so one queue serves a
+    /// closed). Never sent by the relay: the controller pushes them on the
+    /// same queue whatever its bound (never lost), so one queue serves a
     /// session and the relay's last chunk always comes before `Closed`.
     Control(Box<super::analysis::Control>),
 }
@@ -114,7 +111,7 @@ pub enum TapMsg {
 /// The tap: a non-blocking, lossy-but-honest feed of relayed bytes to analysis.
 #[derive(Debug, Clone)]
 pub struct Tap {
-    tx: mpsc::Sender<TapMsg>,
+    tx: super::tap_queue::Sender<TapMsg>,
     state: Arc<TapState>,
 }
 
@@ -145,7 +142,7 @@ impl TapState {
 
 impl Tap {
     /// A tap feeding `tx`.
-    pub fn new(tx: mpsc::Sender<TapMsg>) -> Self {
+    pub fn new(tx: super::tap_queue::Sender<TapMsg>) -> Self {
         Tap {
             tx,
             state: Arc::new(TapState::default()),
@@ -164,7 +161,7 @@ impl Tap {
                 .fetch_add(len as u64, Ordering::Relaxed);
             return;
         }
-        if self.tx.try_send(msg).is_err() {
+        if self.tx.offer(msg).is_err() {
             self.state
                 .lost_side_client
                 .store(side == Side::Client, Ordering::Relaxed);
