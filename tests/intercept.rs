@@ -923,3 +923,33 @@ async fn a_trickled_client_hello_is_closed_by_the_session_deadline() {
     assert_eq!(close[0]["reason"], "session_timeout", "{}", close[0]);
     proxy.stop().await;
 }
+
+/// A client that goes silent before STARTTLS is closed by the idle
+/// deadline, which `run`'s guard enforces before the relay takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_before_starttls_is_closed_by_the_idle_deadline() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir("intercept-idle");
+    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
+    let (_anchor, proxy) = intercept_proxy(
+        &dir,
+        &up,
+        "",
+        "upstream_name = \"mx.example.test\"\n[limits]\nidle_timeout_secs = 1\n",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut rest = Vec::new();
+    let r =
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the silent client was not closed within 30 s");
+    assert!(
+        rest.starts_with(b"220"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let evs = proxy.wait_summaries(1).await;
+    let close = named(&evs, 1, "session.close");
+    assert_eq!(close[0]["reason"], "idle_timeout", "{}", close[0]);
+    proxy.stop().await;
+}

@@ -218,11 +218,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_gone_receiver_refuses_and_frees_what_was_queued() {
-        let (tx, rx) = queue::<Vec<u8>>(8);
-        assert_eq!(tx.offer(vec![0; 1024]), Ok(()));
+        let queued = Arc::new(());
+        let (tx, rx) = queue::<Arc<()>>(8);
+        assert_eq!(tx.offer(queued.clone()), Ok(()));
+        assert_eq!(Arc::strong_count(&queued), 2);
         drop(rx);
-        assert_eq!(tx.offer(vec![1]), Err(Refused::Closed));
-        assert_eq!(tx.push_always(vec![1]), Err(Refused::Closed));
+        assert_eq!(Arc::strong_count(&queued), 1, "still held by the queue");
+        assert_eq!(tx.offer(queued.clone()), Err(Refused::Closed));
+        assert_eq!(tx.push_always(queued.clone()), Err(Refused::Closed));
+        assert_eq!(Arc::strong_count(&queued), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,7 +51,6 @@ pub(super) async fn run(
     client: &mut TcpStream,
     server: &mut TcpStream,
     tap: &Tap,
-    idle: Duration,
     activity: &Activity,
     moved: &mut Moved,
 ) -> Boundary {
@@ -195,9 +194,6 @@ pub(super) async fn run(
                         return Boundary::Relay;
                     }
                 }
-            }
-            _ = tokio::time::sleep(idle) => {
-                return Boundary::Ended { client: DirEnd::Idle, server: DirEnd::Idle };
             }
         }
     }

@@ -19,7 +19,8 @@
 //! `intercept.handshake` facts. Implicit TLS is intercepted from the first
 //! byte. The session's deadlines (idle, line, session) and abort hold from
 //! the first byte too: a guard in `run` watches the phases before the
-//! decrypted relay, which then keeps the session's clock. This module owns the sockets of an intercepted session; it must not
+//! decrypted relay, which then keeps the session's clock. This module owns
+//! the sockets of an intercepted session; it must not
 //! parse protocols itself (the `smtp` observer finds the boundary, the `tls`
 //! parser reads the hello) nor wait on the analysis.
 
@@ -305,7 +306,7 @@ async fn phases(
     // Implicit TLS seen on the wire rather than configured: said in the decision.
     let mut detected = "";
     if !cfg.implicit_tls {
-        match cleartext::run(&mut client, &mut server, &tap, idle, &setup.activity, moved).await {
+        match cleartext::run(&mut client, &mut server, &tap, &setup.activity, moved).await {
             cleartext::Boundary::StartTls { held } => buf.extend_from_slice(&held),
             cleartext::Boundary::ImplicitTls { held } => {
                 buf.extend_from_slice(&held);
@@ -333,13 +334,8 @@ async fn phases(
             hello::Buffered::Incomplete => {}
         }
         buf.reserve(4096);
-        let r = tokio::select! {
-            r = client.read_buf(&mut buf) => r,
-            _ = tokio::time::sleep(idle) => {
-                return ends(DirEnd::Idle, DirEnd::Idle, moved);
-            }
-        };
-        match r {
+        // Idleness, the session deadline and abort: `run`'s guard.
+        match client.read_buf(&mut buf).await {
             Ok(0) => break Err("the client closed before its ClientHello was complete".into()),
             Ok(_) => setup.activity.touch(),
             Err(e) => {
@@ -445,7 +441,11 @@ async fn phases(
     };
     let embed = shared.cfg.embed_secrets;
     let up_io = io::LegStream::new(server, Leg::ProxyServer, tap.clone()).bounded(embed);
-    let up = tokio::time::timeout(idle, connector.connect(server_name, up_io)).await;
+    // The handshake's own limit (it names the handshake in the report)
+    // starts before the guard's idle clock is reset, so it fires first.
+    let up = tokio::time::timeout(idle, connector.connect(server_name, up_io));
+    setup.activity.touch();
+    let up = up.await;
     let (verified, verify_error, chain, requested) = {
         let s = seen
             .lock()
@@ -577,7 +577,9 @@ async fn phases(
         hello_bytes,
         io::LegStream::new(client, Leg::ClientProxy, tap.clone()).bounded(embed),
     );
-    let down = tokio::time::timeout(idle, acceptor.accept(client_io)).await;
+    let down = tokio::time::timeout(idle, acceptor.accept(client_io));
+    setup.activity.touch();
+    let down = down.await;
     let down = match down {
         Ok(Ok(mut s)) => {
             s.get_mut().0.inner.unbound();
