@@ -863,17 +863,38 @@ async fn trickle_until_closed(
     }
 }
 
+/// An intercepting proxy with these `[limits]` in front of a STARTTLS (or,
+/// `implicit`, an SMTPS) upstream; keep the upstream as long as the proxy.
+async fn deadline_proxy(name: &str, implicit: bool, limits: &str) -> (TestProxy, Upstream) {
+    let dir = temp_dir(name);
+    let up = upstream(&dir, implicit, rustls::DEFAULT_VERSIONS).await;
+    let top = if implicit {
+        "implicit_tls = true\n"
+    } else {
+        ""
+    };
+    let icept = format!("upstream_name = \"mx.example.test\"\n[limits]\n{limits}");
+    (intercept_proxy(&dir, &up, top, &icept).await.1, up)
+}
+
+/// Waits for the one session's end and checks the deadline that closed it.
+async fn closed_by(proxy: TestProxy, reason: &str) {
+    let evs = proxy.wait_summaries(1).await;
+    let close = named(&evs, 1, "session.close");
+    assert_eq!(close[0]["reason"], reason, "{}", close[0]);
+    let summary = &named(&evs, 1, "session.summary")[0];
+    assert_eq!(summary["close_reason"], reason, "{summary}");
+    proxy.stop().await;
+}
+
 /// Before STARTTLS, intercept mode relays the cleartext phase itself: the
 /// line deadline holds there as in the ordinary relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_a_command_before_starttls_is_closed_by_the_line_deadline() {
-    let dir = temp_dir("intercept-trickle-line");
-    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
-    let (_anchor, proxy) = intercept_proxy(
-        &dir,
-        &up,
-        "",
-        "upstream_name = \"mx.example.test\"\n[limits]\nline_timeout_secs = 1\nidle_timeout_secs = 600\n",
+    let (proxy, _up) = deadline_proxy(
+        "intercept-trickle-line",
+        false,
+        "line_timeout_secs = 1\nidle_timeout_secs = 600\n",
     )
     .await;
     trickle_until_closed(
@@ -884,12 +905,7 @@ async fn a_client_trickling_a_command_before_starttls_is_closed_by_the_line_dead
         std::time::Duration::from_secs(30),
     )
     .await;
-    let evs = proxy.wait_summaries(1).await;
-    let close = named(&evs, 1, "session.close");
-    assert_eq!(close[0]["reason"], "line_timeout", "{}", close[0]);
-    let summary = &named(&evs, 1, "session.summary")[0];
-    assert_eq!(summary["close_reason"], "line_timeout", "{summary}");
-    proxy.stop().await;
+    closed_by(proxy, "line_timeout").await;
 }
 
 /// A client that sends its ClientHello a byte at a time (SMTPS, configured)
@@ -897,13 +913,10 @@ async fn a_client_trickling_a_command_before_starttls_is_closed_by_the_line_dead
 /// it, counted from the session's start, before any handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_client_hello_is_closed_by_the_session_deadline() {
-    let dir = temp_dir("intercept-trickle-hello");
-    let up = upstream(&dir, true, rustls::DEFAULT_VERSIONS).await;
-    let (_anchor, proxy) = intercept_proxy(
-        &dir,
-        &up,
-        "implicit_tls = true\n",
-        "upstream_name = \"mx.example.test\"\n[limits]\nsession_timeout_secs = 2\nline_timeout_secs = 1\nidle_timeout_secs = 600\n",
+    let (proxy, _up) = deadline_proxy(
+        "intercept-trickle-hello",
+        true,
+        "session_timeout_secs = 2\nline_timeout_secs = 1\nidle_timeout_secs = 600\n",
     )
     .await;
     // A handshake record header announcing a 16 KiB ClientHello, then
@@ -918,10 +931,7 @@ async fn a_trickled_client_hello_is_closed_by_the_session_deadline() {
         std::time::Duration::from_secs(30),
     )
     .await;
-    let evs = proxy.wait_summaries(1).await;
-    let close = named(&evs, 1, "session.close");
-    assert_eq!(close[0]["reason"], "session_timeout", "{}", close[0]);
-    proxy.stop().await;
+    closed_by(proxy, "session_timeout").await;
 }
 
 /// A client that goes silent before STARTTLS is closed by the idle
@@ -929,15 +939,7 @@ async fn a_trickled_client_hello_is_closed_by_the_session_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_silent_before_starttls_is_closed_by_the_idle_deadline() {
     use tokio::io::AsyncReadExt;
-    let dir = temp_dir("intercept-idle");
-    let up = upstream(&dir, false, rustls::DEFAULT_VERSIONS).await;
-    let (_anchor, proxy) = intercept_proxy(
-        &dir,
-        &up,
-        "",
-        "upstream_name = \"mx.example.test\"\n[limits]\nidle_timeout_secs = 1\n",
-    )
-    .await;
+    let (proxy, _up) = deadline_proxy("intercept-idle", false, "idle_timeout_secs = 1\n").await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut rest = Vec::new();
     let r =
@@ -948,8 +950,5 @@ async fn a_client_silent_before_starttls_is_closed_by_the_idle_deadline() {
         "{:?}",
         String::from_utf8_lossy(&rest)
     );
-    let evs = proxy.wait_summaries(1).await;
-    let close = named(&evs, 1, "session.close");
-    assert_eq!(close[0]["reason"], "idle_timeout", "{}", close[0]);
-    proxy.stop().await;
+    closed_by(proxy, "idle_timeout").await;
 }
