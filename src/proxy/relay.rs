@@ -50,7 +50,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -388,46 +388,60 @@ pub fn relay(
 ) -> impl std::future::Future<Output = RelayOutcome> + Send {
     async move {
         let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
-        let (mut cr, mut cw) = client.into_split();
-        let (mut sr, mut sw) = server.into_split();
-
+        let (mut client, mut server) = (client, server);
         let mut client_res: Option<PumpResult> = None;
         let mut server_res: Option<PumpResult> = None;
         let mut stop_reason: Option<DirEnd> = None;
         {
-            let c2s = pump_until(Side::Client, &mut cr, &mut sw, &tap, &activity);
-            let s2c = pump_until(Side::Server, &mut sr, &mut cw, &tap, &activity);
-            tokio::pin!(c2s);
-            tokio::pin!(s2c);
-
+            // Both pumps, the deadline check and the loop around them are
+            // one poll function over plain fields: the streams are lent to
+            // each pump in turn (no split halves, no per-pump futures).
+            let mut c2s = Pump::new(Side::Client);
+            let mut s2c = Pump::new(Side::Server);
             let mut idle_check = tokio::time::interval(deadlines.check_period());
             idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-            while (client_res.is_none() || server_res.is_none()) && stop_reason.is_none() {
-                tokio::select! {
-                    biased;
-                    r = &mut c2s, if client_res.is_none() => {
+            let mut moving = std::future::poll_fn(|cx| {
+                if client_res.is_none() {
+                    if let Poll::Ready(r) = c2s.poll(cx, &mut client, &mut server, &tap, &activity)
+                    {
                         if matches!(r.end, DirEnd::Error { .. }) {
                             stop_reason = Some(DirEnd::PeerFailed);
                         }
                         client_res = Some(r);
                     }
-                    r = &mut s2c, if server_res.is_none() => {
+                }
+                if server_res.is_none() && stop_reason.is_none() {
+                    if let Poll::Ready(r) = s2c.poll(cx, &mut server, &mut client, &tap, &activity)
+                    {
                         if matches!(r.end, DirEnd::Error { .. }) {
                             stop_reason = Some(DirEnd::PeerFailed);
                         }
                         server_res = Some(r);
                     }
-                    _ = idle_check.tick() => {
-                        stop_reason = deadline_passed(&deadlines, &activity);
-                    }
+                }
+                while stop_reason.is_none() && idle_check.poll_tick(cx).is_ready() {
+                    stop_reason = deadline_passed(&deadlines, &activity);
+                }
+                if stop_reason.is_some() || (client_res.is_some() && server_res.is_some()) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut moving => break,
                     r = abort.changed() => {
                         if r.is_err() || *abort.borrow() {
-                            stop_reason = Some(DirEnd::Aborted);
+                            break;
                         }
                     }
                 }
             }
+        }
+        if stop_reason.is_none() && (client_res.is_none() || server_res.is_none()) {
+            stop_reason = Some(DirEnd::Aborted);
         }
         // A direction still running when the relay stopped ended `Aborted`
         // (settled below to the reason), with the bytes it had relayed.
@@ -445,10 +459,10 @@ pub fn relay(
             let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
         };
         if matches!(client_res.end, DirEnd::Error { .. }) {
-            reset(sw.as_ref());
+            reset(&server);
         }
         if matches!(server_res.end, DirEnd::Error { .. }) {
-            reset(cw.as_ref());
+            reset(&client);
         }
         let settle = |end: DirEnd| match (end, &stop_reason) {
             (DirEnd::Aborted, Some(reason)) => reason.clone(),
@@ -554,113 +568,212 @@ fn poll_read_small<R: AsyncRead + Unpin>(
     }
 }
 
-/// Whatever `from` holds right now, appended to `buf`, without waiting:
-/// `None` if nothing is ready (the read is then registered for wake-up like
-/// any other, and simply dropped).
-async fn read_now<R: AsyncRead + Unpin>(
+/// A read into `buf` that never waits: `None` if nothing is ready (the
+/// read is then registered for wake-up like any other). The `read_buf`
+/// future is made and dropped within this poll.
+fn read_now<R: AsyncRead + Unpin>(
     from: &mut R,
     buf: &mut BytesMut,
+    cx: &mut Context<'_>,
 ) -> Option<io::Result<usize>> {
-    let read = from.read_buf(buf);
-    tokio::pin!(read);
-    std::future::poll_fn(|cx| {
-        Poll::Ready(match read.as_mut().poll(cx) {
-            Poll::Ready(r) => Some(r),
-            Poll::Pending => None,
-        })
-    })
-    .await
+    match std::pin::pin!(from.read_buf(buf)).poll(cx) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
 }
 
 /// [`pump`] without a stop signal: [`relay`] stops its pumps by no longer
-/// polling them, [`pump`] by dropping this.
-async fn pump_until<R, W>(
+/// polling them, [`pump`] by dropping this. Its future is a [`Pump`] and
+/// the references it is given, nothing else.
+fn pump_until<'a, R, W>(
     side: Side,
-    from: &mut R,
-    to: &mut W,
-    tap: &Tap,
-    activity: &Activity,
-) -> PumpResult
+    from: &'a mut R,
+    to: &'a mut W,
+    tap: &'a Tap,
+    activity: &'a Activity,
+) -> impl Future<Output = PumpResult> + 'a
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Small reads (commands, replies) are copied out of a stack buffer
-    // (`poll_read_small`); a read that fills it switches to a heap buffer of
-    // READ_CHUNK (bulk data), and the first short read after that frees the
-    // heap buffer again. So a session waiting between commands holds no
-    // read buffer.
-    let mut buf = BytesMut::new();
-    let mut bulk = false;
-    let mut total: u64 = 0;
-    // What the socket said right after a read that filled the small buffer
-    // (end of stream or an error), handled once the bytes before it are
-    // passed on.
-    let mut deferred: Option<io::Result<Bytes>> = None;
-    loop {
-        if bulk && buf.capacity() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
+    let mut p = Pump::new(side);
+    std::future::poll_fn(move |cx| p.poll(cx, from, to, tap, activity))
+}
+
+/// What a read that filled the small buffer found right after it (the end
+/// of the stream or an error), handled once the bytes before it are
+/// passed on.
+#[derive(Debug)]
+enum Deferred {
+    Eof,
+    Err(io::Error),
+}
+
+/// Where a [`Pump`] is.
+#[derive(Debug)]
+enum PumpState {
+    /// Waiting for bytes from its side (or to act on a deferred end).
+    Reading { deferred: Option<Deferred> },
+    /// Writing `chunk` to the other side, `off` bytes of it done.
+    Writing {
+        chunk: Bytes,
+        off: usize,
+        deferred: Option<Deferred>,
+    },
+    /// Passing the FIN on (shutting down the other side's write half).
+    ShuttingDown,
+}
+
+/// One direction of the relay: read from one side, tap, write to the
+/// other, until EOF (passed on as a FIN) or an error. A state machine
+/// polled by hand (the streams are lent at each poll), not an `async fn`:
+/// every idle session holds two, and as a struct a pump is the fields it
+/// needs (about 100 bytes) where the compiler's state machine for the same
+/// loop took 328.
+///
+/// Small reads (commands, replies) are copied out of a buffer on the stack
+/// of the poll (`poll_read_small`); a read that fills it switches to a heap
+/// buffer of [`READ_CHUNK`] (bulk data), and the first short read after
+/// that frees the heap buffer again. So a session waiting between commands
+/// holds no read buffer.
+#[derive(Debug)]
+pub(crate) struct Pump {
+    side: Side,
+    bulk: bool,
+    /// The heap read buffer (empty, unallocated, unless bulk).
+    buf: BytesMut,
+    /// Bytes written to the other side.
+    total: u64,
+    state: PumpState,
+}
+
+impl Pump {
+    pub(crate) fn new(side: Side) -> Self {
+        Pump {
+            side,
+            bulk: false,
+            buf: BytesMut::new(),
+            total: 0,
+            state: PumpState::Reading { deferred: None },
         }
-        let read = match deferred.take() {
-            Some(r) => r,
-            None if bulk => from
-                .read_buf(&mut buf)
-                .await
-                .map(|n| buf.split_to(n).freeze()),
-            None => std::future::poll_fn(|cx| poll_read_small(from, cx)).await,
-        };
-        match read {
-            Ok(chunk) if chunk.is_empty() => {
-                tap.eof(side, Timestamp::now());
-                activity.touch();
-                // Pass the FIN on: shut down the other side's write half.
-                let end = match to.shutdown().await {
-                    Ok(()) => DirEnd::Fin,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Fin,
-                    Err(e) => DirEnd::io("passing on FIN", &e),
-                };
-                return PumpResult { end, bytes: total };
-            }
-            Ok(mut chunk) => {
-                let ts = Timestamp::now();
-                activity.touch();
-                if !bulk && chunk.len() == SMALL_READ {
-                    bulk = true;
-                    // The small buffer filled: the rest of the burst is
-                    // probably already in the socket. Take it now, without
-                    // waiting, so the burst goes out in one write (one
-                    // segment train and one wake-up of the peer, not two).
-                    buf.reserve(READ_CHUNK);
-                    buf.extend_from_slice(&chunk);
-                    match read_now(from, &mut buf).await {
-                        None | Some(Ok(1..)) => {}
-                        Some(Ok(0)) => deferred = Some(Ok(Bytes::new())),
-                        Some(Err(e)) => deferred = Some(Err(e)),
+    }
+
+    fn ended(&self, end: DirEnd) -> Poll<PumpResult> {
+        Poll::Ready(PumpResult {
+            end,
+            bytes: self.total,
+        })
+    }
+
+    /// Moves bytes until the pump must wait (`Pending`, with `cx` woken
+    /// when it can go on) or its direction is over.
+    pub(crate) fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        tap: &Tap,
+        activity: &Activity,
+    ) -> Poll<PumpResult>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let side = self.side;
+        loop {
+            match &mut self.state {
+                PumpState::Writing {
+                    chunk,
+                    off,
+                    deferred,
+                } => {
+                    while *off < chunk.len() {
+                        match Pin::new(&mut *to).poll_write(cx, &chunk[*off..]) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(0)) => {
+                                let e = io::Error::from(io::ErrorKind::WriteZero);
+                                let end = DirEnd::io(&format!("writing to {}", side.peer()), &e);
+                                return self.ended(end);
+                            }
+                            Poll::Ready(Ok(n)) => *off += n,
+                            Poll::Ready(Err(e)) => {
+                                let end = DirEnd::io(&format!("writing to {}", side.peer()), &e);
+                                return self.ended(end);
+                            }
+                        }
                     }
-                    chunk = buf.split().freeze();
-                } else if bulk && chunk.len() < SMALL_READ {
-                    bulk = false;
-                    buf = BytesMut::new();
+                    let n = chunk.len() as u64;
+                    let deferred = deferred.take();
+                    self.total += n;
+                    activity.relayed_add(side, n);
+                    activity.touch();
+                    self.state = PumpState::Reading { deferred };
                 }
-                let n = chunk.len();
-                if side == Side::Client {
-                    activity.client_bytes(&chunk);
-                }
-                tap.data(side, ts, chunk.clone());
-                if let Err(e) = to.write_all(&chunk).await {
-                    return PumpResult {
-                        end: DirEnd::io(&format!("writing to {}", side.peer()), &e),
-                        bytes: total,
+                PumpState::ShuttingDown => {
+                    let end = match std::task::ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
+                        Ok(()) => DirEnd::Fin,
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => DirEnd::Fin,
+                        Err(e) => DirEnd::io("passing on FIN", &e),
                     };
+                    return self.ended(end);
                 }
-                total += n as u64;
-                activity.relayed_add(side, n as u64);
-                activity.touch();
-            }
-            Err(e) => {
-                return PumpResult {
-                    end: DirEnd::io(&format!("reading from {side}"), &e),
-                    bytes: total,
+                PumpState::Reading { deferred } => {
+                    let read = match deferred.take() {
+                        Some(Deferred::Eof) => Ok(Bytes::new()),
+                        Some(Deferred::Err(e)) => Err(e),
+                        None if self.bulk => {
+                            if self.buf.capacity() < READ_CHUNK {
+                                self.buf.reserve(READ_CHUNK);
+                            }
+                            match read_now(from, &mut self.buf, cx) {
+                                None => return Poll::Pending,
+                                Some(r) => r.map(|n| self.buf.split_to(n).freeze()),
+                            }
+                        }
+                        None => std::task::ready!(poll_read_small(from, cx)),
+                    };
+                    let mut chunk = match read {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            return self.ended(DirEnd::io(&format!("reading from {side}"), &e))
+                        }
+                    };
+                    if chunk.is_empty() {
+                        tap.eof(side, Timestamp::now());
+                        activity.touch();
+                        self.state = PumpState::ShuttingDown;
+                        continue;
+                    }
+                    let ts = Timestamp::now();
+                    activity.touch();
+                    let mut deferred = None;
+                    if !self.bulk && chunk.len() == SMALL_READ {
+                        self.bulk = true;
+                        // The small buffer filled: the rest of the burst is
+                        // probably already in the socket. Take it now, without
+                        // waiting, so the burst goes out in one write (one
+                        // segment train and one wake-up of the peer, not two).
+                        self.buf.reserve(READ_CHUNK);
+                        self.buf.extend_from_slice(&chunk);
+                        match read_now(from, &mut self.buf, cx) {
+                            None | Some(Ok(1..)) => {}
+                            Some(Ok(0)) => deferred = Some(Deferred::Eof),
+                            Some(Err(e)) => deferred = Some(Deferred::Err(e)),
+                        }
+                        chunk = self.buf.split().freeze();
+                    } else if self.bulk && chunk.len() < SMALL_READ {
+                        self.bulk = false;
+                        self.buf = BytesMut::new();
+                    }
+                    if side == Side::Client {
+                        activity.client_bytes(&chunk);
+                    }
+                    tap.data(side, ts, chunk.clone());
+                    self.state = PumpState::Writing {
+                        chunk,
+                        off: 0,
+                        deferred,
+                    };
                 }
             }
         }
