@@ -168,8 +168,10 @@ async fn serve(
 /// Tap messages analysed in a row before the events go to the sinks.
 pub const DRAIN: usize = 64;
 
-/// How the relay ended, as the controller's `Closed` reports it.
-type Closed = (Timestamp, Ends, Option<(Side, u64)>);
+/// How the relay ended, as the controller's `Closed` reports it (boxed
+/// where it is kept: it comes once, and inline it would take 144 bytes of
+/// every session's analysis future).
+type Closed = Box<(Timestamp, Ends, Option<(Side, u64)>)>;
 
 /// Feeds one tap message to the analyzer; the controller's `Closed` is kept
 /// in `closed` (it ends the session's input).
@@ -183,7 +185,7 @@ fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool, closed: &mut Opt
         TapMsg::Control(c) => {
             // Only `Closed` comes once the relay runs.
             if let Control::Closed { ts, outcome, loss } = *c {
-                *closed = Some((ts, outcome, loss));
+                *closed = Some(Box::new((ts, outcome, loss)));
             }
         }
     }
@@ -198,98 +200,104 @@ fn tapped(a: &mut SessionAnalyzer, m: TapMsg, plain: &mut bool, closed: &mut Opt
 /// The analyzer comes boxed: this future is what every session's analysis
 /// task holds while it sits idle, and the analyzer inline would make it
 /// larger than the analyzer itself (the async state machine's layout pads
-/// around it).
-pub async fn run(
-    mut a: Box<SessionAnalyzer>,
-    mut queue: super::tap_queue::Receiver<TapMsg>,
+/// around it). A plain `fn` returning an `async move` block: an `async fn`
+/// keeps its arguments twice in its future.
+#[allow(clippy::manual_async_fn)] // a plain `fn`: see above
+pub fn run(
+    a: Box<SessionAnalyzer>,
+    queue: super::tap_queue::Receiver<TapMsg>,
     crls: Arc<CrlCache>,
     probes: Arc<SideProbes>,
     sink: EventSink,
-) {
-    let mut side: Option<SideTask> = None;
-    loop {
-        let c = match queue.recv().await {
-            Some(TapMsg::Control(c)) => *c,
-            // Nothing is relayed before `Connected`.
-            Some(_) => continue,
-            None => break,
-        };
-        match c {
-            Control::LoopRefused {
-                ts,
-                original_dst,
-                reason,
-            } => a.loop_refused(ts, original_dst, reason),
-            Control::Connected {
-                ts,
-                peer,
-                local,
-                elapsed,
-            } => {
-                a.upstream_connected(ts, peer, local, elapsed.as_secs_f64());
-                break;
-            }
-            Control::UpstreamFailed { ts, failure, reply } => {
-                a.upstream_failed(ts, failure, reply);
-                flush(&mut a, &sink).await;
-                return;
-            }
-            Control::Closed { ts, outcome, loss } => {
-                a.close(ts, outcome, loss);
-                flush(&mut a, &sink).await;
-                return;
+) -> impl std::future::Future<Output = ()> + Send {
+    let (mut a, mut queue) = (a, queue);
+    async move {
+        let mut side: Option<SideTask> = None;
+        loop {
+            let c = match queue.recv().await {
+                Some(TapMsg::Control(c)) => c,
+                // Nothing is relayed before `Connected`.
+                Some(_) => continue,
+                None => break,
+            };
+            match *c {
+                Control::LoopRefused {
+                    ts,
+                    original_dst,
+                    reason,
+                } => a.loop_refused(ts, original_dst, reason),
+                Control::Connected {
+                    ts,
+                    peer,
+                    local,
+                    elapsed,
+                } => {
+                    a.upstream_connected(ts, peer, local, elapsed.as_secs_f64());
+                    break;
+                }
+                Control::UpstreamFailed { ts, failure, reply } => {
+                    a.upstream_failed(ts, failure, reply);
+                    flush(&mut a, &sink).await;
+                    return;
+                }
+                Control::Closed { ts, outcome, loss } => {
+                    a.close(ts, outcome, loss);
+                    flush(&mut a, &sink).await;
+                    return;
+                }
             }
         }
-    }
-    flush(&mut a, &sink).await;
-    // Intercept mode: after `Tapped::Decrypting`, relayed chunks are the
-    // conversation inside TLS.
-    let mut plain = false;
-    let mut closed: Option<Closed> = None;
-    while closed.is_none() {
-        tokio::select! {
-            biased;
-            msg = queue.recv() => match msg {
-                Some(m) => {
-                    tapped(&mut a, m, &mut plain, &mut closed);
-                    serve_requests(&mut a, &crls, &probes, &mut side).await;
-                    // Whatever else the relay queued meanwhile is analysed
-                    // now, before the events go out: one hand-off to the
-                    // sinks (and one wake-up of this task) per batch, not per
-                    // chunk.
-                    for _ in 1..DRAIN {
-                        if closed.is_some() {
-                            break;
-                        }
-                        let Some(m) = queue.try_recv() else { break };
+        flush(&mut a, &sink).await;
+        // Intercept mode: after `Tapped::Decrypting`, relayed chunks are the
+        // conversation inside TLS.
+        let mut plain = false;
+        let mut closed: Option<Closed> = None;
+        while closed.is_none() {
+            tokio::select! {
+                biased;
+                msg = queue.recv() => match msg {
+                    Some(m) => {
                         tapped(&mut a, m, &mut plain, &mut closed);
                         serve_requests(&mut a, &crls, &probes, &mut side).await;
+                        // Whatever else the relay queued meanwhile is analysed
+                        // now, before the events go out: one hand-off to the
+                        // sinks (and one wake-up of this task) per batch, not per
+                        // chunk.
+                        for _ in 1..DRAIN {
+                            if closed.is_some() {
+                                break;
+                            }
+                            let Some(m) = queue.try_recv() else { break };
+                            tapped(&mut a, m, &mut plain, &mut closed);
+                            serve_requests(&mut a, &crls, &probes, &mut side).await;
+                        }
                     }
+                    None => break,
+                },
+                r = side_result(&mut side) => {
+                    if let Some((id, _)) = side.take() {
+                        a.side_probe_done(id, Timestamp::now(), r);
+                    }
+                    serve_requests(&mut a, &crls, &probes, &mut side).await;
                 }
-                None => break,
-            },
-            r = side_result(&mut side) => {
-                if let Some((id, _)) = side.take() {
-                    a.side_probe_done(id, Timestamp::now(), r);
-                }
-                serve_requests(&mut a, &crls, &probes, &mut side).await;
             }
+            flush(&mut a, &sink).await;
         }
+        // The relay is over: a side-probe still running is waited for (within
+        // its deadline), so its certificate is judged in this session's summary.
+        if let Some((id, h)) = side.take() {
+            let r = match Box::pin(tokio::time::timeout(probes.deadline(), h)).await {
+                Ok(r) => r.unwrap_or_else(|e| died(&e.to_string())),
+                Err(_) => died("no answer within its deadline"),
+            };
+            a.side_probe_done(id, Timestamp::now(), r);
+            serve_requests(&mut a, &crls, &probes, &mut side).await;
+            flush(&mut a, &sink).await;
+        }
+        // No `Closed` (the controller ended without one): judged as aborted.
+        let (ts, ends, loss) =
+            closed.map_or_else(|| (Timestamp::now(), Ends::aborted(), None), |c| *c);
+        a.close(ts, ends, loss);
         flush(&mut a, &sink).await;
     }
-    // The relay is over: a side-probe still running is waited for (within
-    // its deadline), so its certificate is judged in this session's summary.
-    if let Some((id, h)) = side.take() {
-        let r = match Box::pin(tokio::time::timeout(probes.deadline(), h)).await {
-            Ok(r) => r.unwrap_or_else(|e| died(&e.to_string())),
-            Err(_) => died("no answer within its deadline"),
-        };
-        a.side_probe_done(id, Timestamp::now(), r);
-        serve_requests(&mut a, &crls, &probes, &mut side).await;
-        flush(&mut a, &sink).await;
-    }
-    // No `Closed` (the controller ended without one): judged as aborted.
-    let (ts, ends, loss) = closed.unwrap_or_else(|| (Timestamp::now(), Ends::aborted(), None));
-    a.close(ts, ends, loss);
-    flush(&mut a, &sink).await;
 }

@@ -236,14 +236,16 @@ impl SessionAnalyzer {
     ) {
         self.upstream_addr = Some(server);
         if let Some(cap) = &self.shared.capture {
-            self.cap.capture = cap.session(FlowInfo {
-                session: self.info.id,
-                client: self.info.client,
-                proxy_listen: self.info.listener,
-                proxy_upstream_local: Some(local),
-                upstream: server,
-                opened: self.info.opened,
-            });
+            self.cap.capture = cap
+                .session(FlowInfo {
+                    session: self.info.id,
+                    client: self.info.client,
+                    proxy_listen: self.info.listener,
+                    proxy_upstream_local: Some(local),
+                    upstream: server,
+                    opened: self.info.opened,
+                })
+                .map(Box::new);
         }
         self.emit(
             ts,
