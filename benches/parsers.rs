@@ -816,7 +816,7 @@ static SESSION_SHARED: LazyLock<Arc<smtptap::session::Analysis>> = LazyLock::new
     ))
 });
 
-/// The whole session through the session core, as the proxy's analysis task
+/// The whole session through the session core, as the proxy's analysis
 /// drives it (the events taken after every read); returns the events.
 fn analyze_session(t: &Transcript) -> Vec<smtptap::event::Event> {
     use smtptap::event::{Leg, Timestamp};

@@ -9,7 +9,7 @@
 //! # How it is fed
 //!
 //! ```text
-//!  session analysis task                         writer thread (std::thread)
+//!  session analysis                              writer thread (std::thread)
 //!  ─────────────────────                         ───────────────────────────
 //!  Capture::session(FlowInfo) ─▶ SessionCapture
 //!    .data(side, ts, bytes)  ── frames built here ──▶ unbounded channel, bounded

@@ -1,22 +1,28 @@
-//! The live driver of the session core: one task per session receives what
-//! the relay tapped and what the session controller reports, feeds them to a
+//! The live driver of the session core: a future polled in each session's
+//! task right after the session controller (see `together` in
+//! [`super`]), it receives what the relay tapped and what the controller
+//! reports, feeds them to a
 //! [`SessionAnalyzer`], does the I/O the analyzer requests (CRL fetches, on
 //! the blocking pool; side-probes, in a task of their own, see
 //! [`super::side_probe`]), and hands the resulting events to the sinks.
 //!
 //! ```text
 //!  controller ──TapMsg::Control (connected / upstream failed / loop / closed; push_always)──┐
-//!  relay ──tap: TapMsg (chunks, FINs, in relay order; offer)──── one queue (tap_queue) ──────┴─▶ this task ─▶ SessionAnalyzer
+//!  relay ──tap: TapMsg (chunks, FINs, in relay order; offer)──── one queue (tap_queue) ──────┴─▶ this future ─▶ SessionAnalyzer
 //!                                                                               │  ▲ requests / results
 //!                                                  sinks ◀── events ────────────┘  └─▶ CrlCache (blocking pool)
 //! ```
 //!
-//! Each time it wakes, the task analyses everything the relay queued
+//! Each time it is polled, it analyses everything the relay queued
 //! meanwhile (up to [`DRAIN`] messages) before handing the events to the
 //! sinks as one batch: one hand-off per burst of traffic, not per chunk.
+//! Polled after the controller in the same task, it sees in the same poll
+//! what the relay read in it.
 //!
-//! This task may fall behind; the relay never waits for it (see
-//! [`super::relay`]). If it falls so far behind that the tap queue
+//! It may fall behind (while it waits for a CRL fetch or for room at the
+//! sinks); the relay never waits for it (see [`super::relay`]): the relay's
+//! reads and writes go on in the controller, polled first. If it falls so
+//! far behind that the tap queue
 //! overflows, the relay stops offering bytes and the analyzer reports
 //! `observer.lagged` at the end. Requests are served before the next input
 //! is fed, so a chain's `cert.crl` and `cert.chain` events come right after

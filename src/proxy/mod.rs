@@ -4,13 +4,16 @@
 //! module that touches sockets.
 //!
 //! ```text
-//!  listener(s) ──accept──▶ session controller (one task per connection)
-//!                              │ 1. start the analysis task   (analysis::run → session::SessionAnalyzer)
-//!                              │ 2. connect upstream          (upstream::connect)
+//!  listener(s) ──accept──▶ session (one task per connection: the controller
+//!                              │  and the analysis, polled together by `together`)
+//!                              │ 1. controller: connect upstream  (upstream::connect)
 //!                              │    └─ failure: 421 reply or close, per config
-//!                              │ 3. relay both ways           (relay::relay)
-//!                              │    or, intercept mode:       (intercept::run: TLS on both legs)
-//!                              └ 4. report the outcome, wait for the analysis to finish
+//!                              │ 2. controller: relay both ways   (relay::relay)
+//!                              │    or, intercept mode:           (intercept::run: TLS on both legs)
+//!                              │ 3. controller: report the outcome on the tap queue
+//!                              └ analysis (analysis::run → session::SessionAnalyzer) ends
+//!                                after the controller's last report; a panic in it
+//!                                ends the analysis only
 //! ```
 //!
 //! Sessions are limited by a semaphore (`limits.max_sessions`): when all
@@ -38,6 +41,7 @@ pub mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,15 +337,13 @@ async fn accept_loop(
         let ctx_total = ctx.total_reached.clone();
         let ctx = ctx.clone();
         let listen_addr = stream.local_addr().unwrap_or(local);
-        tokio::spawn(async move {
-            let span = tracing::info_span!("session", id, client = %peer);
-            let _ = tracing::Instrument::instrument(
-                run_session(id, stream, peer, listen_addr, ctx),
-                span,
-            )
-            .await;
-            drop(permit);
-        });
+        // The session's future itself is the task (no wrapping block that
+        // would hold its arguments a second time while it runs).
+        let span = tracing::info_span!("session", id, client = %peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            run_session(id, stream, peer, listen_addr, ctx, permit),
+            span,
+        ));
         if last {
             ctx_total.notify_one();
             return;
@@ -488,9 +490,11 @@ impl Controller {
     }
 }
 
-/// One session, from the accepted socket to the analysis' end. A plain
-/// `fn` returning an `async move` block, not an `async fn`: an `async fn`
-/// keeps its arguments twice in its future (as captured and as moved into
+/// One session, from the accepted socket to the analysis' end: the
+/// controller (connect, relay, report) and the analysis of what it taps,
+/// polled together in this one task by [`together`]. A plain `fn`
+/// returning an `async move` block, not an `async fn`: an `async fn` keeps
+/// its arguments twice in its future (as captured and as moved into
 /// locals), and this future is what every session holds while it sits idle.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn run_session(
@@ -499,10 +503,10 @@ fn run_session(
     client_addr: SocketAddr,
     listen_addr: SocketAddr,
     ctx: SessionCtx,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let _ = client.set_nodelay(true);
-        let cfg = &ctx.cfg;
         let (upstream, plan) = plan_upstream(&client, client_addr, &ctx).await;
         let info = SessionInfo {
             id,
@@ -510,16 +514,21 @@ fn run_session(
             listener: listen_addr,
             upstream: upstream.clone(),
             opened: Timestamp::now(),
-            implicit_tls: cfg.implicit_tls,
+            implicit_tls: ctx.cfg.implicit_tls,
         };
         // Intercept mode taps each leg's wire bytes besides the relayed ones.
-        let queue = cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
+        let queue = ctx.cfg.limits.observer_queue * if ctx.intercept.is_some() { 4 } else { 1 };
         // One queue carries the relay's chunks and the controller's reports,
         // in the order they happened (`tap_queue`: nothing allocated while
         // it is empty).
-        let (data_tx, data_rx) = tap_queue::queue::<relay::TapMsg>(queue);
-        let ctl_tx = Controller(data_tx.clone());
-        let analysis = tokio::spawn(analysis::run(
+        let (data_tx, mut data_rx) = tap_queue::queue::<relay::TapMsg>(queue);
+        // `together` polls the analysis right after the controller: the
+        // controller's own pushes need not wake the task once more.
+        data_rx.polled_after_senders();
+        // Both built in place where they are polled (`pin!` of the call
+        // itself): moved there from a local, each would take its room twice
+        // in this future.
+        let analysis = std::pin::pin!(Some(analysis::run(
             Box::new(crate::session::SessionAnalyzer::new(
                 info,
                 ctx.analysis.clone(),
@@ -528,8 +537,72 @@ fn run_session(
             ctx.crls.clone(),
             ctx.probes.clone(),
             ctx.sink.clone(),
-        ));
+        )));
+        let controller = std::pin::pin!(control(client, upstream, plan, data_tx, &ctx));
+        together(controller, analysis).await;
+        // The session's slot is free only now, with its analysis done.
+        drop(permit);
+    }
+}
 
+/// Polls a session's controller and its analysis in one task until both
+/// are done: one task cell and one wake-up per burst instead of two. The
+/// controller is polled first, so whatever the relay tapped in a poll is
+/// analysed in the same poll. The analysis never blocks the controller: it
+/// only ever waits in its own awaits (the tap queue, the sinks, a CRL fetch
+/// or a side-probe), each of which wakes this task when it is ready. And it
+/// stays an observer: a panic in it ends the analysis (its queue closes, the
+/// relay stops offering and counts nothing more) while the controller and
+/// the relay go on, as when the analysis was a task of its own.
+async fn together<C, A>(mut controller: Pin<&mut C>, mut analysis: Pin<&mut Option<A>>)
+where
+    C: std::future::Future<Output = ()>,
+    A: std::future::Future<Output = ()>,
+{
+    use std::task::Poll;
+    let mut controller_done = false;
+    std::future::poll_fn(|cx| {
+        if !controller_done {
+            controller_done = controller.as_mut().poll(cx).is_ready();
+        }
+        if let Some(a) = analysis.as_mut().as_pin_mut() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.poll(cx))) {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(())) => analysis.set(None),
+                Err(_) => {
+                    tracing::error!(
+                        "the analysis of this session failed (a panic, reported above); \
+                         it is no longer observed, the relay was not affected"
+                    );
+                    analysis.set(None);
+                }
+            }
+        }
+        if controller_done && analysis.is_none() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// The session's controller: connects to the upstream (or refuses, or
+/// fails, and says so to the client as configured), runs the relay
+/// (passthrough or intercept) and reports each step to the analysis
+/// through the tap queue. A plain `fn` for the reason given at
+/// [`run_session`].
+#[allow(clippy::manual_async_fn)] // on purpose: see run_session
+fn control<'a>(
+    client: TcpStream,
+    upstream: Upstream,
+    plan: Plan,
+    data_tx: tap_queue::Sender<relay::TapMsg>,
+    ctx: &'a SessionCtx,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    async move {
+        let cfg = &ctx.cfg;
+        let ctl_tx = Controller(data_tx.clone());
         // Each step below moves what it used (the plan, the connection's
         // outcome) rather than matching on it in place, so none of them
         // holds room in this future while the relay runs.
@@ -576,9 +649,6 @@ fn run_session(
                 }));
                 drop(client);
                 drop(ctl_tx);
-                if let Err(e) = analysis.await {
-                    tracing::error!(error = %e, "analysis task failed; the relay was not affected");
-                }
                 return;
             }
         };
@@ -610,9 +680,6 @@ fn run_session(
             loss: tap_state.loss(),
         }));
         drop(ctl_tx);
-        if let Err(e) = analysis.await {
-            tracing::error!(error = %e, "analysis task failed; the relay was not affected");
-        }
     }
 }
 
@@ -842,21 +909,19 @@ mod tests {
             relay::Deadlines::idle_only(Duration::from_secs(1)),
             abort,
         );
-        let session = run_session(1, c2, peer, addr, ctx);
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let session = run_session(1, c2, peer, addr, ctx, permit);
         let sizes = [
             (
-                "controller task future (run_session)",
+                "session task future (run_session: controller and analysis)",
                 std::mem::size_of_val(&session),
             ),
             ("  of which the relay future", std::mem::size_of_val(&relay)),
             (
-                "analysis task future (analysis::run)",
+                "  of which the analysis future (analysis::run)",
                 std::mem::size_of_val(&driver),
             ),
-            (
-                "SessionAnalyzer (inline in it)",
-                std::mem::size_of_val(&analyzer),
-            ),
+            ("SessionAnalyzer (boxed)", std::mem::size_of_val(&analyzer)),
             (
                 "analysis queue slot (TapMsg: chunks and control)",
                 std::mem::size_of::<relay::TapMsg>(),
@@ -868,5 +933,44 @@ mod tests {
         drop((s2, driver, relay, session, analyzer));
         // A queued message is one slot of the queue's deque: keep it small.
         assert!(std::mem::size_of::<relay::TapMsg>() <= 16);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_analysis_ends_the_analysis_not_the_session() {
+        // The controller needs several polls (it yields twice) and must run
+        // to its end although the analysis panics on its first poll.
+        let steps = Arc::new(AtomicU64::new(0));
+        let s = steps.clone();
+        let controller = std::pin::pin!(async move {
+            for _ in 0..3 {
+                s.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let analysis = std::pin::pin!(Some(async {
+            if std::hint::black_box(true) {
+                panic!("a planted analyzer bug");
+            }
+        }));
+        together(controller, analysis).await;
+        assert_eq!(steps.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn together_waits_for_the_analysis_after_the_controller_ends() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let got = Arc::new(AtomicU64::new(0));
+        let g = got.clone();
+        let controller = std::pin::pin!(async move {
+            tokio::task::yield_now().await;
+            let _ = tx.send(7);
+        });
+        let analysis = std::pin::pin!(Some(async move {
+            if let Ok(v) = rx.await {
+                g.store(u64::from(v), Ordering::Relaxed);
+            }
+        }));
+        together(controller, analysis).await;
+        assert_eq!(got.load(Ordering::Relaxed), 7);
     }
 }

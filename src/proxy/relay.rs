@@ -87,7 +87,7 @@ pub struct Fin {
     pub ts: Timestamp,
 }
 
-/// Messages from the session controller and the relay to the analysis task.
+/// Messages from the session controller and the relay to the analysis.
 ///
 /// Every variant is boxed, so a message is 16 bytes in the queue
 /// ([`super::tap_queue`]) however large its content. A chunk already costs
@@ -380,15 +380,14 @@ pub type RelayOutcome = Ends;
 /// future every idle session holds.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn relay(
-    client: TcpStream,
-    server: TcpStream,
+    mut client: TcpStream,
+    mut server: TcpStream,
     tap: Tap,
     deadlines: Deadlines,
     mut abort: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = RelayOutcome> + Send {
     async move {
         let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
-        let (mut client, mut server) = (client, server);
         let mut client_res: Option<PumpResult> = None;
         let mut server_res: Option<PumpResult> = None;
         let mut stop_reason: Option<DirEnd> = None;

@@ -6,7 +6,7 @@
 //! do), QUIT. The chain the server presented there goes back to the core.
 //!
 //! ```text
-//!  analysis task ──Request::SideProbe──▶ SideProbes::get (spawned task)
+//!  analysis ─────Request::SideProbe──▶ SideProbes::get (spawned task)
 //!                                          ├─ cache hit (same address + SNI, fresh) ─▶ answer
 //!                                          ├─ same probe in flight ─▶ wait for it
 //!                                          ├─ rate limit reached ─▶ `rate_limited`

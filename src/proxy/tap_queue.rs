@@ -1,6 +1,8 @@
 //! The queue between a session's relay (and its controller) and its
-//! analysis task: many senders, one receiver, in push order, bounded for the
-//! relay's offers, allocating nothing while it is empty.
+//! analysis (a future of the same task, polled after the controller, or of
+//! any other task: the queue does not care): many senders, one receiver, in
+//! push order, bounded for the relay's offers, allocating nothing while it
+//! is empty.
 //!
 //! Why not tokio's `mpsc`: its channel state is cache-line padded and its
 //! first block holds 32 slots at once, about 1.1 KiB that every session kept
@@ -8,25 +10,43 @@
 //! deque that the receiver empties in one swap: an idle session holds the
 //! small shared state and at most two small buffers. The lock is held only to push one
 //! message or to swap the whole deque out, never across an await, so the
-//! relay never waits on the analysis beyond that instant.
+//! relay never waits on the analysis beyond that instant. The receiver's
+//! waker is kept under the same lock; a session's analysis, polled right
+//! after its controller in one task, is not woken by that task's own pushes
+//! ([`Receiver::polled_after_senders`]).
 //!
 //! Owns the queue only; what travels in it is [`super::relay::TapMsg`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::Notify;
+/// What the lock guards: the messages, and how to wake the receiver.
+struct Locked<T> {
+    items: VecDeque<T>,
+    /// The receiver's waker while it waits for a message.
+    waker: Option<Waker>,
+    /// Pushes made from this task wake nobody: the receiver is polled in it
+    /// right after them ([`Receiver::polled_after_senders`]).
+    quiet: Option<tokio::task::Id>,
+}
 
 struct Shared<T> {
-    queue: Mutex<VecDeque<T>>,
-    /// Wakes the receiver: after a push, and when the last sender goes.
-    ready: Notify,
+    queue: Mutex<Locked<T>>,
     senders: AtomicUsize,
     receiver_alive: AtomicBool,
     /// Messages pushed and not yet received (in the deque or swapped out
     /// to the receiver): what the bound counts, as tokio's bounded queue.
     waiting: AtomicUsize,
+}
+
+impl<T> Shared<T> {
+    /// The lock. A poisoned lock means a sender panicked mid-push: the
+    /// deque itself is still whole, so go on with it.
+    fn lock(&self) -> MutexGuard<'_, Locked<T>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Why a message was not queued.
@@ -50,13 +70,18 @@ pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
     /// Taken from the shared deque in one swap, handed out one by one.
     local: VecDeque<T>,
+    /// See [`Receiver::polled_after_senders`].
+    quiet: bool,
 }
 
 /// A queue whose [`Sender::offer`] refuses beyond `bound` waiting messages.
 pub fn queue<T>(bound: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
-        ready: Notify::new(),
+        queue: Mutex::new(Locked {
+            items: VecDeque::new(),
+            waker: None,
+            quiet: None,
+        }),
         senders: AtomicUsize::new(1),
         receiver_alive: AtomicBool::new(true),
         waiting: AtomicUsize::new(0),
@@ -69,6 +94,7 @@ pub fn queue<T>(bound: usize) -> (Sender<T>, Receiver<T>) {
         Receiver {
             shared,
             local: VecDeque::new(),
+            quiet: false,
         },
     )
 }
@@ -78,17 +104,22 @@ impl<T> Sender<T> {
         if !self.shared.receiver_alive.load(Ordering::Acquire) {
             return Err(Refused::Closed);
         }
-        {
-            // A poisoned lock means a sender panicked mid-push: the deque
-            // itself is still whole, so go on with it.
-            let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let wake = {
+            let mut q = self.shared.lock();
             if bound.is_some_and(|b| self.shared.waiting.load(Ordering::Acquire) >= b) {
                 return Err(Refused::Full);
             }
-            q.push_back(msg);
+            q.items.push_back(msg);
             self.shared.waiting.fetch_add(1, Ordering::AcqRel);
+            if q.quiet.is_some() && q.quiet == tokio::task::try_id() {
+                None
+            } else {
+                q.waker.take()
+            }
+        };
+        if let Some(w) = wake {
+            w.wake();
         }
-        self.shared.ready.notify_one();
         Ok(())
     }
 
@@ -126,7 +157,12 @@ impl<T> Clone for Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.ready.notify_one();
+            // The last one: the receiver learns the end, from whatever task
+            // this is (once per queue, so no wake-up is skipped here).
+            let wake = self.shared.lock().waker.take();
+            if let Some(w) = wake {
+                w.wake();
+            }
         }
     }
 }
@@ -136,45 +172,65 @@ impl<T> Drop for Sender<T> {
 /// nothing and an idle session keeps at most two small buffers.
 const KEEP: usize = 8;
 
-/// The next message from `local`, refilled from the shared deque in one
-/// swap when it runs dry (the drained deque goes to the senders in
-/// exchange, for their next pushes).
-fn take<T>(shared: &Shared<T>, local: &mut VecDeque<T>) -> Option<T> {
-    if local.is_empty() {
-        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(local, &mut *q);
-    }
-    let m = local.pop_front();
-    if m.is_some() {
-        shared.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-    if local.is_empty() && local.capacity() > KEEP {
-        *local = VecDeque::new();
-    }
-    m
-}
-
 impl<T> Receiver<T> {
+    /// Declares that this receiver is polled, in the task it is first
+    /// polled in, after every poll of the futures that push to it from that
+    /// task (the session's analysis, polled right after its controller by
+    /// `together`): a push from that task then wakes nobody, because the
+    /// receiver sees it in the same poll anyway; a wake-up would only poll
+    /// the whole task once more for nothing. Pushes from other tasks or
+    /// threads, and the last sender's going, still wake it.
+    pub fn polled_after_senders(&mut self) {
+        self.quiet = true;
+    }
+
+    /// The next message from `local`, refilled from the shared deque in one
+    /// swap when it runs dry (the drained deque goes to the senders in
+    /// exchange, for their next pushes). With `cx`, a receiver that finds
+    /// nothing registers to be woken (under the same lock as the pushes, so
+    /// none is missed).
+    fn take(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Option<T>> {
+        if self.local.is_empty() {
+            let mut q = self.shared.lock();
+            std::mem::swap(&mut self.local, &mut q.items);
+            if self.local.is_empty() {
+                if self.shared.senders.load(Ordering::Acquire) == 0 {
+                    return Poll::Ready(None);
+                }
+                let Some(cx) = cx else {
+                    return Poll::Pending;
+                };
+                if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    q.waker = Some(cx.waker().clone());
+                }
+                if self.quiet && q.quiet.is_none() {
+                    q.quiet = tokio::task::try_id();
+                }
+                return Poll::Pending;
+            }
+        }
+        let m = self.local.pop_front();
+        if m.is_some() {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.local.is_empty() && self.local.capacity() > KEEP {
+            self.local = VecDeque::new();
+        }
+        Poll::Ready(m)
+    }
+
     /// The next message without waiting, if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        take(&self.shared, &mut self.local)
+        match self.take(None) {
+            Poll::Ready(m) => m,
+            Poll::Pending => None,
+        }
     }
 
     /// The next message; `None` once every sender is gone and nothing is
-    /// left.
+    /// left. Checks the queue at every poll (a quiet push wakes nobody).
     pub async fn recv(&mut self) -> Option<T> {
-        loop {
-            // Registered before checking, so a push between the check and
-            // the wait is not missed (`notify_one` also stores a permit).
-            let ready = self.shared.ready.notified();
-            if let Some(m) = take(&self.shared, &mut self.local) {
-                return Some(m);
-            }
-            if self.shared.senders.load(Ordering::Acquire) == 0 {
-                return take(&self.shared, &mut self.local);
-            }
-            ready.await;
-        }
+        std::future::poll_fn(|cx| self.take(Some(cx))).await
     }
 }
 
@@ -182,9 +238,10 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.shared.receiver_alive.store(false, Ordering::Release);
         // What is queued goes now, not when the last sender goes.
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.clear();
-        q.shrink_to_fit();
+        let mut q = self.shared.lock();
+        q.items.clear();
+        q.items.shrink_to_fit();
+        q.waker = None;
     }
 }
 
@@ -268,6 +325,63 @@ mod tests {
             assert_eq!(rx.try_recv(), None);
         }
         assert!(rx.local.capacity() <= KEEP);
-        assert!(rx.shared.queue.lock().unwrap().capacity() <= KEEP);
+        assert!(rx.shared.lock().items.capacity() <= KEEP);
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Counter(AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Pushes from `task` (in it, or from another thread) to a receiver
+    /// waiting in it; the wake-ups each caused.
+    fn wakes(quiet: bool) -> (usize, usize, usize) {
+        let (tx, mut rx) = queue::<u32>(8);
+        if quiet {
+            rx.polled_after_senders();
+        }
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let count = || counter.0.load(Ordering::SeqCst);
+        // Waits (and, quiet, learns its task).
+        assert!(rx.take(Some(&mut cx)).is_pending());
+        tx.offer(1).unwrap();
+        let same_task = count();
+        assert_eq!(rx.take(Some(&mut cx)), Poll::Ready(Some(1)));
+        assert!(rx.take(Some(&mut cx)).is_pending());
+        let tx2 = tx.clone();
+        std::thread::spawn(move || tx2.offer(2).unwrap())
+            .join()
+            .unwrap();
+        let other_thread = count() - same_task;
+        assert_eq!(rx.take(Some(&mut cx)), Poll::Ready(Some(2)));
+        assert!(rx.take(Some(&mut cx)).is_pending());
+        let before = count();
+        drop(tx);
+        let last_sender = count() - before;
+        assert_eq!(rx.take(Some(&mut cx)), Poll::Ready(None));
+        (same_task, other_thread, last_sender)
+    }
+
+    #[tokio::test]
+    async fn a_receiver_polled_after_its_senders_is_not_woken_by_its_own_task() {
+        let (quiet, normal) = tokio::spawn(async { (wakes(true), wakes(false)) })
+            .await
+            .unwrap();
+        assert_eq!(
+            quiet,
+            (0, 1, 1),
+            "quiet: (same task, other thread, last sender)"
+        );
+        assert_eq!(
+            normal,
+            (1, 1, 1),
+            "normal: (same task, other thread, last sender)"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Sinks: where events go. One thread owns every writer (JSON lines, console
 //! transcript, an in-memory collector for tests and the lab) and is fed by a
 //! bounded queue, so that slow disks or terminals never reach the relay (the
-//! relay never sends here; the analysis tasks do, and may wait).
+//! relay never sends here; the sessions' analyses do, and may wait).
 //!
 //! The writer thread flushes whenever the queue runs empty, so a reader of the
 //! JSON file sees each event within milliseconds, and at the end everything is
@@ -32,10 +32,10 @@ use crate::event::Event;
 /// How long the writer thread lets events gather after draining the queue.
 pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Batches of events queued to the writer thread before analysis tasks wait.
+/// Batches of events queued to the writer thread before the analyses wait.
 pub const QUEUE: usize = 2048;
 
-/// How long an analysis task waits for room in the queue before the sink is
+/// How long a session's analysis waits for room in the queue before the sink is
 /// considered stalled and events are dropped instead.
 pub const STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -52,7 +52,7 @@ struct SinkState {
 }
 
 /// A cheap, clonable handle to send events to every sink. Events travel in
-/// batches (an analysis task sends what one chunk of traffic produced), so the
+/// batches (a session's analysis sends what one chunk of traffic produced), so the
 /// writer thread is woken once per batch, not once per event.
 #[derive(Debug, Clone)]
 pub struct EventSink {
@@ -74,7 +74,7 @@ impl EventSink {
             Err(mpsc::error::TrySendError::Full(evs)) => evs,
         };
         // The waiting path (and its timer) lives on the heap, only while it
-        // waits: the futures of every session's analysis task that awaits
+        // waits: the futures of every session's analysis that awaits
         // this stay small while they sit idle.
         Box::pin(self.send_waiting(evs)).await;
     }

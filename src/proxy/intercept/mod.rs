@@ -45,7 +45,7 @@ use crate::tls::names::{suite_name, version_name};
 
 pub(crate) use certs::Shared;
 
-/// What an intercepted session tells its analysis task besides relayed
+/// What an intercepted session tells its analysis besides relayed
 /// bytes (through the same ordered, never-waiting tap).
 #[derive(Debug)]
 pub enum Tapped {
@@ -104,7 +104,7 @@ pub enum Tapped {
     },
 }
 
-/// Feeds one message to the analyzer (the analysis task calls this).
+/// Feeds one message to the analyzer (the analysis calls this).
 /// `plain` is set by [`Tapped::Decrypting`].
 pub(crate) fn feed(a: &mut SessionAnalyzer, msg: Tapped, plain: &mut bool) {
     match msg {
