@@ -514,8 +514,14 @@ fn lab_peer() -> PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // Built with the profile of the binary under test (`cargo test
+        // --release` looks in target/release).
+        let mut args = vec!["build", "--example", "lab_peer"];
+        if dir.ends_with("release") {
+            args.push("--release");
+        }
         let st = Command::new(cargo)
-            .args(["build", "--example", "lab_peer"])
+            .args(&args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build --example lab_peer");

@@ -87,19 +87,27 @@ pub enum Control {
 }
 
 /// Hands the analyzer's events to the sinks, as one batch.
-async fn flush(a: &mut SessionAnalyzer, sink: &EventSink) {
-    if a.has_events() {
-        sink.send_batch(a.take_events()).await;
-    }
+fn flush<'a>(
+    a: &mut SessionAnalyzer,
+    sink: &'a EventSink,
+) -> impl std::future::Future<Output = ()> + 'a {
+    // Taken now, handed over before the first poll (see `send_batch`).
+    sink.send_batch(if a.has_events() {
+        a.take_events()
+    } else {
+        Vec::new()
+    })
 }
 
 /// A side-probe running in its own task for this session.
 type SideTask = (RequestId, tokio::task::JoinHandle<SideProbeOutcome>);
 
 /// The side-probe's result when it comes (never, if there is none).
-async fn side_result(side: &mut Option<SideTask>) -> SideProbeOutcome {
+/// Boxed: the outcome is large and comes once, and a select's output is
+/// as large as its largest branch's in every session's analysis future.
+async fn side_result(side: &mut Option<SideTask>) -> Box<SideProbeOutcome> {
     match side {
-        Some((_, h)) => h.await.unwrap_or_else(|e| died(&e.to_string())),
+        Some((_, h)) => Box::new(h.await.unwrap_or_else(|e| died(&e.to_string()))),
         None => std::future::pending().await,
     }
 }
@@ -282,7 +290,7 @@ pub fn run(
                 },
                 r = side_result(&mut side) => {
                     if let Some((id, _)) = side.take() {
-                        a.side_probe_done(id, Timestamp::now(), r);
+                        a.side_probe_done(id, Timestamp::now(), *r);
                     }
                     serve_requests(&mut a, &crls, &probes, &mut side).await;
                 }

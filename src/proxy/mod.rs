@@ -162,7 +162,7 @@ impl Proxy {
                 .collect(),
         );
         for listener in self.listeners {
-            let ctx = SessionCtx {
+            let ctx = Arc::new(SessionCtx {
                 listen: listen.clone(),
                 cfg: self.cfg.clone(),
                 sink: self.sink.clone(),
@@ -172,7 +172,7 @@ impl Proxy {
                 abort: abort_rx.clone(),
                 total_reached: total_reached.clone(),
                 intercept: self.intercept.clone(),
-            };
+            });
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
                 ctx,
@@ -257,6 +257,9 @@ fn bind_listener(addr: SocketAddr, tproxy: bool) -> io::Result<TcpListener> {
 }
 
 #[derive(Clone)]
+/// What every session of a listener shares (one `Arc` per session: cloned
+/// field by field it was nine reference counts per connection and 88 bytes
+/// of every session's future).
 struct SessionCtx {
     /// The addresses actually bound (port 0 resolved), for the loop check.
     listen: Arc<Vec<SocketAddr>>,
@@ -274,7 +277,7 @@ struct SessionCtx {
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: SessionCtx,
+    ctx: Arc<SessionCtx>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     next_id: Arc<AtomicU64>,
@@ -502,17 +505,20 @@ fn run_session(
     client: TcpStream,
     client_addr: SocketAddr,
     listen_addr: SocketAddr,
-    ctx: SessionCtx,
+    ctx: Arc<SessionCtx>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let _ = client.set_nodelay(true);
         let (upstream, plan) = plan_upstream(&client, client_addr, &ctx).await;
+        // Two copies made out of line: a local that is borrowed here would
+        // keep its room in this future for the whole session.
+        let (upstream, for_info) = twice(upstream);
         let info = SessionInfo {
             id,
             client: client_addr,
             listener: listen_addr,
-            upstream: upstream.clone(),
+            upstream: for_info,
             opened: Timestamp::now(),
             implicit_tls: ctx.cfg.implicit_tls,
         };
@@ -521,10 +527,9 @@ fn run_session(
         // One queue carries the relay's chunks and the controller's reports,
         // in the order they happened (`tap_queue`: nothing allocated while
         // it is empty).
-        let (data_tx, mut data_rx) = tap_queue::queue::<relay::TapMsg>(queue);
         // `together` polls the analysis right after the controller: the
         // controller's own pushes need not wake the task once more.
-        data_rx.polled_after_senders();
+        let (data_tx, data_rx) = tap_queue::queue::<relay::TapMsg>(queue);
         // Both built in place where they are polled (`pin!` of the call
         // itself): moved there from a local, each would take its room twice
         // in this future.
@@ -533,7 +538,7 @@ fn run_session(
                 info,
                 ctx.analysis.clone(),
             )),
-            data_rx,
+            data_rx.polled_after_senders(),
             ctx.crls.clone(),
             ctx.probes.clone(),
             ctx.sink.clone(),
@@ -545,6 +550,11 @@ fn run_session(
     }
 }
 
+/// `u` and a copy of it.
+fn twice<T: Clone>(u: T) -> (T, T) {
+    (u.clone(), u)
+}
+
 /// Polls a session's controller and its analysis in one task until both
 /// are done: one task cell and one wake-up per burst instead of two. The
 /// controller is polled first, so whatever the relay tapped in a poll is
@@ -554,14 +564,17 @@ fn run_session(
 /// stays an observer: a panic in it ends the analysis (its queue closes, the
 /// relay stops offering and counts nothing more) while the controller and
 /// the relay go on, as when the analysis was a task of its own.
-async fn together<C, A>(mut controller: Pin<&mut C>, mut analysis: Pin<&mut Option<A>>)
+fn together<'a, C, A>(
+    mut controller: Pin<&'a mut C>,
+    mut analysis: Pin<&'a mut Option<A>>,
+) -> impl std::future::Future<Output = ()> + 'a
 where
     C: std::future::Future<Output = ()>,
     A: std::future::Future<Output = ()>,
 {
     use std::task::Poll;
     let mut controller_done = false;
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
         if !controller_done {
             controller_done = controller.as_mut().poll(cx).is_ready();
         }
@@ -584,7 +597,6 @@ where
             Poll::Pending
         }
     })
-    .await
 }
 
 /// The session's controller: connects to the upstream (or refuses, or
@@ -697,7 +709,8 @@ async fn connect_planned(
         Plan::Spoofed { dst, source } => {
             transparent::connect_spoofed(dst, source, cfg.limits.connect_timeout).await
         }
-        Plan::Refuse(failure, looped) => {
+        Plan::Refuse(refusal) => {
+            let (failure, looped) = *refusal;
             if let Some(l) = looped {
                 let _ = ctl_tx.send(Box::new(Control::LoopRefused {
                     ts: Timestamp::now(),
@@ -781,8 +794,10 @@ enum Plan {
         /// The client's IP, bound before connect.
         source: std::net::IpAddr,
     },
-    /// Do not connect (no original destination, or a loop); handled like an unreachable upstream.
-    Refuse(upstream::ConnectFailure, Option<transparent::LoopRefused>),
+    /// Do not connect (no original destination, or a loop); handled like an
+    /// unreachable upstream. Boxed: rare, and inline it would make every
+    /// session's controller hold 120 bytes for its plan instead of 40.
+    Refuse(Box<(upstream::ConnectFailure, Option<transparent::LoopRefused>)>),
 }
 
 /// Picks the upstream of one session: the configured one, or the connection's
@@ -813,7 +828,7 @@ async fn plan_upstream(
                 host: "original-destination".into(),
                 port: 0,
             };
-            return (label, Plan::Refuse(failure, None));
+            return (label, Plan::Refuse(Box::new((failure, None))));
         }
     };
     let label = Upstream {
@@ -828,7 +843,7 @@ async fn plan_upstream(
             detail: format!("loop refused: {}", refused.reason),
             tried: Vec::new(),
         };
-        return (label, Plan::Refuse(failure, Some(refused)));
+        return (label, Plan::Refuse(Box::new((failure, Some(refused)))));
     }
     if spoof_source {
         (
@@ -864,7 +879,7 @@ mod tests {
         let analysis = Arc::new(Analysis::from_config(&cfg, fresh_run_id()).unwrap());
         let (sink, _handle) = crate::sink::start(crate::sink::Sinks::default());
         let (_abort_tx, abort) = watch::channel(false);
-        let ctx = SessionCtx {
+        let ctx = Arc::new(SessionCtx {
             listen: Arc::new(Vec::new()),
             crls: Arc::new(CrlCache::default()),
             probes: Arc::new(side_probe::SideProbes::new(&cfg.tls)),
@@ -874,7 +889,7 @@ mod tests {
             abort: abort.clone(),
             total_reached: Arc::new(tokio::sync::Notify::new()),
             intercept: None,
-        };
+        });
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let c1 = TcpStream::connect(addr).await.unwrap();

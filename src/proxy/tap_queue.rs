@@ -180,8 +180,9 @@ impl<T> Receiver<T> {
     /// receiver sees it in the same poll anyway; a wake-up would only poll
     /// the whole task once more for nothing. Pushes from other tasks or
     /// threads, and the last sender's going, still wake it.
-    pub fn polled_after_senders(&mut self) {
+    pub fn polled_after_senders(mut self) -> Self {
         self.quiet = true;
+        self
     }
 
     /// The next message from `local`, refilled from the shared deque in one
@@ -340,10 +341,8 @@ mod tests {
     /// Pushes from `task` (in it, or from another thread) to a receiver
     /// waiting in it; the wake-ups each caused.
     fn wakes(quiet: bool) -> (usize, usize, usize) {
-        let (tx, mut rx) = queue::<u32>(8);
-        if quiet {
-            rx.polled_after_senders();
-        }
+        let (tx, rx) = queue::<u32>(8);
+        let mut rx = if quiet { rx.polled_after_senders() } else { rx };
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);

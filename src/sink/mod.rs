@@ -63,20 +63,25 @@ pub struct EventSink {
 impl EventSink {
     /// Queues several events, in order; waits at most [`STALL`] when the
     /// writer is behind, and drops them (counted) while it is stalled.
-    pub async fn send_batch(&self, evs: Vec<Event>) {
-        if evs.is_empty() {
-            return;
-        }
-        // The common case: room in the queue, no timer needed.
-        let evs = match self.tx.try_send(evs) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(evs)) => evs,
+    ///
+    /// The common case (room in the queue) is done before the returned
+    /// future is first polled, and the waiting path (with its timer) lives
+    /// on the heap, only while it waits: the future is a pointer, so every
+    /// session's analysis that awaits it stays small.
+    pub fn send_batch(&self, evs: Vec<Event>) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let waiting = if evs.is_empty() {
+            None
+        } else {
+            match self.tx.try_send(evs) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+                Err(mpsc::error::TrySendError::Full(evs)) => Some(Box::pin(self.send_waiting(evs))),
+            }
         };
-        // The waiting path (and its timer) lives on the heap, only while it
-        // waits: the futures of every session's analysis that awaits
-        // this stay small while they sit idle.
-        Box::pin(self.send_waiting(evs)).await;
+        async move {
+            if let Some(w) = waiting {
+                w.await;
+            }
+        }
     }
 
     /// [`send_batch`](Self::send_batch) when the queue is full.
