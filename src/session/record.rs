@@ -3,7 +3,7 @@
 //! diagnosis and the summary, with the counts that must stay exact over
 //! every event. No I/O.
 
-use crate::event::{Event, EventKind, Leg, RunId, SessionId, Source, Timestamp};
+use crate::event::{Event, EventKind, Leg, RunId, SessionEvent, SessionId, Source, Timestamp};
 use crate::smtp::SmtpEvent;
 use crate::summary::Counts;
 use crate::tls::TlsEvent;
@@ -37,6 +37,14 @@ fn approx_size(kind: &EventKind) -> usize {
     }
 }
 
+/// Whether the diagnosis or the summary may need `kind` again.
+fn worth_keeping(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Session(SessionEvent::Open { .. } | SessionEvent::UpstreamConnected { .. })
+    )
+}
+
 /// Output queue, kept events and counts of one session.
 #[derive(Debug)]
 pub(super) struct Record {
@@ -44,7 +52,11 @@ pub(super) struct Record {
     session: SessionId,
     /// Events not yet taken by the driver.
     pub out: Vec<Event>,
-    /// Events kept for the diagnosis (bounded).
+    /// Events kept for the diagnosis and the summary (bounded): every
+    /// event but the two that open a session (`session.open`,
+    /// `upstream.connected`), whose facts the analyzer holds in its own
+    /// fields and no rule reads. The vector grows from one slot, doubling:
+    /// an idle session keeps a few events, not four slots of them.
     pub kept: Vec<Event>,
     kept_bytes: usize,
     /// Events logged but not kept.
@@ -80,8 +92,13 @@ impl Record {
             .in_run(&self.run)
             .on_leg(leg)
             .from_source(source);
-        if self.kept.len() < MAX_KEPT_EVENTS && self.kept_bytes + size <= MAX_KEPT_BYTES {
+        if !worth_keeping(&ev.kind) {
+            // Logged, counted, not needed again.
+        } else if self.kept.len() < MAX_KEPT_EVENTS && self.kept_bytes + size <= MAX_KEPT_BYTES {
             self.kept_bytes += size;
+            if self.kept.len() == self.kept.capacity() {
+                self.kept.reserve_exact(self.kept.capacity().max(1));
+            }
             self.kept.push(ev.clone());
         } else {
             self.not_kept += 1;

@@ -847,3 +847,31 @@ fn implicit_tls_detected_by_the_driver_reads_the_banner_inside_tls() {
 }
 
 mod gave_up;
+
+#[test]
+fn an_idle_session_keeps_only_what_the_diagnosis_reads() {
+    let p = pki(&["mx.example"], None);
+    let shared = shared(&p, "");
+    let mut a = SessionAnalyzer::new(info(9, at(0)), shared);
+    a.upstream_connected(
+        at(0),
+        "192.0.2.25:25".parse().unwrap(),
+        "192.0.2.10:51514".parse().unwrap(),
+        0.001,
+    );
+    a.bytes(
+        Leg::EndToEnd,
+        Side::Server,
+        at(1),
+        b"220 mx.example ESMTP\r\n",
+    );
+    let logged: Vec<&str> = a.take_events().iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        logged,
+        ["session.open", "upstream.connected", "smtp.banner"],
+        "every event is logged"
+    );
+    let kept: Vec<&str> = a.kept().iter().map(|e| e.kind.name()).collect();
+    assert_eq!(kept, ["smtp.banner"], "open and connected are not kept");
+    assert_eq!(a.rec.kept.capacity(), 1, "one slot per kept event so far");
+}
