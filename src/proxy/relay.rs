@@ -373,85 +373,154 @@ pub type RelayOutcome = Ends;
 /// Relays between `client` and `server` until both directions are done, an
 /// error occurs, one of the `deadlines` passes, or `abort` turns true.
 ///
-/// Both pumps are futures of this one task: to stop them (an error in one
-/// direction, a deadline, abort) the loop simply stops polling them, and
-/// their byte counts come from [`Activity`]. A plain `fn` returning an
-/// `async move` block: an `async fn` would keep its arguments twice in the
-/// future every idle session holds.
+/// Both pumps are polled by one function over [`Relaying`]'s fields: to
+/// stop them (an error in one direction, a deadline, abort) it simply stops
+/// polling them, and their byte counts come from [`Activity`]. A plain `fn`
+/// returning an `async move` block that captures one value: an `async fn`
+/// (or a block capturing the arguments and moving them on) would keep them
+/// twice in the future every idle session holds.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn relay(
-    mut client: TcpStream,
-    mut server: TcpStream,
+    client: TcpStream,
+    server: TcpStream,
     tap: Tap,
     deadlines: Deadlines,
     mut abort: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = RelayOutcome> + Send {
+    let mut r = Relaying::new(client, server, tap, deadlines);
     async move {
-        let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
-        let mut client_res: Option<PumpResult> = None;
-        let mut server_res: Option<PumpResult> = None;
-        let mut stop_reason: Option<DirEnd> = None;
-        {
-            // Both pumps, the deadline check and the loop around them are
-            // one poll function over plain fields: the streams are lent to
-            // each pump in turn (no split halves, no per-pump futures).
-            let mut c2s = Pump::new(Side::Client);
-            let mut s2c = Pump::new(Side::Server);
-            let mut idle_check = tokio::time::interval(deadlines.check_period());
-            idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut moving = std::future::poll_fn(|cx| {
-                if client_res.is_none() {
-                    if let Poll::Ready(r) = c2s.poll(cx, &mut client, &mut server, &tap, &activity)
-                    {
-                        if matches!(r.end, DirEnd::Error { .. }) {
-                            stop_reason = Some(DirEnd::PeerFailed);
-                        }
-                        client_res = Some(r);
-                    }
-                }
-                if server_res.is_none() && stop_reason.is_none() {
-                    if let Poll::Ready(r) = s2c.poll(cx, &mut server, &mut client, &tap, &activity)
-                    {
-                        if matches!(r.end, DirEnd::Error { .. }) {
-                            stop_reason = Some(DirEnd::PeerFailed);
-                        }
-                        server_res = Some(r);
-                    }
-                }
-                while stop_reason.is_none() && idle_check.poll_tick(cx).is_ready() {
-                    stop_reason = deadline_passed(&deadlines, &activity);
-                }
-                if stop_reason.is_some() || (client_res.is_some() && server_res.is_some()) {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut moving => break,
-                    r = abort.changed() => {
-                        if r.is_err() || *abort.borrow() {
-                            break;
-                        }
+        loop {
+            tokio::select! {
+                biased;
+                () = std::future::poll_fn(|cx| r.poll(cx)) => break,
+                changed = abort.changed() => {
+                    if changed.is_err() || *abort.borrow() {
+                        break;
                     }
                 }
             }
         }
-        if stop_reason.is_none() && (client_res.is_none() || server_res.is_none()) {
-            stop_reason = Some(DirEnd::Aborted);
+        r.outcome()
+    }
+}
+
+/// A direction of the relay: moving, or over.
+enum Direction {
+    Running(Pump),
+    Done(PumpResult),
+}
+
+impl Direction {
+    fn is_done(&self) -> bool {
+        matches!(self, Direction::Done(_))
+    }
+
+    /// How it ended; a direction still running when the relay stopped
+    /// ended `Aborted` (settled by [`Relaying::outcome`] to the reason),
+    /// with the bytes it had relayed.
+    fn result(self, side: Side, activity: &Activity) -> PumpResult {
+        match self {
+            Direction::Done(r) => r,
+            Direction::Running(_) => PumpResult {
+                end: DirEnd::Aborted,
+                bytes: activity.relayed(side),
+            },
         }
-        // A direction still running when the relay stopped ended `Aborted`
-        // (settled below to the reason), with the bytes it had relayed.
-        let client_res = client_res.unwrap_or(PumpResult {
-            end: DirEnd::Aborted,
-            bytes: activity.relayed(Side::Client),
-        });
-        let server_res = server_res.unwrap_or(PumpResult {
-            end: DirEnd::Aborted,
-            bytes: activity.relayed(Side::Server),
-        });
+    }
+}
+
+/// Everything a running relay holds, as plain fields (see [`relay`]).
+struct Relaying {
+    client: TcpStream,
+    server: TcpStream,
+    c2s: Direction,
+    s2c: Direction,
+    /// Why the relay stopped before both directions ended by themselves.
+    stop_reason: Option<DirEnd>,
+    idle_check: tokio::time::Interval,
+    activity: Activity,
+    tap: Tap,
+    deadlines: Deadlines,
+}
+
+impl Relaying {
+    fn new(client: TcpStream, server: TcpStream, tap: Tap, deadlines: Deadlines) -> Self {
+        let activity = deadlines.since.map_or_else(Activity::new, Activity::since);
+        let mut idle_check = tokio::time::interval(deadlines.check_period());
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Relaying {
+            client,
+            server,
+            c2s: Direction::Running(Pump::new(Side::Client)),
+            s2c: Direction::Running(Pump::new(Side::Server)),
+            stop_reason: None,
+            idle_check,
+            activity,
+            tap,
+            deadlines,
+        }
+    }
+
+    /// Moves bytes both ways; ready when both directions are over or the
+    /// relay must stop (an error in one direction, a deadline).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Direction::Running(p) = &mut self.c2s {
+            if let Poll::Ready(r) = p.poll(
+                cx,
+                &mut self.client,
+                &mut self.server,
+                &self.tap,
+                &self.activity,
+            ) {
+                if matches!(r.end, DirEnd::Error { .. }) {
+                    self.stop_reason = Some(DirEnd::PeerFailed);
+                }
+                self.c2s = Direction::Done(r);
+            }
+        }
+        if self.stop_reason.is_none() {
+            if let Direction::Running(p) = &mut self.s2c {
+                if let Poll::Ready(r) = p.poll(
+                    cx,
+                    &mut self.server,
+                    &mut self.client,
+                    &self.tap,
+                    &self.activity,
+                ) {
+                    if matches!(r.end, DirEnd::Error { .. }) {
+                        self.stop_reason = Some(DirEnd::PeerFailed);
+                    }
+                    self.s2c = Direction::Done(r);
+                }
+            }
+        }
+        while self.stop_reason.is_none() && self.idle_check.poll_tick(cx).is_ready() {
+            self.stop_reason = deadline_passed(&self.deadlines, &self.activity);
+        }
+        if self.stop_reason.is_some() || (self.c2s.is_done() && self.s2c.is_done()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// How the relay ended (stopped now if it was still running: aborted).
+    fn outcome(self) -> RelayOutcome {
+        let Relaying {
+            client,
+            server,
+            c2s,
+            s2c,
+            stop_reason,
+            activity,
+            ..
+        } = self;
+        let stop_reason = match stop_reason {
+            None if !(c2s.is_done() && s2c.is_done()) => Some(DirEnd::Aborted),
+            r => r,
+        };
+        let client_res = c2s.result(Side::Client, &activity);
+        let server_res = s2c.result(Side::Server, &activity);
         // When one direction failed, reset the other connection rather than
         // closing it gracefully, so that peer sees the failure as it happened.
         let reset = |stream: &TcpStream| {
@@ -467,13 +536,11 @@ pub fn relay(
             (DirEnd::Aborted, Some(reason)) => reason.clone(),
             (end, _) => end,
         };
-        let (client_end, client_bytes) = (settle(client_res.end), client_res.bytes);
-        let (server_end, server_bytes) = (settle(server_res.end), server_res.bytes);
         RelayOutcome {
-            client_end,
-            server_end,
-            client_bytes,
-            server_bytes,
+            client_end: settle(client_res.end),
+            server_end: settle(server_res.end),
+            client_bytes: client_res.bytes,
+            server_bytes: server_res.bytes,
         }
     }
 }
