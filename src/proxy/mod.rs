@@ -617,8 +617,11 @@ fn control<'a>(
         let ctl_tx = Controller(data_tx.clone());
         // Each step below moves what it used (the plan, the connection's
         // outcome) rather than matching on it in place, so none of them
-        // holds room in this future while the relay runs.
-        let stream = match connect_planned(plan, &upstream, cfg, &ctl_tx).await {
+        // holds room in this future while the relay runs. The connect step
+        // (name resolution, the connect and its timeout: 680 bytes of
+        // state) is boxed: it lives on the heap while it runs, instead of
+        // sizing every session's future for as long as the session lasts.
+        let stream = match Box::pin(connect_planned(plan, &upstream, cfg, &ctl_tx)).await {
             Ok(stream) => stream,
             Err(failure) => {
                 drop(data_tx);
