@@ -7,9 +7,9 @@
 //!
 //! ```text
 //!  client ──▶ proxy (accept; transparent: original destination) ──▶ proxy::upstream ──▶ server
-//!               │ one controller task per session
+//!               │ one task per session: the controller, then the analysis, polled in turn
 //!               ▼
-//!         proxy::relay ── TapMsg{Chunk | Eof} ──offer──▶ proxy::analysis (driver task)
+//!         proxy::relay ── TapMsg{Chunk | Eof} ──offer──▶ proxy::analysis (driver future)
 //!               (never waits; on overflow the tap stops and says so)  │ feeds facts, serves requests (proxy::crl)
 //!                                                                      ▼
 //!                          session::SessionAnalyzer (sans-IO: bytes(leg, side, ts) in, events + requests out)
