@@ -411,6 +411,30 @@ enum Direction {
 }
 
 impl Direction {
+    /// Polls a running direction; when it ends it is `Done`, and an error
+    /// stops the relay (`stop`: the other side is then reset).
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        tap: &Tap,
+        activity: &Activity,
+        stop: &mut Option<Box<DirEnd>>,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if let Direction::Running(p) = self {
+            if let Poll::Ready(r) = p.poll(cx, from, to, tap, activity) {
+                if matches!(r.end, DirEnd::Error { .. }) {
+                    *stop = Some(Box::new(DirEnd::PeerFailed));
+                }
+                *self = Direction::Done(r);
+            }
+        }
+    }
+
     fn is_done(&self) -> bool {
         matches!(self, Direction::Done(_))
     }
@@ -466,35 +490,12 @@ impl Relaying {
     /// Moves bytes both ways; ready when both directions are over or the
     /// relay must stop (an error in one direction, a deadline).
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Direction::Running(p) = &mut self.c2s {
-            if let Poll::Ready(r) = p.poll(
-                cx,
-                &mut self.client,
-                &mut self.server,
-                &self.tap,
-                &self.activity,
-            ) {
-                if matches!(r.end, DirEnd::Error { .. }) {
-                    self.stop_reason = Some(Box::new(DirEnd::PeerFailed));
-                }
-                self.c2s = Direction::Done(r);
-            }
-        }
-        if self.stop_reason.is_none() {
-            if let Direction::Running(p) = &mut self.s2c {
-                if let Poll::Ready(r) = p.poll(
-                    cx,
-                    &mut self.server,
-                    &mut self.client,
-                    &self.tap,
-                    &self.activity,
-                ) {
-                    if matches!(r.end, DirEnd::Error { .. }) {
-                        self.stop_reason = Some(Box::new(DirEnd::PeerFailed));
-                    }
-                    self.s2c = Direction::Done(r);
-                }
-            }
+        let (tap, activity) = (&self.tap, &self.activity);
+        let stop = &mut self.stop_reason;
+        let (client, server) = (&mut self.client, &mut self.server);
+        self.c2s.poll(cx, client, server, tap, activity, stop);
+        if stop.is_none() {
+            self.s2c.poll(cx, server, client, tap, activity, stop);
         }
         while self.stop_reason.is_none() && self.idle_check.poll_tick(cx).is_ready() {
             self.stop_reason = deadline_passed(&self.deadlines, &self.activity).map(Box::new);
