@@ -2,7 +2,7 @@
 //! events (a pure function), written as the `session.summary` event.
 //!
 //! It reads the events through the diagnosis's typed
-//! [`SessionView`](crate::diagnose::SessionView), so the summary and the
+//! [`SessionView`], so the summary and the
 //! findings agree on every fact (which certificate is the server's, what was
 //! negotiated). This module must not do I/O.
 

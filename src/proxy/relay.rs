@@ -6,7 +6,7 @@
 //!   (and the same from upstream to client)
 //! ```
 //!
-//! Each direction is one pump. A pump reads into a buffer of at most
+//! Each direction is one `Pump`. A pump reads into a buffer of at most
 //! [`READ_CHUNK`] bytes, offers a reference-counted copy to the tap with
 //! `offer` (it never waits for analysis: when the analysis queue is full
 //! the tap stops offering and records the loss), then writes the bytes to the
@@ -18,8 +18,9 @@
 //! write half (passing the FIN on) and the opposite direction goes on until it
 //! ends too. The session ends when both directions are done, on an error in
 //! either (the other socket is then reset), when a deadline passes, or on
-//! abort; the pumps are futures of the relay's task, stopped by no longer
-//! polling them. Memory per session: at most one read buffer per direction
+//! abort; the pumps are plain state machines (`Pump`) that the relay
+//! polls by hand in the session's task, stopped by no longer polling them
+//! (the whole running relay is one struct, `Relaying`). Memory per session: at most one read buffer per direction
 //! plus the bounded tap queue; a direction that is not moving bulk data holds
 //! no read buffer at all (small reads go into a 2 KiB buffer on the stack of
 //! the poll and are copied out, see `poll_read_small`). A read that fills
@@ -90,7 +91,7 @@ pub struct Fin {
 /// Messages from the session controller and the relay to the analysis.
 ///
 /// Every variant is boxed, so a message is 16 bytes in the queue
-/// ([`super::tap_queue`]) however large its content. A chunk already costs
+/// (`tap_queue`) however large its content. A chunk already costs
 /// an allocation for its bytes; the box is a second, small one.
 #[derive(Debug)]
 pub enum TapMsg {
@@ -373,7 +374,7 @@ pub type RelayOutcome = Ends;
 /// Relays between `client` and `server` until both directions are done, an
 /// error occurs, one of the `deadlines` passes, or `abort` turns true.
 ///
-/// Both pumps are polled by one function over [`Relaying`]'s fields: to
+/// Both pumps are polled by one function over `Relaying`'s fields: to
 /// stop them (an error in one direction, a deadline, abort) it simply stops
 /// polling them, and their byte counts come from [`Activity`]. A plain `fn`
 /// returning an `async move` block that captures one value: an `async fn`
