@@ -560,7 +560,13 @@ fn twice<T: Clone>(u: T) -> (T, T) {
 /// controller is polled first, so whatever the relay tapped in a poll is
 /// analysed in the same poll. The analysis never blocks the controller: it
 /// only ever waits in its own awaits (the tap queue, the sinks, a CRL fetch
-/// or a side-probe), each of which wakes this task when it is ready. And it
+/// or a side-probe), each of which wakes this task when it is ready. It
+/// does share the task's time: the relay's next poll comes after the
+/// analysis has parsed what the controller queued meanwhile (at most the
+/// tap queue's bound, `limits.observer_queue` chunks of at most 16 KiB: no
+/// more can be queued while the analysis runs), which is CPU it would take
+/// from the relay on shared cores anyway; the bytes it parses were written
+/// to their peer before it runs. And it
 /// stays an observer: a panic in it ends the analysis (its queue closes, the
 /// relay stops offering and counts nothing more) while the controller and
 /// the relay go on, as when the analysis was a task of its own.
