@@ -120,6 +120,13 @@ async fn proxied_session_is_captured_byte_identical_per_direction() {
         named(&events, 1, "capture.error").is_empty(),
         "unexpected capture error"
     );
+    // A megabyte in one write: the analysis keeps up (the relay lets it
+    // take its turn before the tap queue fills), so nothing is left out.
+    assert!(
+        named(&events, 1, "observer.lagged").is_empty(),
+        "the analysis fell behind: {:?}",
+        named(&events, 1, "observer.lagged")
+    );
 
     // Private to its owner: a capture holds whole conversations.
     use std::os::unix::fs::PermissionsExt;

@@ -566,7 +566,10 @@ fn twice<T: Clone>(u: T) -> (T, T) {
 /// tap queue's bound, `limits.observer_queue` chunks of at most 16 KiB: no
 /// more can be queued while the analysis runs), which is CPU it would take
 /// from the relay on shared cores anyway; the bytes it parses were written
-/// to their peer before it runs. And it
+/// to their peer before it runs. The converse holds too: a relay poll that
+/// has queued half the bound ends (`Tap::crowded`), asking at once for the
+/// next, so a fast peer cannot fill the bound within one poll of the relay
+/// and end the observation while the analysis was never given a turn. And it
 /// stays an observer: a panic in it ends the analysis (its queue closes, the
 /// relay stops offering and counts nothing more) while the controller and
 /// the relay go on, as when the analysis was a task of its own.

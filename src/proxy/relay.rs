@@ -13,6 +13,13 @@
 //! other side. The tap is offered the bytes *before* they are written, so a
 //! reply that invites more client bytes (a `354`) always reaches the analysis
 //! queue before those bytes can exist: the observers see a causal order.
+//! The analysis is polled in the session's task right after the relay, so a
+//! pump whose tap queue is half full ends its poll before the next read,
+//! asking to be polled again at once (`Tap::crowded`): the analysis takes
+//! its turn in between, and a fast peer cannot fill the queue within one
+//! poll of the relay. It does so once, then reads again whatever the
+//! analysis did: the bytes wait at most for one turn of that analysis,
+//! never for a disk, the network or another task.
 //!
 //! Half-close: when one side sends FIN, the pump shuts down the other side's
 //! write half (passing the FIN on) and the opposite direction goes on until it
@@ -171,6 +178,14 @@ impl Tap {
                 .fetch_add(len as u64, Ordering::Relaxed);
             self.state.lost.store(true, Ordering::Release);
         }
+    }
+
+    /// The analysis has half the queue's bound or more still to take, and
+    /// has not fallen behind for good (once it has, nothing more is
+    /// offered, so there is nothing to make room for). The pump then ends
+    /// its poll before its next read (see [`Pump::poll`]).
+    pub(crate) fn crowded(&self) -> bool {
+        !self.state.lost.load(Ordering::Acquire) && self.tx.crowded()
     }
 
     pub(crate) fn data(&self, side: Side, ts: Timestamp, bytes: Bytes) {
@@ -710,6 +725,9 @@ enum PumpState {
 pub(crate) struct Pump {
     side: Side,
     bulk: bool,
+    /// The last poll ended early to let the analysis catch up
+    /// ([`Tap::crowded`]): this one reads whatever the analysis did.
+    yielded: bool,
     /// The heap read buffer (empty, unallocated, unless bulk).
     buf: BytesMut,
     /// Bytes written to the other side.
@@ -722,6 +740,7 @@ impl Pump {
         Pump {
             side,
             bulk: false,
+            yielded: false,
             buf: BytesMut::new(),
             total: 0,
             state: PumpState::Reading { deferred: None },
@@ -791,7 +810,21 @@ impl Pump {
                     let read = match deferred.take() {
                         Some(Deferred::Eof) => Ok(Bytes::new()),
                         Some(Deferred::Err(e)) => Err(e),
+                        None if !self.yielded && tap.crowded() => {
+                            // The session's analysis is polled in this task
+                            // after the relay: end this poll, asking to be
+                            // polled again at once, so it takes what is
+                            // queued before a fast peer's next chunks fill
+                            // the bound (which would end the observation).
+                            // Once only: the next poll reads whatever the
+                            // analysis did, so an analysis stuck on its
+                            // sink never holds the bytes back.
+                            self.yielded = true;
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                         None if self.bulk => {
+                            self.yielded = false;
                             if self.buf.capacity() < READ_CHUNK {
                                 self.buf.reserve(READ_CHUNK);
                             }
@@ -800,7 +833,10 @@ impl Pump {
                                 Some(r) => r.map(|n| self.buf.split_to(n).freeze()),
                             }
                         }
-                        None => std::task::ready!(poll_read_small(from, cx)),
+                        None => {
+                            self.yielded = false;
+                            std::task::ready!(poll_read_small(from, cx))
+                        }
                     };
                     let mut chunk = match read {
                         Ok(chunk) => chunk,
@@ -853,6 +889,88 @@ impl Pump {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts its wake-ups.
+    struct Wakes(AtomicU64);
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A pump with 200 KiB ready to read and a tap queue bound of 8 chunks,
+    /// polled by hand as the session's task does.
+    async fn crowded_pump() -> (
+        Pump,
+        tokio::io::DuplexStream,
+        Tap,
+        super::super::tap_queue::Receiver<TapMsg>,
+        Vec<u8>,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let data: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        peer.write_all(&data).await.unwrap();
+        drop(peer);
+        let (tx, rx) = super::super::tap_queue::queue(8);
+        (Pump::new(Side::Client), ours, Tap::new(tx), rx, data)
+    }
+
+    #[tokio::test]
+    async fn a_pump_lets_its_analysis_catch_up_before_the_queue_fills() {
+        let (mut pump, mut from, tap, mut rx, data) = crowded_pump().await;
+        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (mut to, activity) = (Vec::new(), Activity::new());
+        let mut tapped = Vec::new();
+        let mut polls = 0;
+        let end = loop {
+            polls += 1;
+            let r = pump.poll(&mut cx, &mut from, &mut to, &tap, &activity);
+            // Half the bound at most was queued in that poll.
+            let mut queued = 0;
+            while let Some(m) = rx.try_recv() {
+                queued += 1;
+                if let TapMsg::Data(c) = m {
+                    tapped.extend_from_slice(&c.bytes);
+                }
+            }
+            assert!(queued <= 5, "poll {polls} queued {queued} messages");
+            if let Poll::Ready(r) = r {
+                break r;
+            }
+        };
+        assert!(matches!(end.end, DirEnd::Fin), "{:?}", end.end);
+        assert_eq!(tap.state().loss(), None, "the analysis fell behind");
+        assert!(to == data, "relayed bytes differ");
+        assert!(tapped == data, "tapped bytes differ");
+        assert!(polls > 2 && wakes.0.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn an_analysis_that_takes_nothing_never_holds_the_bytes_back() {
+        let (mut pump, mut from, tap, rx, data) = crowded_pump().await;
+        let waker = std::task::Waker::from(Arc::new(Wakes(AtomicU64::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let (mut to, activity) = (Vec::new(), Activity::new());
+        // Nobody receives: the pump yields at most once per chunk, the
+        // bound is reached, the loss is recorded and every byte still goes.
+        let mut polls = 0;
+        let end = loop {
+            polls += 1;
+            assert!(polls < 100, "the pump is stuck behind its analysis");
+            if let Poll::Ready(r) = pump.poll(&mut cx, &mut from, &mut to, &tap, &activity) {
+                break r;
+            }
+        };
+        assert!(matches!(end.end, DirEnd::Fin), "{:?}", end.end);
+        assert!(to == data, "relayed bytes differ");
+        let (side, lost) = tap.state().loss().expect("the loss is recorded");
+        assert_eq!(side, Side::Client);
+        assert!(lost > 0);
+        drop(rx);
+    }
 
     #[test]
     fn a_line_is_pending_only_between_its_first_byte_and_its_lf() {

@@ -134,6 +134,15 @@ impl<T> Sender<T> {
     pub fn push_always(&self, msg: T) -> Result<(), Refused> {
         self.push(msg, None)
     }
+
+    /// Half the bound or more is waiting for a receiver that is still
+    /// there: a sender that shares its task with the receiver should let
+    /// that task's poll return, so the receiver runs before the bound is
+    /// reached (see the relay's pump).
+    pub fn crowded(&self) -> bool {
+        self.shared.receiver_alive.load(Ordering::Acquire)
+            && self.shared.waiting.load(Ordering::Acquire) >= self.bound.div_ceil(2)
+    }
 }
 
 impl<T> std::fmt::Debug for Sender<T> {
