@@ -262,3 +262,73 @@ async fn slow_crl_servers_are_bounded_by_the_chain_budget() {
     assert_eq!(e, "not fetched: this chain's CRL fetches already took 10 s");
     assert!(finding_ids(&events).contains(&"cert.crl_unavailable".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_crl_server_does_not_hold_the_analysis_up() {
+    // The CRL fetch runs beside the session's analysis: while the CRL
+    // server keeps it waiting (5 s, then a timeout), the analysis goes on
+    // taking what the relay reads, so a large message over TLS right after
+    // the handshake does not overflow even a small analysis queue.
+    let dir = temp_dir("crl-silent");
+    let ca = Ca::new("revocation silent CA").unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/silent.crl", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let issued = leaf(&ca, &url);
+    let extra = format!(
+        "{}[limits]\nobserver_queue = 8\n",
+        fetching_config(&dir, &ca)
+    );
+    let tls = lab::server_config(issued.chain_der.clone(), issued.key_der.clone()).unwrap();
+    let server = LabServer::start(ServerProfile::new(NAME, Some(tls)))
+        .await
+        .unwrap();
+    let proxy = TestProxy::start(&server.addr().to_string(), &extra).await;
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..80_000 {
+        body.extend_from_slice(
+            format!("line {i:08} of a large message body........\r\n").as_bytes(),
+        );
+    }
+    let opts = ClientOptions {
+        ehlo: "client.revocation.example.test".into(),
+        starttls: StartTls::Required,
+        tls: Some(lab::client_config_opportunistic_with(&[
+            &rustls::version::TLS12,
+        ])),
+        server_name: NAME.into(),
+        from: "a@example.test".into(),
+        to: vec!["b@example.test".into()],
+        body: body.clone(),
+        helo: false,
+    };
+    let r = lab::send(proxy.addr, &opts).await;
+    assert_eq!(r.error, None);
+    proxy.wait_summaries(1).await;
+    let events = proxy.stop().await;
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].tls && got[0].data == body,
+        "the message arrived altered"
+    );
+    assert!(
+        named(&events, 1, "observer.lagged").is_empty(),
+        "the analysis waited for the CRL: {:?}",
+        named(&events, 1, "observer.lagged")
+    );
+    let crl_ev = named(&events, 1, "cert.crl");
+    assert_eq!(crl_ev.len(), 1, "{crl_ev:#?}");
+    assert_eq!(crl_ev[0]["error"], "timeout");
+    let chain = named(&events, 1, "cert.chain");
+    assert_eq!(chain.len(), 1);
+    assert_eq!(chain[0]["trusted"], true, "{chain:#?}");
+    assert!(finding_ids(&events).contains(&"cert.crl_unavailable".to_string()));
+    let summary = &named(&events, 1, "session.summary")[0];
+    assert_eq!(summary["observation"], "complete", "{summary}");
+}

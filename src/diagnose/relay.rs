@@ -72,11 +72,10 @@ fn observer_lagged(v: &SessionView) -> Option<Finding> {
         vec![format!(
             "{bytes} bytes not analysed, starting with bytes from the {side}"
         )],
-        "Mail was not affected. The analysis was held up while the relay went on: it waits for a \
-         certificate's CRL (tls.check_revocation, a slow or silent CRL server) and for the event log \
-         (a slow log disk under load). Raise limits.observer_queue, give smtptap the CRLs as files \
-         (tls.crl_files) or a faster path to their servers, or log to a faster disk. Facts after \
-         that point are missing from this session's report.",
+        "Mail was not affected. The analysis was held up while the relay went on: it waited for \
+         room in the event log's queue (a slow log disk, or a --log - pipe whose reader stopped, \
+         under load). Log to a faster disk or a reader that keeps up, or raise \
+         limits.observer_queue. Facts after that point are missing from this session's report.",
     ))
 }
 

@@ -19,17 +19,25 @@
 //! Polled after the controller in the same task, it sees in the same poll
 //! what the relay read in it.
 //!
-//! It may fall behind (while it waits for a CRL fetch or for room at the
-//! sinks); the relay never waits for it (see [`super::relay`]): the relay's
+//! It may fall behind while it waits for room at the sinks (a full event
+//! log); the relay never waits for it (see [`super::relay`]): the relay's
 //! reads and writes go on in the controller, polled first. If it falls so
-//! far behind that the tap queue
-//! overflows, the relay stops offering bytes and the analyzer reports
-//! `observer.lagged` at the end. Requests are served before the next input
-//! is fed, so a chain's `cert.crl` and `cert.chain` events come right after
-//! its `tls.certificate`, as they would without revocation checks.
+//! far behind that the tap queue overflows, the relay stops offering bytes
+//! and the analyzer reports `observer.lagged` at the end. The analyzer's
+//! requests do not hold it up: a side-probe runs in its own task and a
+//! chain's CRL fetches on the blocking pool, their answers fed back when
+//! they come (`next_answer`), so the bytes that follow (and the capture)
+//! are still analysed while a CRL server is slow. A chain's `cert.crl` and
+//! `cert.chain` events therefore come when its CRLs are in, possibly after
+//! later events of the session; they carry the time the chain was seen.
+//! After the relay, what is still awaited gets its deadline
+//! (`finish_waits`).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use super::crl::CrlCache;
@@ -37,7 +45,8 @@ use super::relay::{RelayOutcome, TapMsg};
 use super::side_probe::{SideProbes, Target};
 use crate::event::{Leg, Side, Timestamp};
 use crate::session::{
-    Ends, Request, RequestId, SessionAnalyzer, SideProbeError, SideProbeOutcome, UpstreamFailure,
+    CrlOutcome, Ends, Request, RequestId, SessionAnalyzer, SideProbeError, SideProbeOutcome,
+    UpstreamFailure,
 };
 use crate::sink::EventSink;
 
@@ -102,13 +111,64 @@ fn flush<'a>(
 /// A side-probe running in its own task for this session.
 type SideTask = (RequestId, tokio::task::JoinHandle<SideProbeOutcome>);
 
-/// The side-probe's result when it comes (never, if there is none).
-/// Boxed: the outcome is large and comes once, and a select's output is
-/// as large as its largest branch's in every session's analysis future.
-async fn side_result(side: &mut Option<SideTask>) -> Box<SideProbeOutcome> {
-    match side {
-        Some((_, h)) => Box::new(h.await.unwrap_or_else(|e| died(&e.to_string()))),
-        None => std::future::pending().await,
+/// A chain's CRL fetches, running on the blocking pool.
+type CrlTask = (RequestId, tokio::task::JoinHandle<Vec<CrlOutcome>>);
+
+/// What a session's analysis waits for besides its input: a side-probe and
+/// CRL fetches. Boxed, and only while one runs (most sessions never have
+/// any): every session's analysis future holds just the pointer.
+#[derive(Default)]
+struct Waits {
+    side: Option<SideTask>,
+    crls: Vec<CrlTask>,
+}
+
+/// An answer to one of the analyzer's requests.
+enum Answer {
+    Side(RequestId, SideProbeOutcome),
+    Crls(RequestId, Vec<CrlOutcome>),
+}
+
+/// The next answer when it comes (never, while nothing is awaited). Boxed:
+/// a select's output is as large as its largest branch's in every
+/// session's analysis future.
+fn next_answer(waits: &mut Option<Box<Waits>>) -> impl Future<Output = Box<Answer>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let Some(w) = waits.as_mut() else {
+            return Poll::Pending;
+        };
+        let mut answer = None;
+        if let Some((id, h)) = &mut w.side {
+            if let Poll::Ready(r) = Pin::new(h).poll(cx) {
+                let r = r.unwrap_or_else(|e| died(&e.to_string()));
+                answer = Some(Answer::Side(*id, r));
+                w.side = None;
+            }
+        }
+        if answer.is_none() {
+            for i in 0..w.crls.len() {
+                if let Poll::Ready(r) = Pin::new(&mut w.crls[i].1).poll(cx) {
+                    // A fetch task that died is judged as no CRLs at all.
+                    answer = Some(Answer::Crls(w.crls.remove(i).0, r.unwrap_or_default()));
+                    break;
+                }
+            }
+        }
+        if w.side.is_none() && w.crls.is_empty() {
+            *waits = None;
+        }
+        match answer {
+            Some(a) => Poll::Ready(Box::new(a)),
+            None => Poll::Pending,
+        }
+    })
+}
+
+/// Feeds an answer back to the analyzer.
+fn answered(a: &mut SessionAnalyzer, answer: Answer) {
+    match answer {
+        Answer::Side(id, r) => a.side_probe_done(id, Timestamp::now(), r),
+        Answer::Crls(id, outcomes) => a.crls_fetched(id, outcomes),
     }
 }
 
@@ -123,59 +183,70 @@ fn died(why: &str) -> SideProbeOutcome {
     }
 }
 
-/// Does what the analyzer asked for and feeds the results back. A
-/// side-probe is started in its own task (its answer comes later, see
-/// [`run`]); CRLs are fetched before the next input.
-async fn serve_requests(
+/// Starts what the analyzer asked for: a side-probe in its own task, a
+/// chain's CRL fetches on the blocking pool. Their answers come later
+/// ([`next_answer`]), so the analysis goes on taking the relay's bytes
+/// (and writing the capture) while a slow CRL server keeps it waiting.
+fn serve_requests(
     a: &mut SessionAnalyzer,
     crls: &Arc<CrlCache>,
     probes: &Arc<SideProbes>,
-    side: &mut Option<SideTask>,
+    waits: &mut Option<Box<Waits>>,
 ) {
-    let requests = a.take_requests();
-    if !requests.is_empty() {
-        // Rare (a certificate seen, a TLS 1.3 session): its state lives on
-        // the heap while it runs, not in every session's idle future.
-        Box::pin(serve(a, requests, crls, probes, side)).await;
-    }
-}
-
-/// [`serve_requests`] once there are requests.
-async fn serve(
-    a: &mut SessionAnalyzer,
-    mut requests: Vec<Request>,
-    crls: &Arc<CrlCache>,
-    probes: &Arc<SideProbes>,
-    side: &mut Option<SideTask>,
-) {
-    while !requests.is_empty() {
-        for r in std::mem::take(&mut requests) {
-            match r {
-                Request::FetchCrls { id, urls } => {
-                    let cache = crls.clone();
-                    let outcomes =
-                        tokio::task::spawn_blocking(move || cache.fetch_chain(&urls)).await;
-                    // A fetch task that died is judged as no CRLs at all.
-                    a.crls_fetched(id, outcomes.unwrap_or_default());
-                }
-                Request::SideProbe {
-                    id,
+    for r in a.take_requests() {
+        let w = waits.get_or_insert_with(Box::default);
+        match r {
+            Request::FetchCrls { id, urls } => {
+                let cache = crls.clone();
+                let h = tokio::task::spawn_blocking(move || cache.fetch_chain(&urls));
+                w.crls.push((id, h));
+            }
+            Request::SideProbe {
+                id,
+                addr,
+                sni,
+                ehlo,
+                implicit_tls,
+            } => {
+                let t = Target {
                     addr,
                     sni,
                     ehlo,
                     implicit_tls,
-                } => {
-                    let t = Target {
-                        addr,
-                        sni,
-                        ehlo,
-                        implicit_tls,
-                    };
-                    *side = Some((id, tokio::spawn(probes.clone().get(t))));
-                }
+                };
+                w.side = Some((id, tokio::spawn(probes.clone().get(t))));
             }
         }
-        requests = a.take_requests();
+    }
+}
+
+/// After the relay: waits for the answers still to come, at most the
+/// side-probe's deadline or a chain's CRL budget (and a margin) from now.
+/// A side-probe that does not answer in time is reported as such; a chain
+/// whose CRLs did not come is judged without them when the session closes.
+async fn finish_waits(
+    a: &mut SessionAnalyzer,
+    crls: &Arc<CrlCache>,
+    probes: &Arc<SideProbes>,
+    waits: &mut Option<Box<Waits>>,
+    sink: &EventSink,
+) {
+    let limit = probes
+        .deadline()
+        .max(super::crl::CRL_BUDGET + Duration::from_secs(2));
+    let until = tokio::time::Instant::now() + limit;
+    while waits.is_some() {
+        match tokio::time::timeout_at(until, next_answer(waits)).await {
+            Ok(answer) => {
+                answered(a, *answer);
+                serve_requests(a, crls, probes, waits);
+                flush(a, sink).await;
+            }
+            Err(_) => break,
+        }
+    }
+    if let Some((id, _)) = waits.take().and_then(|w| w.side) {
+        a.side_probe_done(id, Timestamp::now(), died("no answer within its deadline"));
     }
 }
 
@@ -226,7 +297,7 @@ pub fn run(
 ) -> impl std::future::Future<Output = ()> + Send {
     let (mut a, mut queue) = (a, queue);
     async move {
-        let mut side: Option<SideTask> = None;
+        let mut waits: Option<Box<Waits>> = None;
         loop {
             let c = match queue.recv().await {
                 Some(TapMsg::Control(c)) => c,
@@ -272,7 +343,7 @@ pub fn run(
                 msg = queue.recv() => match msg {
                     Some(m) => {
                         tapped(&mut a, m, &mut plain, &mut closed);
-                        serve_requests(&mut a, &crls, &probes, &mut side).await;
+                        serve_requests(&mut a, &crls, &probes, &mut waits);
                         // Whatever else the relay queued meanwhile is analysed
                         // now, before the events go out: one hand-off to the
                         // sinks (and one wake-up of this task) per batch, not per
@@ -283,30 +354,23 @@ pub fn run(
                             }
                             let Some(m) = queue.try_recv() else { break };
                             tapped(&mut a, m, &mut plain, &mut closed);
-                            serve_requests(&mut a, &crls, &probes, &mut side).await;
+                            serve_requests(&mut a, &crls, &probes, &mut waits);
                         }
                     }
                     None => break,
                 },
-                r = side_result(&mut side) => {
-                    if let Some((id, _)) = side.take() {
-                        a.side_probe_done(id, Timestamp::now(), *r);
-                    }
-                    serve_requests(&mut a, &crls, &probes, &mut side).await;
+                answer = next_answer(&mut waits) => {
+                    answered(&mut a, *answer);
+                    serve_requests(&mut a, &crls, &probes, &mut waits);
                 }
             }
             flush(&mut a, &sink).await;
         }
-        // The relay is over: a side-probe still running is waited for (within
-        // its deadline), so its certificate is judged in this session's summary.
-        if let Some((id, h)) = side.take() {
-            let r = match Box::pin(tokio::time::timeout(probes.deadline(), h)).await {
-                Ok(r) => r.unwrap_or_else(|e| died(&e.to_string())),
-                Err(_) => died("no answer within its deadline"),
-            };
-            a.side_probe_done(id, Timestamp::now(), r);
-            serve_requests(&mut a, &crls, &probes, &mut side).await;
-            flush(&mut a, &sink).await;
+        // The relay is over: a side-probe or CRL fetch still running is
+        // waited for (within its deadline), so its certificate is judged in
+        // this session's summary.
+        if waits.is_some() {
+            Box::pin(finish_waits(&mut a, &crls, &probes, &mut waits, &sink)).await;
         }
         // No `Closed` (the controller ended without one): judged as aborted.
         let (ts, ends, loss) =
