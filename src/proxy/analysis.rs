@@ -339,7 +339,13 @@ pub fn run(
         let mut closed: Option<Closed> = None;
         while closed.is_none() {
             tokio::select! {
+                // Answers first: they are rare, and a busy relay would
+                // otherwise keep them waiting until its next lull.
                 biased;
+                answer = next_answer(&mut waits) => {
+                    answered(&mut a, *answer);
+                    serve_requests(&mut a, &crls, &probes, &mut waits);
+                }
                 msg = queue.recv() => match msg {
                     Some(m) => {
                         tapped(&mut a, m, &mut plain, &mut closed);
@@ -359,10 +365,6 @@ pub fn run(
                     }
                     None => break,
                 },
-                answer = next_answer(&mut waits) => {
-                    answered(&mut a, *answer);
-                    serve_requests(&mut a, &crls, &probes, &mut waits);
-                }
             }
             flush(&mut a, &sink).await;
         }
