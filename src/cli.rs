@@ -144,9 +144,13 @@ pub struct ProxyArgs {
     /// (one file per run, or per session with capture.per_session). Opens in Wireshark/tshark.
     #[arg(long, value_name = "FILE|DIR")]
     pub pcap: Option<String>,
-    /// "passthrough" (default: relay TLS untouched) or "intercept" (terminate TLS on both
-    /// legs and observe the SMTP inside; needs [intercept] ca_cert/ca_key or cert/key).
-    #[arg(long, value_name = "passthrough|intercept")]
+    /// The TLS mode (see the help text).
+    #[arg(
+        long,
+        value_name = "passthrough|intercept",
+        help = "\"passthrough\" (default: relay TLS untouched) or \"intercept\" (terminate TLS on both \
+                legs and observe the SMTP inside; needs [intercept] ca_cert/ca_key or cert/key)"
+    )]
     pub mode: Option<String>,
     /// Intercept mode: the CA certificate that signs minted leaves (PEM).
     #[arg(long, value_name = "FILE")]

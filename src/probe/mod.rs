@@ -101,8 +101,11 @@ With --versions (one connection per version, --timeout each):\n  \
     2  usage or configuration error\n  \
     3  a connection could not be made")]
 pub struct ProbeArgs {
-    /// The server to check, HOST[:PORT] (port 25, or 465 with --implicit-tls).
-    #[arg(value_name = "HOST[:PORT]")]
+    /// The server to check (see the help text).
+    #[arg(
+        value_name = "HOST[:PORT]",
+        help = "The server to check, HOST[:PORT] (port 25, or 465 with --implicit-tls)"
+    )]
     pub target: String,
     /// TLS from the first byte (SMTPS, port 465) instead of STARTTLS.
     #[arg(long)]
@@ -137,8 +140,13 @@ pub struct ProbeArgs {
     /// Fetch the CRLs the certificates name (http://) and report revocation.
     #[arg(long)]
     pub check_revocation: bool,
-    /// Configuration file whose [tls] and [[destination]] settings apply (as for the proxy).
-    #[arg(long, short = 'c', value_name = "FILE")]
+    /// Configuration file (see the help text).
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        help = "Configuration file whose [tls] and [[destination]] settings apply (as for the proxy)"
+    )]
     pub config: Option<PathBuf>,
     /// Print the JSON events (one per line) instead of the transcript.
     #[arg(long)]
