@@ -140,24 +140,44 @@ impl Timestamp {
 
     /// RFC 3339 UTC with exactly six fractional digits.
     pub fn rfc3339(&self) -> String {
+        let mut buf = [0u8; RFC3339_MAX];
+        self.rfc3339_into(&mut buf).to_string()
+    }
+
+    /// [`Self::rfc3339`] written into `buf` (no allocation: every logged
+    /// line has one).
+    fn rfc3339_into<'b>(&self, buf: &'b mut [u8; RFC3339_MAX]) -> &'b str {
+        const FALLBACK: &str = "1970-01-01T00:00:00.000000Z";
         let dt = time::OffsetDateTime::from(self.0);
         let fmt = time::macros::format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
         );
-        dt.format(&fmt)
-            .unwrap_or_else(|_| String::from("1970-01-01T00:00:00.000000Z"))
+        let mut out = &mut buf[..];
+        let n = match dt.format_into(&mut out, &fmt) {
+            Ok(n) => n,
+            Err(_) => return FALLBACK,
+        };
+        buf.get(..n)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or(FALLBACK)
     }
 }
 
+/// Longest [`Timestamp::rfc3339`] (a six-digit year with its sign, which
+/// `time` allows, and room to spare).
+const RFC3339_MAX: usize = 40;
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.rfc3339())
+        let mut buf = [0u8; RFC3339_MAX];
+        f.write_str(self.rfc3339_into(&mut buf))
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.rfc3339())
+        let mut buf = [0u8; RFC3339_MAX];
+        s.serialize_str(self.rfc3339_into(&mut buf))
     }
 }
 
@@ -275,7 +295,10 @@ pub fn io_error_code(e: &std::io::Error) -> &'static str {
 }
 
 fn empty_run() -> RunId {
-    RunId::from("")
+    // One shared empty id: every event starts with it until stamped, and an
+    // `Arc<str>` made from "" would be an allocation per event.
+    static EMPTY: std::sync::LazyLock<RunId> = std::sync::LazyLock::new(|| RunId::from(""));
+    EMPTY.clone()
 }
 
 /// Every kind of event. Each module's vocabulary is wrapped untagged, so its
@@ -634,5 +657,49 @@ impl SessionEvent {
             SessionEvent::InterceptDecision { .. } => "intercept.decision",
             SessionEvent::InterceptHandshake { .. } => "intercept.handshake",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_six_fractional_digits_and_round_trip() {
+        let cases = [
+            (Duration::ZERO, "1970-01-01T00:00:00.000000Z"),
+            (
+                Duration::new(1_795_467_612, 409_117_999),
+                "2026-11-23T21:00:12.409117Z",
+            ),
+            (
+                Duration::new(253_402_300_799, 999_999_000),
+                "9999-12-31T23:59:59.999999Z",
+            ),
+        ];
+        for (since, want) in cases {
+            let t = Timestamp(UNIX_EPOCH + since);
+            assert_eq!(t.rfc3339(), want);
+            assert_eq!(t.to_string(), want);
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{want}\""));
+            let back: Timestamp = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.rfc3339(), want);
+        }
+    }
+
+    #[test]
+    fn events_share_one_empty_run_id_until_stamped() {
+        let reopen = || SessionEvent::RunReopen {
+            signal: "SIGHUP".into(),
+            log: None,
+            capture: false,
+        };
+        let a = Event::new(Timestamp::now(), 1, reopen());
+        let b = Event::new(Timestamp::now(), 2, reopen());
+        assert!(a.run.is_empty() && RunId::ptr_eq(&a.run, &b.run));
+        let run = RunId::from("r1");
+        assert_eq!(&*a.in_run(&run).run, "r1");
     }
 }

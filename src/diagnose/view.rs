@@ -51,13 +51,21 @@ impl<'a> Reply<'a> {
     /// (the enhanced status code is put back: the events carry it apart from
     /// the text).
     pub fn line(&self) -> String {
-        let (code, text) = (self.code, self.text);
-        match self.enhanced {
-            Some(e) if !e.is_empty() => format!("{code} {e} {text}"),
-            _ => format!("{code} {text}"),
-        }
-        .trim_end()
-        .to_string()
+        let mut s = String::new();
+        self.write_line(&mut s);
+        s
+    }
+
+    /// [`Self::line`] into `out`, replacing what it held (its buffer is
+    /// reused: a session's last reply is rewritten at every reply).
+    pub fn write_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        let _ = match self.enhanced {
+            Some(e) if !e.is_empty() => write!(out, "{} {e} {}", self.code, self.text),
+            _ => write!(out, "{} {}", self.code, self.text),
+        };
+        out.truncate(out.trim_end().len());
     }
 }
 

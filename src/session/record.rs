@@ -133,7 +133,8 @@ impl Record {
                 ..
             }) => {
                 // The same spelling as the diagnosis quotes replies in.
-                c.last_reply = Some(crate::diagnose::Reply::new(*code, enhanced, text).line());
+                let line = c.last_reply.get_or_insert_with(String::new);
+                crate::diagnose::Reply::new(*code, enhanced, text).write_line(line);
             }
             _ => {}
         }

@@ -61,22 +61,23 @@ fn not_a_reply(line: &[u8]) -> String {
 }
 
 /// Splits an enhanced status code (`5.7.1`) off the start of a reply text.
-pub(crate) fn split_enhanced(text: &str) -> (Option<String>, &str) {
+pub(crate) fn split_enhanced(text: &str) -> (Option<&str>, &str) {
     let word_end = text.find(' ').unwrap_or(text.len());
     let word = text.get(..word_end).unwrap_or_default();
-    let parts: Vec<&str> = word.split('.').collect();
-    let ok = parts.len() == 3
-        && matches!(parts.first(), Some(&("2" | "4" | "5")))
-        && parts
-            .iter()
-            .skip(1)
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    let number = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut parts = word.split('.');
+    let ok = matches!(parts.next(), Some("2" | "4" | "5"))
+        && number(parts.next())
+        && number(parts.next())
+        && parts.next().is_none();
     if ok {
         let rest = text
             .get(word_end..)
             .unwrap_or_default()
             .trim_start_matches(' ');
-        (Some(word.to_string()), rest)
+        (Some(word), rest)
     } else {
         (None, text)
     }
@@ -99,15 +100,18 @@ impl Reply {
     pub fn enhanced_and_text(&self) -> (Option<String>, String) {
         let first = self.texts.first().map(String::as_str).unwrap_or_default();
         let (enhanced, _) = split_enhanced(first);
-        let parts: Vec<&str> = self
-            .texts
-            .iter()
-            .map(|t| match split_enhanced(t) {
-                (Some(e), rest) if Some(&e) == enhanced.as_ref() => rest,
+        let mut text = String::new();
+        for (i, t) in self.texts.iter().enumerate() {
+            let part = match split_enhanced(t) {
+                (Some(e), rest) if Some(e) == enhanced => rest,
                 _ => t.as_str(),
-            })
-            .collect();
-        (enhanced, parts.join(" "))
+            };
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(part);
+        }
+        (enhanced.map(str::to_string), text)
     }
 }
 
@@ -248,9 +252,9 @@ mod unit {
     fn enhanced_codes() {
         assert_eq!(
             split_enhanced("5.7.1 Relay denied"),
-            (Some("5.7.1".into()), "Relay denied")
+            (Some("5.7.1"), "Relay denied")
         );
-        assert_eq!(split_enhanced("4.7.0"), (Some("4.7.0".into()), ""));
+        assert_eq!(split_enhanced("4.7.0"), (Some("4.7.0"), ""));
         assert_eq!(split_enhanced("3.1.1 no"), (None, "3.1.1 no"));
         assert_eq!(split_enhanced("5.7.1.2 no"), (None, "5.7.1.2 no"));
         assert_eq!(split_enhanced("2.0.0Ok"), (None, "2.0.0Ok"));
