@@ -758,8 +758,8 @@ impl SmtpObserver {
         }
     }
 
-    fn reply_done(&mut self, reply: Reply, out: &mut Vec<SmtpEvent>) -> ReplyOutcome {
-        let (enhanced, text) = reply.enhanced_and_text();
+    fn reply_done(&mut self, mut reply: Reply, out: &mut Vec<SmtpEvent>) -> ReplyOutcome {
+        let (mut enhanced, mut text) = reply.enhanced_and_text();
         let code = reply.code;
         if !self.banner_seen {
             self.banner_seen = true;
@@ -807,11 +807,31 @@ impl SmtpObserver {
             self.sasl_active = true;
             return ReplyOutcome::Continue;
         }
+        // The reply's parts go into its event; a copy is made only of what
+        // the handling below still reads (the text for STARTTLS and the end
+        // of a message, the lines of an EHLO reply).
+        let text_again = matches!(
+            kind,
+            PendingKind::StartTls
+                | PendingKind::EndOfData { .. }
+                | PendingKind::Bdat { last: true, .. }
+        );
+        let lines_again = matches!(kind, PendingKind::Ehlo) && code == 250;
+        let (ev_enhanced, ev_text) = if text_again {
+            (enhanced.clone(), text.clone())
+        } else {
+            (enhanced.take(), std::mem::take(&mut text))
+        };
+        let ev_lines = if lines_again {
+            reply.lines.clone()
+        } else {
+            std::mem::take(&mut reply.lines)
+        };
         out.push(SmtpEvent::Reply {
             code,
-            enhanced: enhanced.clone(),
-            text: text.clone(),
-            lines: reply.lines.clone(),
+            enhanced: ev_enhanced,
+            text: ev_text,
+            lines: ev_lines,
             command: label,
         });
         let ok = (200..300).contains(&code);
