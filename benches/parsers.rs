@@ -372,7 +372,6 @@ static TLS13: LazyLock<Transcript> = LazyLock::new(rustls_tls13);
 
 fn rustls_tls13() -> Transcript {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    use rustls::crypto::ring::default_provider;
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
     use std::io::{Read, Write};
@@ -394,13 +393,13 @@ fn rustls_tls13() -> Transcript {
     let mut roots = RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let v13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-    let scfg = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+    let scfg = ServerConfig::builder_with_provider(smtptap::crypto::shared())
         .with_protocol_versions(v13)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
         .unwrap();
-    let ccfg = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+    let ccfg = ClientConfig::builder_with_provider(smtptap::crypto::shared())
         .with_protocol_versions(v13)
         .unwrap()
         .with_root_certificates(roots)

@@ -553,7 +553,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
             message,
             cert,
             dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
@@ -567,12 +567,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
             message,
             cert,
             dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
+        crate::crypto::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }

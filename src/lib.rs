@@ -33,6 +33,7 @@
 //! | [`sink`] | JSON lines and console transcript writers (own thread) | block the relay |
 //! | [`capture`] | pcapng synthesis (sans-IO flows) and its writer thread (files) | block the relay |
 //! | [`net`] | IP networks (CIDR) for filters and per-destination settings | — |
+//! | [`crypto`] | the one TLS crypto provider (rustls with *ring*) every TLS configuration takes | do I/O |
 //! | [`config`] | `config.toml` parsing and validation into resolved types; the resolved form as JSON | guess defaults silently |
 //! | [`cli`] | argument parsing and wiring for the binary | hold logic the library lacks |
 //! | [`headers`] | `smtptap headers`: TLS facts from Received headers | do network I/O |
@@ -44,6 +45,7 @@ pub mod capture;
 pub mod cert;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod diagnose;
 pub mod event;
 pub mod headers;

@@ -43,7 +43,7 @@ fn conversation() -> Vec<(Side, Vec<u8>)> {
     let ck = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()]).unwrap();
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = smtptap::crypto::shared();
     let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()

@@ -1193,7 +1193,7 @@ async fn tls_client_closed_after_handshake_tls13() {
 fn provider_with(suites: &[rustls::SupportedCipherSuite]) -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: suites.to_vec(),
-        ..rustls::crypto::ring::default_provider()
+        ..smtptap::crypto::provider()
     })
 }
 

@@ -895,7 +895,7 @@ async fn hello_exchange(
 /// a hello the probe never completes needs uniqueness, not secrecy).
 fn hello_random() -> legacy::HelloRandom {
     let mut b = [0u8; 96];
-    let rng = rustls::crypto::ring::default_provider().secure_random;
+    let rng = crate::crypto::provider().secure_random;
     if rng.fill(&mut b).is_err() {
         use sha2::Digest;
         let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());

@@ -28,7 +28,7 @@ pub struct Seen {
 pub type SeenLog = Arc<Mutex<Seen>>;
 
 fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
+    crate::crypto::provider()
 }
 
 #[derive(Debug)]

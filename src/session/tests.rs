@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::crypto::ring as provider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
@@ -77,7 +76,7 @@ fn tls(p: &Pki, tls12: bool) -> Transcript {
         &[&rustls::version::TLS13]
     };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.leaf_key.clone()));
-    let scfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let scfg = ServerConfig::builder_with_provider(crate::crypto::shared())
         .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
@@ -85,7 +84,7 @@ fn tls(p: &Pki, tls12: bool) -> Transcript {
         .unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(p.ca.clone()).unwrap();
-    let ccfg = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let ccfg = ClientConfig::builder_with_provider(crate::crypto::shared())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)

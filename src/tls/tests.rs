@@ -85,7 +85,7 @@ fn rustls_transcript(pki: &Pki, setup: &Setup) -> Transcript {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
 
-    let mut sp = provider::default_provider();
+    let mut sp = crate::crypto::provider();
     if setup.server_groups_384 {
         sp.kx_groups = vec![provider::kx_group::SECP384R1];
     }
@@ -95,7 +95,7 @@ fn rustls_transcript(pki: &Pki, setup: &Setup) -> Transcript {
     let sb = if setup.client_auth {
         let v = WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots.clone()),
-            Arc::new(provider::default_provider()),
+            crate::crypto::shared(),
         )
         .build()
         .unwrap();
@@ -112,7 +112,7 @@ fn rustls_transcript(pki: &Pki, setup: &Setup) -> Transcript {
     } else {
         RootCertStore::empty()
     };
-    let cb = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let cb = ClientConfig::builder_with_provider(crate::crypto::shared())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(client_roots);

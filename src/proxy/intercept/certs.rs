@@ -28,7 +28,7 @@ use crate::proxy::relay::Tap;
 const MAX_CACHED_LEAVES: usize = 1024;
 
 pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    crate::crypto::shared()
 }
 
 fn certified(files: &CertFiles) -> Result<Arc<CertifiedKey>, String> {

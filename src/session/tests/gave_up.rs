@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::crypto::ring as provider;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
@@ -39,7 +38,7 @@ fn tls_then(p: &Pki, tls12: bool, after: After) -> Transcript {
         &[&rustls::version::TLS13]
     };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.leaf_key.clone()));
-    let scfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let scfg = ServerConfig::builder_with_provider(crate::crypto::shared())
         .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
@@ -47,7 +46,7 @@ fn tls_then(p: &Pki, tls12: bool, after: After) -> Transcript {
         .unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(p.ca.clone()).unwrap();
-    let ccfg = ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let ccfg = ClientConfig::builder_with_provider(crate::crypto::shared())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
