@@ -57,6 +57,19 @@ async fn http_server(body: Vec<u8>) -> SocketAddr {
 }
 
 async fn session_through(issued: &Issued, extra: &str) -> Vec<smtptap::event::Event> {
+    session_with(issued, extra, b"Subject: r\r\n\r\nhi\r\n")
+        .await
+        .0
+}
+
+/// One STARTTLS (TLS 1.2) session sending `body` through a fresh proxy in
+/// front of a lab server presenting `issued`: the proxy's events and what
+/// the server received.
+async fn session_with(
+    issued: &Issued,
+    extra: &str,
+    body: &[u8],
+) -> (Vec<smtptap::event::Event>, Vec<lab::Received>) {
     let tls = lab::server_config(issued.chain_der.clone(), issued.key_der.clone()).unwrap();
     let server = LabServer::start(ServerProfile::new(NAME, Some(tls)))
         .await
@@ -71,13 +84,13 @@ async fn session_through(issued: &Issued, extra: &str) -> Vec<smtptap::event::Ev
         server_name: NAME.into(),
         from: "a@example.test".into(),
         to: vec!["b@example.test".into()],
-        body: b"Subject: r\r\n\r\nhi\r\n".to_vec(),
+        body: body.to_vec(),
         helo: false,
     };
     let r = lab::send(proxy.addr, &opts).await;
     assert_eq!(r.error, None);
     proxy.wait_summaries(1).await;
-    proxy.stop().await
+    (proxy.stop().await, server.received())
 }
 
 /// Writes `ca` into `dir` and returns the `[tls]` config trusting it, with
@@ -284,34 +297,13 @@ async fn a_silent_crl_server_does_not_hold_the_analysis_up() {
         "{}[limits]\nobserver_queue = 8\n",
         fetching_config(&dir, &ca)
     );
-    let tls = lab::server_config(issued.chain_der.clone(), issued.key_der.clone()).unwrap();
-    let server = LabServer::start(ServerProfile::new(NAME, Some(tls)))
-        .await
-        .unwrap();
-    let proxy = TestProxy::start(&server.addr().to_string(), &extra).await;
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     for i in 0..80_000 {
         body.extend_from_slice(
             format!("line {i:08} of a large message body........\r\n").as_bytes(),
         );
     }
-    let opts = ClientOptions {
-        ehlo: "client.revocation.example.test".into(),
-        starttls: StartTls::Required,
-        tls: Some(lab::client_config_opportunistic_with(&[
-            &rustls::version::TLS12,
-        ])),
-        server_name: NAME.into(),
-        from: "a@example.test".into(),
-        to: vec!["b@example.test".into()],
-        body: body.clone(),
-        helo: false,
-    };
-    let r = lab::send(proxy.addr, &opts).await;
-    assert_eq!(r.error, None);
-    proxy.wait_summaries(1).await;
-    let events = proxy.stop().await;
-    let got = server.received();
+    let (events, got) = session_with(&issued, &extra, &body).await;
     assert_eq!(got.len(), 1);
     assert!(
         got[0].tls && got[0].data == body,
