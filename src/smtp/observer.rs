@@ -759,7 +759,7 @@ impl SmtpObserver {
     }
 
     fn reply_done(&mut self, mut reply: Reply, out: &mut Vec<SmtpEvent>) -> ReplyOutcome {
-        let (mut enhanced, mut text) = reply.enhanced_and_text();
+        let (enhanced, text) = reply.enhanced_and_text();
         let code = reply.code;
         if !self.banner_seen {
             self.banner_seen = true;
@@ -807,31 +807,19 @@ impl SmtpObserver {
             self.sasl_active = true;
             return ReplyOutcome::Continue;
         }
-        // The reply's parts go into its event; a copy is made only of what
-        // the handling below still reads (the text for STARTTLS and the end
-        // of a message, the lines of an EHLO reply).
-        let text_again = matches!(
-            kind,
-            PendingKind::StartTls
-                | PendingKind::EndOfData { .. }
-                | PendingKind::Bdat { last: true, .. }
-        );
-        let lines_again = matches!(kind, PendingKind::Ehlo) && code == 250;
-        let (ev_enhanced, ev_text) = if text_again {
-            (enhanced.clone(), text.clone())
-        } else {
-            (enhanced.take(), std::mem::take(&mut text))
-        };
-        let ev_lines = if lines_again {
+        // The reply's parts move into its event. The events below that
+        // repeat its code and text take copies from it (`reply_words`); the
+        // EHLO arm alone reads the raw lines again, so they stay for it.
+        let lines = if matches!(kind, PendingKind::Ehlo) && code == 250 {
             reply.lines.clone()
         } else {
             std::mem::take(&mut reply.lines)
         };
         out.push(SmtpEvent::Reply {
             code,
-            enhanced: ev_enhanced,
-            text: ev_text,
-            lines: ev_lines,
+            enhanced,
+            text,
+            lines,
             command: label,
         });
         let ok = (200..300).contains(&code);
@@ -861,6 +849,7 @@ impl SmtpObserver {
             }
             PendingKind::StartTls => {
                 let accepted = code == 220;
+                let (enhanced, text) = reply_words(out);
                 out.push(SmtpEvent::StartTls {
                     code,
                     accepted,
@@ -897,14 +886,25 @@ impl SmtpObserver {
             PendingKind::Reset if ok => self.envelope = Envelope::default(),
             PendingKind::EndOfData { size } => {
                 let env = std::mem::take(&mut self.envelope);
+                let (enhanced, text) = reply_words(out);
                 out.push(env.message("DATA", size, ok, code, enhanced, text));
             }
             PendingKind::Bdat { last: true, total } => {
                 let env = std::mem::take(&mut self.envelope);
+                let (enhanced, text) = reply_words(out);
                 out.push(env.message("BDAT", total, ok, code, enhanced, text));
             }
             _ => {}
         }
         ReplyOutcome::Continue
+    }
+}
+
+/// The enhanced code and text of the `smtp.reply` just pushed, for the
+/// events that repeat them (`smtp.starttls`, `smtp.message`).
+fn reply_words(out: &[SmtpEvent]) -> (Option<String>, String) {
+    match out.last() {
+        Some(SmtpEvent::Reply { enhanced, text, .. }) => (enhanced.clone(), text.clone()),
+        _ => (None, String::new()),
     }
 }
