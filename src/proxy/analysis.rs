@@ -221,7 +221,8 @@ fn serve_requests(
 }
 
 /// After the relay: waits for the answers still to come, at most the
-/// side-probe's deadline or a chain's CRL budget (and a margin) from now.
+/// side-probe's deadline, or a chain's CRL budget and a margin when CRLs
+/// are awaited, from now.
 /// A side-probe that does not answer in time is reported as such; a chain
 /// whose CRLs did not come is judged without them when the session closes.
 async fn finish_waits(
@@ -231,9 +232,14 @@ async fn finish_waits(
     waits: &mut Option<Box<Waits>>,
     sink: &EventSink,
 ) {
-    let limit = probes
-        .deadline()
-        .max(super::crl::CRL_BUDGET + Duration::from_secs(2));
+    let crls_awaited = waits.as_ref().is_some_and(|w| !w.crls.is_empty());
+    let limit = if crls_awaited {
+        probes
+            .deadline()
+            .max(super::crl::CRL_BUDGET + Duration::from_secs(2))
+    } else {
+        probes.deadline()
+    };
     let until = tokio::time::Instant::now() + limit;
     while waits.is_some() {
         match tokio::time::timeout_at(until, next_answer(waits)).await {
