@@ -27,10 +27,6 @@ pub struct Seen {
 /// Shared between the rustls callbacks and the driver.
 pub type SeenLog = Arc<Mutex<Seen>>;
 
-fn provider() -> rustls::crypto::CryptoProvider {
-    crate::crypto::provider()
-}
-
 #[derive(Debug)]
 struct RecordingVerifier {
     seen: SeenLog,
@@ -64,7 +60,7 @@ impl ServerCertVerifier for RecordingVerifier {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
@@ -78,12 +74,12 @@ impl ServerCertVerifier for RecordingVerifier {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
+        crate::crypto::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -128,7 +124,7 @@ pub fn load_client_cert(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, St
     }
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let signing = provider()
+    let signing = crate::crypto::provider()
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| format!("{}: {e}", key.display()))?;
@@ -141,7 +137,7 @@ pub fn client_config(
     seen: SeenLog,
     client_cert: Option<Arc<CertifiedKey>>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::crypto::shared())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()

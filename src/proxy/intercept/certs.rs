@@ -27,10 +27,6 @@ use crate::proxy::relay::Tap;
 /// Most minted leaves kept (the cache is emptied when full).
 const MAX_CACHED_LEAVES: usize = 1024;
 
-pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    crate::crypto::shared()
-}
-
 fn certified(files: &CertFiles) -> Result<Arc<CertifiedKey>, String> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(files.cert_pem.as_bytes())
@@ -38,7 +34,7 @@ fn certified(files: &CertFiles) -> Result<Arc<CertifiedKey>, String> {
             .map_err(|e| format!("{}: {e}", files.cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_slice(files.key_pem.0.as_bytes())
         .map_err(|e| format!("{}: {e}", files.key_path.display()))?;
-    let signing = provider()
+    let signing = crate::crypto::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("{}: {e}", files.key_path.display()))?;
@@ -162,7 +158,7 @@ impl Shared {
             return Ok((k, desc));
         }
         let issued = ca.issue(&spec).map_err(|e| format!("cannot mint: {e}"))?;
-        let signing = provider()
+        let signing = crate::crypto::provider()
             .key_provider
             .load_private_key(issued.rustls_key())
             .map_err(|e| format!("cannot load the minted key: {e}"))?;
@@ -183,7 +179,7 @@ impl Shared {
         analysis: Arc<crate::session::Analysis>,
         keylog: Arc<SessionKeyLog>,
     ) -> Result<Arc<rustls::ClientConfig>, String> {
-        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        let mut c = rustls::ClientConfig::builder_with_provider(crate::crypto::shared())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
@@ -206,7 +202,7 @@ impl Shared {
         leaf: Arc<CertifiedKey>,
         keylog: Arc<SessionKeyLog>,
     ) -> Result<Arc<rustls::ServerConfig>, String> {
-        let b = rustls::ServerConfig::builder_with_provider(provider())
+        let b = rustls::ServerConfig::builder_with_provider(crate::crypto::shared())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
         let b = if self.cfg.request_client_cert {
@@ -331,7 +327,7 @@ impl ServerCertVerifier for UpstreamVerifier {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
@@ -345,12 +341,12 @@ impl ServerCertVerifier for UpstreamVerifier {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
+        crate::crypto::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
@@ -416,7 +412,7 @@ impl ClientCertVerifier for AnyClientCert {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
@@ -430,12 +426,12 @@ impl ClientCertVerifier for AnyClientCert {
             message,
             cert,
             dss,
-            &provider().signature_verification_algorithms,
+            &crate::crypto::provider().signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
+        crate::crypto::provider()
             .signature_verification_algorithms
             .supported_schemes()
     }
