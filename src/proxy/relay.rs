@@ -29,10 +29,13 @@
 //! polls by hand in the session's task, stopped by no longer polling them
 //! (the whole running relay is one struct, `Relaying`). Memory per session: at most one read buffer per direction
 //! plus the bounded tap queue; a direction that is not moving bulk data holds
-//! no read buffer at all (small reads go into a 2 KiB buffer on the stack of
-//! the poll and are copied out, see `poll_read_small`). A read that fills
-//! that buffer takes whatever else the socket already holds, without
-//! waiting (`read_now`), so a burst goes out in one write, not two.
+//! no read buffer at all (reads go into a [`READ_CHUNK`] buffer on the stack
+//! of the poll, left uninitialised, and are copied out at their length, see
+//! `poll_read_stack`), and a burst of up to [`READ_CHUNK`] bytes is one
+//! read and one write, as with haproxy's 16 KiB buffers. A read that fills
+//! the stack buffer switches the direction to heap buffers of
+//! [`READ_CHUNK`] read into directly (bulk data: no copy), until a read
+//! comes back shorter.
 //!
 //! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
 //! started a line and has not ended it), *session* (the whole session). The
@@ -67,13 +70,6 @@ use crate::session::{DirEnd, Ends};
 
 /// Largest read per syscall, and so the largest chunk handed to the tap.
 pub const READ_CHUNK: usize = 16 * 1024;
-
-/// Reads go first into a buffer of this size inside the pump (no heap
-/// buffer while a session waits); a read that fills it switches to
-/// [`READ_CHUNK`] heap buffers until a read comes back shorter than this,
-/// and what else the socket already holds joins it before the write (one
-/// write per burst, as many `sendto`s per message as haproxy).
-const SMALL_READ: usize = 2048;
 
 /// Bytes that crossed the relay, as handed to the analysis.
 #[derive(Debug, Clone)]
@@ -637,15 +633,17 @@ where
     }
 }
 
-/// One read of at most [`SMALL_READ`] bytes into a buffer on the stack of
-/// this poll, copied out. The buffer is not part of the pump's future, so
-/// a pump waiting for its peer holds no read buffer at all.
-fn poll_read_small<R: AsyncRead + Unpin>(
+/// One read of at most [`READ_CHUNK`] bytes into a buffer on the stack of
+/// this poll, copied out at its length. The buffer is not part of the
+/// pump's future, so a pump waiting for its peer holds no read buffer at
+/// all; it is left uninitialised (`ReadBuf::uninit`), so a 16-byte command
+/// costs no 16 KiB of zeroing.
+fn poll_read_stack<R: AsyncRead + Unpin>(
     from: &mut R,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Bytes>> {
-    let mut small = [0u8; SMALL_READ];
-    let mut rb = ReadBuf::new(&mut small);
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut stack);
     match Pin::new(from).poll_read(cx, &mut rb) {
         Poll::Ready(Ok(())) => Poll::Ready(Ok(Bytes::copy_from_slice(rb.filled()))),
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -653,9 +651,9 @@ fn poll_read_small<R: AsyncRead + Unpin>(
     }
 }
 
-/// A read into `buf` that never waits: `None` if nothing is ready (the
-/// read is then registered for wake-up like any other). The `read_buf`
-/// future is made and dropped within this poll.
+/// A read into `buf` (bulk data: no copy) that never waits: `None` if
+/// nothing is ready (the read is then registered for wake-up like any
+/// other). The `read_buf` future is made and dropped within this poll.
 fn read_now<R: AsyncRead + Unpin>(
     from: &mut R,
     buf: &mut BytesMut,
@@ -685,26 +683,13 @@ where
     std::future::poll_fn(move |cx| p.poll(cx, from, to, tap, activity))
 }
 
-/// What a read that filled the small buffer found right after it (the end
-/// of the stream or an error), handled once the bytes before it are
-/// passed on.
-#[derive(Debug)]
-enum Deferred {
-    Eof,
-    Err(io::Error),
-}
-
 /// Where a [`Pump`] is.
 #[derive(Debug)]
 enum PumpState {
-    /// Waiting for bytes from its side (or to act on a deferred end).
-    Reading { deferred: Option<Deferred> },
+    /// Waiting for bytes from its side.
+    Reading,
     /// Writing `chunk` to the other side, `off` bytes of it done.
-    Writing {
-        chunk: Bytes,
-        off: usize,
-        deferred: Option<Deferred>,
-    },
+    Writing { chunk: Bytes, off: usize },
     /// Passing the FIN on (shutting down the other side's write half).
     ShuttingDown,
 }
@@ -716,11 +701,12 @@ enum PumpState {
 /// needs (about 100 bytes) where the compiler's state machine for the same
 /// loop took 328.
 ///
-/// Small reads (commands, replies) are copied out of a buffer on the stack
-/// of the poll (`poll_read_small`); a read that fills it switches to a heap
-/// buffer of [`READ_CHUNK`] (bulk data), and the first short read after
-/// that frees the heap buffer again. So a session waiting between commands
-/// holds no read buffer.
+/// Reads (commands, replies, a message of up to [`READ_CHUNK`]) are copied
+/// out of a buffer on the stack of the poll (`poll_read_stack`); a read
+/// that fills it switches to a heap buffer of [`READ_CHUNK`] read into
+/// directly (bulk data), and the first short read after that frees the
+/// heap buffer again. So a session waiting between commands holds no read
+/// buffer.
 #[derive(Debug)]
 pub(crate) struct Pump {
     side: Side,
@@ -743,7 +729,7 @@ impl Pump {
             yielded: false,
             buf: BytesMut::new(),
             total: 0,
-            state: PumpState::Reading { deferred: None },
+            state: PumpState::Reading,
         }
     }
 
@@ -771,11 +757,7 @@ impl Pump {
         let side = self.side;
         loop {
             match &mut self.state {
-                PumpState::Writing {
-                    chunk,
-                    off,
-                    deferred,
-                } => {
+                PumpState::Writing { chunk, off } => {
                     while *off < chunk.len() {
                         match Pin::new(&mut *to).poll_write(cx, &chunk[*off..]) {
                             Poll::Pending => return Poll::Pending,
@@ -792,11 +774,10 @@ impl Pump {
                         }
                     }
                     let n = chunk.len() as u64;
-                    let deferred = deferred.take();
                     self.total += n;
                     activity.relayed_add(side, n);
                     activity.touch();
-                    self.state = PumpState::Reading { deferred };
+                    self.state = PumpState::Reading;
                 }
                 PumpState::ShuttingDown => {
                     let end = match std::task::ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
@@ -806,39 +787,33 @@ impl Pump {
                     };
                     return self.ended(end);
                 }
-                PumpState::Reading { deferred } => {
-                    let read = match deferred.take() {
-                        Some(Deferred::Eof) => Ok(Bytes::new()),
-                        Some(Deferred::Err(e)) => Err(e),
-                        None if !self.yielded && tap.crowded() => {
-                            // The session's analysis is polled in this task
-                            // after the relay: end this poll, asking to be
-                            // polled again at once, so it takes what is
-                            // queued before a fast peer's next chunks fill
-                            // the bound (which would end the observation).
-                            // Once only: the next poll reads whatever the
-                            // analysis did, so an analysis stuck on its
-                            // sink never holds the bytes back.
-                            self.yielded = true;
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
+                PumpState::Reading => {
+                    let read = if !self.yielded && tap.crowded() {
+                        // The session's analysis is polled in this task
+                        // after the relay: end this poll, asking to be
+                        // polled again at once, so it takes what is
+                        // queued before a fast peer's next chunks fill
+                        // the bound (which would end the observation).
+                        // Once only: the next poll reads whatever the
+                        // analysis did, so an analysis stuck on its
+                        // sink never holds the bytes back.
+                        self.yielded = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    } else if self.bulk {
+                        self.yielded = false;
+                        if self.buf.capacity() < READ_CHUNK {
+                            self.buf.reserve(READ_CHUNK);
                         }
-                        None if self.bulk => {
-                            self.yielded = false;
-                            if self.buf.capacity() < READ_CHUNK {
-                                self.buf.reserve(READ_CHUNK);
-                            }
-                            match read_now(from, &mut self.buf, cx) {
-                                None => return Poll::Pending,
-                                Some(r) => r.map(|n| self.buf.split_to(n).freeze()),
-                            }
+                        match read_now(from, &mut self.buf, cx) {
+                            None => return Poll::Pending,
+                            Some(r) => r.map(|n| self.buf.split_to(n).freeze()),
                         }
-                        None => {
-                            self.yielded = false;
-                            std::task::ready!(poll_read_small(from, cx))
-                        }
+                    } else {
+                        self.yielded = false;
+                        std::task::ready!(poll_read_stack(from, cx))
                     };
-                    let mut chunk = match read {
+                    let chunk = match read {
                         Ok(chunk) => chunk,
                         Err(e) => {
                             return self.ended(DirEnd::io(&format!("reading from {side}"), &e))
@@ -852,22 +827,11 @@ impl Pump {
                     }
                     let ts = Timestamp::now();
                     activity.touch();
-                    let mut deferred = None;
-                    if !self.bulk && chunk.len() == SMALL_READ {
+                    if chunk.len() >= READ_CHUNK {
+                        // A full read: bulk data. Read the next ones into a
+                        // heap buffer directly, without the copy.
                         self.bulk = true;
-                        // The small buffer filled: the rest of the burst is
-                        // probably already in the socket. Take it now, without
-                        // waiting, so the burst goes out in one write (one
-                        // segment train and one wake-up of the peer, not two).
-                        self.buf.reserve(READ_CHUNK);
-                        self.buf.extend_from_slice(&chunk);
-                        match read_now(from, &mut self.buf, cx) {
-                            None | Some(Ok(1..)) => {}
-                            Some(Ok(0)) => deferred = Some(Deferred::Eof),
-                            Some(Err(e)) => deferred = Some(Deferred::Err(e)),
-                        }
-                        chunk = self.buf.split().freeze();
-                    } else if self.bulk && chunk.len() < SMALL_READ {
+                    } else if self.bulk {
                         self.bulk = false;
                         self.buf = BytesMut::new();
                     }
@@ -875,11 +839,7 @@ impl Pump {
                         activity.client_bytes(&chunk);
                     }
                     tap.data(side, ts, chunk.clone());
-                    self.state = PumpState::Writing {
-                        chunk,
-                        off: 0,
-                        deferred,
-                    };
+                    self.state = PumpState::Writing { chunk, off: 0 };
                 }
             }
         }
