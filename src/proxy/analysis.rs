@@ -114,12 +114,12 @@ type SideTask = (RequestId, tokio::task::JoinHandle<SideProbeOutcome>);
 /// A chain's CRL fetches, running on the blocking pool.
 type CrlTask = (RequestId, tokio::task::JoinHandle<Vec<CrlOutcome>>);
 
-/// What a session's analysis waits for besides its input: a side-probe and
-/// CRL fetches. Boxed, and only while one runs (most sessions never have
+/// What a session's analysis waits for besides its input: side-probes and
+/// CRL fetches, each answered by its request id. Boxed, and only while one runs (most sessions never have
 /// any): every session's analysis future holds just the pointer.
 #[derive(Default)]
 struct Waits {
-    side: Option<SideTask>,
+    sides: Vec<SideTask>,
     crls: Vec<CrlTask>,
 }
 
@@ -138,11 +138,11 @@ fn next_answer(waits: &mut Option<Box<Waits>>) -> impl Future<Output = Box<Answe
             return Poll::Pending;
         };
         let mut answer = None;
-        if let Some((id, h)) = &mut w.side {
-            if let Poll::Ready(r) = Pin::new(h).poll(cx) {
+        for i in 0..w.sides.len() {
+            if let Poll::Ready(r) = Pin::new(&mut w.sides[i].1).poll(cx) {
                 let r = r.unwrap_or_else(|e| died(&e.to_string()));
-                answer = Some(Answer::Side(*id, r));
-                w.side = None;
+                answer = Some(Answer::Side(w.sides.remove(i).0, r));
+                break;
             }
         }
         if answer.is_none() {
@@ -154,7 +154,7 @@ fn next_answer(waits: &mut Option<Box<Waits>>) -> impl Future<Output = Box<Answe
                 }
             }
         }
-        if w.side.is_none() && w.crls.is_empty() {
+        if w.sides.is_empty() && w.crls.is_empty() {
             *waits = None;
         }
         match answer {
@@ -214,7 +214,7 @@ fn serve_requests(
                     ehlo,
                     implicit_tls,
                 };
-                w.side = Some((id, tokio::spawn(probes.clone().get(t))));
+                w.sides.push((id, tokio::spawn(probes.clone().get(t))));
             }
         }
     }
@@ -251,7 +251,7 @@ async fn finish_waits(
             Err(_) => break,
         }
     }
-    if let Some((id, _)) = waits.take().and_then(|w| w.side) {
+    for (id, _) in waits.take().map(|w| w.sides).unwrap_or_default() {
         a.side_probe_done(id, Timestamp::now(), died("no answer within its deadline"));
     }
 }
@@ -385,5 +385,57 @@ pub fn run(
             closed.map_or_else(|| (Timestamp::now(), Ends::aborted(), None), |c| *c);
         a.close(ts, ends, loss);
         flush(&mut a, &sink).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(code: &'static str) -> SideProbeOutcome {
+        SideProbeOutcome {
+            result: Err(SideProbeError {
+                code,
+                detail: String::new(),
+            }),
+            cached: false,
+            age_s: 0.0,
+        }
+    }
+
+    /// Every awaited answer comes back under its own request id, however
+    /// many side-probes and CRL fetches run at once, and the waits are
+    /// dropped (the analysis holds no box) once the last one is in.
+    #[tokio::test]
+    async fn every_request_is_answered_under_its_own_id() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let slow = tokio::spawn(async move {
+            let _ = rx.await;
+            outcome("slow")
+        });
+        let quick = tokio::spawn(async { outcome("quick") });
+        let crl = tokio::task::spawn_blocking(Vec::<CrlOutcome>::new);
+        let mut waits = Some(Box::new(Waits {
+            sides: vec![(1, slow), (2, quick)],
+            crls: vec![(3, crl)],
+        }));
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(match *next_answer(&mut waits).await {
+                Answer::Side(id, o) => (id, o.result.err().map(|e| e.code)),
+                Answer::Crls(id, _) => (id, None),
+            });
+        }
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got, vec![(2, Some("quick")), (3, None)]);
+        assert!(waits.is_some(), "the slow side-probe is still awaited");
+        let _ = tx.send(());
+        match *next_answer(&mut waits).await {
+            Answer::Side(id, o) => {
+                assert_eq!((id, o.result.err().map(|e| e.code)), (1, Some("slow")))
+            }
+            Answer::Crls(..) => panic!("no CRL fetch was left"),
+        }
+        assert!(waits.is_none(), "nothing awaited, nothing held");
     }
 }
