@@ -27,15 +27,16 @@
 //! either (the other socket is then reset), when a deadline passes, or on
 //! abort; the pumps are plain state machines (`Pump`) that the relay
 //! polls by hand in the session's task, stopped by no longer polling them
-//! (the whole running relay is one struct, `Relaying`). Memory per session: at most one read buffer per direction
-//! plus the bounded tap queue; a direction that is not moving bulk data holds
-//! no read buffer at all (reads go into a [`READ_CHUNK`] buffer on the stack
-//! of the poll, left uninitialised, and are copied out at their length, see
+//! (the whole running relay is one struct, `Relaying`). Memory per session:
+//! at most one read buffer per direction plus the bounded tap queue; a
+//! direction waiting for its peer holds no read buffer at all (reads go
+//! into a [`READ_CHUNK`] buffer on the stack of the poll, left
+//! uninitialised, and are copied out at their length, see
 //! `poll_read_stack`), and a burst of up to [`READ_CHUNK`] bytes is one
 //! read and one write, as with haproxy's 16 KiB buffers. A read that fills
 //! the stack buffer switches the direction to heap buffers of
 //! [`READ_CHUNK`] read into directly (bulk data: no copy), until a read
-//! comes back shorter.
+//! comes back shorter or must wait.
 //!
 //! Deadlines ([`Deadlines`]): *idle* (no byte either way), *line* (the client
 //! started a line and has not ended it), *session* (the whole session). The
@@ -704,9 +705,9 @@ enum PumpState {
 /// Reads (commands, replies, a message of up to [`READ_CHUNK`]) are copied
 /// out of a buffer on the stack of the poll (`poll_read_stack`); a read
 /// that fills it switches to a heap buffer of [`READ_CHUNK`] read into
-/// directly (bulk data), and the first short read after that frees the
-/// heap buffer again. So a session waiting between commands holds no read
-/// buffer.
+/// directly (bulk data), and the first short read after that, or the first
+/// that must wait, frees the heap buffer again. So a session waiting for
+/// its peer holds no read buffer.
 #[derive(Debug)]
 pub(crate) struct Pump {
     side: Side,
@@ -806,7 +807,13 @@ impl Pump {
                             self.buf.reserve(READ_CHUNK);
                         }
                         match read_now(from, &mut self.buf, cx) {
-                            None => return Poll::Pending,
+                            None => {
+                                // The burst is over: wait without a buffer
+                                // (the next read goes to the stack again).
+                                self.bulk = false;
+                                self.buf = BytesMut::new();
+                                return Poll::Pending;
+                            }
                             Some(r) => r.map(|n| self.buf.split_to(n).freeze()),
                         }
                     } else {
@@ -874,6 +881,70 @@ mod tests {
         drop(peer);
         let (tx, rx) = super::super::tap_queue::queue(8);
         (Pump::new(Side::Client), ours, Tap::new(tx), rx, data)
+    }
+
+    /// A peer whose socket holds `ready` bytes: each read takes as many
+    /// as the buffer allows; when none are left the read waits (`Pending`,
+    /// not the end of the stream). Counts the reads that returned bytes.
+    struct Burst {
+        ready: Vec<u8>,
+        reads: usize,
+    }
+    impl AsyncRead for Burst {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.ready.is_empty() {
+                return Poll::Pending;
+            }
+            let n = buf.remaining().min(self.ready.len());
+            buf.put_slice(&self.ready[..n]);
+            self.ready.drain(..n);
+            self.reads += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A burst of up to READ_CHUNK bytes is one read, one tapped chunk and
+    /// one write (haproxy's count: a 10 KiB message body used to take two
+    /// reads); a larger one is read in READ_CHUNK pieces into heap
+    /// buffers, and once the burst is over the pump holds no buffer again,
+    /// even when the burst ended exactly on a full read.
+    #[tokio::test]
+    async fn a_burst_is_read_at_once_and_no_buffer_is_kept_after_it() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for (len, reads) in [(10_000, 1), (READ_CHUNK, 1), (40_000, 3), (70_000, 5)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut from = Burst {
+                ready: data.clone(),
+                reads: 0,
+            };
+            let (tx, mut rx) = super::super::tap_queue::queue(64);
+            let (tap, activity, mut to) = (Tap::new(tx), Activity::new(), Vec::new());
+            let mut pump = Pump::new(Side::Server);
+            let mut chunks = Vec::new();
+            for _ in 0..4 {
+                assert!(pump
+                    .poll(&mut cx, &mut from, &mut to, &tap, &activity)
+                    .is_pending());
+                while let Some(m) = rx.try_recv() {
+                    if let TapMsg::Data(c) = m {
+                        chunks.push(c.bytes.len());
+                    }
+                }
+            }
+            assert!(to == data, "{len}: relayed bytes differ");
+            assert_eq!(from.reads, reads, "{len}: reads");
+            assert_eq!(chunks.len(), reads, "{len}: tapped chunks {chunks:?}");
+            assert!(chunks.iter().all(|&c| c <= READ_CHUNK), "{len}: {chunks:?}");
+            assert!(
+                !pump.bulk && pump.buf.capacity() == 0,
+                "{len}: a buffer is kept"
+            );
+        }
     }
 
     #[tokio::test]
