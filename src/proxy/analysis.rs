@@ -406,8 +406,16 @@ mod tests {
     /// Every awaited answer comes back under its own request id, however
     /// many side-probes and CRL fetches run at once, and the waits are
     /// dropped (the analysis holds no box) once the last one is in.
+    /// (Bounded in time: a lost answer fails the test instead of hanging it.)
     #[tokio::test]
     async fn every_request_is_answered_under_its_own_id() {
+        let wait = std::time::Duration::from_secs(10);
+        tokio::time::timeout(wait, answers_by_id())
+            .await
+            .expect("an answer never came");
+    }
+
+    async fn answers_by_id() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let slow = tokio::spawn(async move {
             let _ = rx.await;
